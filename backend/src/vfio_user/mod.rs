@@ -1,0 +1,85 @@
+//! A vfio-user server (the protocol of QEMU's `vfio-user-pci`), written for this
+//! project: see README "Why our own vfio-user server". Layers: [`protocol`] (message
+//! structs and their wire encoding, bounded and checked), [`server`] (framing over a
+//! UNIX stream with SCM_RIGHTS, dispatch, replies with real errnos). It knows nothing
+//! of CXL: it serves any [`VfioUserDevice`].
+//!
+//! API CONTRACT (the daemon builds against this; extend, do not break):
+//! `VfioUserDevice`, `RegionInfo`, `IrqInfo`, `DmaMapping`, `Server`, `ServeOutcome`.
+
+pub mod protocol;
+pub mod server;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::io::RawFd;
+
+pub use server::{ServeOutcome, Server};
+
+/// A positive errno value, sent back in an error reply.
+pub type Errno = i32;
+
+/// What the server tells the client about one region (VFIO_DEVICE_GET_REGION_INFO).
+#[derive(Debug, Clone, Default)]
+pub struct RegionInfo {
+    pub size: u64,
+    pub readable: bool,
+    pub writable: bool,
+    pub mmappable: bool,
+    /// Sparse mmap areas (offset, size); sent as VFIO_REGION_INFO_CAP_SPARSE_MMAP.
+    pub sparse_mmap: Vec<(u64, u64)>,
+    /// An fd to pass with the reply, and the offset of the region in it.
+    pub fd: Option<RawFd>,
+    pub fd_offset: u64,
+}
+
+/// VFIO_DEVICE_GET_IRQ_INFO.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IrqInfo {
+    pub count: u32,
+    /// VFIO_IRQ_INFO_* flags.
+    pub flags: u32,
+}
+
+/// One DMA_MAP request.
+#[derive(Debug)]
+pub struct DmaMapping {
+    pub iova: u64,
+    pub size: u64,
+    /// Offset into `fd`.
+    pub offset: u64,
+    pub readable: bool,
+    pub writable: bool,
+    /// The fd QEMU passed, if any (a mapping without one is not accessible).
+    pub fd: Option<OwnedFd>,
+}
+
+/// The device side of vfio-user. Every method returns an errno on failure; the
+/// server sends it back to the client and carries on.
+pub trait VfioUserDevice {
+    fn num_regions(&self) -> u32;
+    fn num_irqs(&self) -> u32;
+    fn region_info(&self, index: u32) -> Result<RegionInfo, Errno>;
+    fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno>;
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno>;
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno>;
+    fn dma_map(&mut self, map: DmaMapping) -> Result<(), Errno>;
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), Errno>;
+    /// VFIO_DEVICE_SET_IRQS. `fds` are the eventfds for `start..start+count` when
+    /// `flags` has VFIO_IRQ_SET_DATA_EVENTFD (an fd of -1 on the wire is `None`).
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<Option<OwnedFd>>,
+    ) -> Result<(), Errno>;
+    fn reset(&mut self) -> Result<(), Errno>;
+    /// Called when no message arrived for a while, and after each message: do
+    /// time-driven work. Returns how long the server may sleep before calling again.
+    fn tick(&mut self) -> Option<std::time::Duration> {
+        None
+    }
+    /// The client went away.
+    fn disconnected(&mut self) {}
+}

@@ -1,0 +1,108 @@
+//! The cxl-accel device's own layout: where each register block sits in which BAR,
+//! the DMA engine's registers and the MSI-X vector assignment. These are choices of
+//! this device, not of the spec; the spec-defined blocks they locate are described in
+//! [`crate::component`], [`crate::device`] and [`crate::mailbox`].
+
+/// Default PCI vendor id (QEMU's test vendor id space) and device id.
+pub const DEFAULT_VENDOR_ID: u16 = 0x1234;
+pub const DEFAULT_DEVICE_ID: u16 = 0xcc02;
+/// Class code: processing accelerator (base 0x12, sub 0x00, prog-if 0x00).
+/// Never 0x050210 (CXL memory device), which would make `cxl_pci` bind it.
+pub const CLASS_CODE: u32 = 0x12_0000;
+
+/// BAR index of the component (and device) register block: 64-bit, non-prefetchable, trapped.
+pub const BAR_REGS: u8 = 0;
+/// BAR index of device memory: 64-bit, prefetchable, mmapped into the guest.
+pub const BAR_MEM: u8 = 2;
+/// BAR index of the accelerator engine, MSI-X table and PBA: 64-bit, trapped.
+pub const BAR_ENGINE: u8 = 4;
+
+/// BAR0 size.
+pub const BAR0_SIZE: u64 = 0x2_0000;
+/// Offset in BAR0 of the component register block (Register Locator block id 1).
+pub const COMPONENT_BLOCK_OFFSET: u64 = 0x0;
+/// Offset of the CXL.cache/mem registers inside the component block
+/// (CXL r3.1 §8.2.3, Table 8-22: the first 4 KiB are CXL.io, reserved here).
+pub const CACHEMEM_OFFSET: u64 = 0x1000;
+/// Offsets, relative to [`CACHEMEM_OFFSET`], of the capabilities listed in the
+/// CXL.cache/mem capability array.
+pub const RAS_CAP_PTR: u32 = 0x100;
+pub const LINK_CAP_PTR: u32 = 0x200;
+pub const HDM_CAP_PTR: u32 = 0x300;
+/// Absolute BAR0 offsets of the same capabilities.
+pub const RAS_OFFSET: u64 = CACHEMEM_OFFSET + RAS_CAP_PTR as u64;
+pub const LINK_OFFSET: u64 = CACHEMEM_OFFSET + LINK_CAP_PTR as u64;
+pub const HDM_OFFSET: u64 = CACHEMEM_OFFSET + HDM_CAP_PTR as u64;
+
+/// Offset in BAR0 of the memory-device register block (Register Locator block id 3),
+/// present only when the mailbox is on.
+pub const DEVICE_BLOCK_OFFSET: u64 = 0x1_0000;
+/// Offsets relative to [`DEVICE_BLOCK_OFFSET`] of the device capabilities.
+pub const DEV_STATUS_CAP_OFFSET: u32 = 0x100;
+pub const MEMDEV_STATUS_CAP_OFFSET: u32 = 0x200;
+/// The primary mailbox is placed so that its payload (mailbox + 0x20) starts on a
+/// page boundary: the payload can be an mmappable sparse area of BAR0.
+pub const MAILBOX_CAP_OFFSET: u32 = 0x1000 - 0x20;
+/// Payload size: 2^[`MAILBOX_PAYLOAD_LOG2`] bytes (CXL r3.1 §8.2.8.4.3: 256 B to 1 MiB).
+pub const MAILBOX_PAYLOAD_LOG2: u32 = 12;
+pub const MAILBOX_PAYLOAD_SIZE: u32 = 1 << MAILBOX_PAYLOAD_LOG2;
+/// Absolute BAR0 offsets.
+pub const DEV_STATUS_OFFSET: u64 = DEVICE_BLOCK_OFFSET + DEV_STATUS_CAP_OFFSET as u64;
+pub const MEMDEV_STATUS_OFFSET: u64 = DEVICE_BLOCK_OFFSET + MEMDEV_STATUS_CAP_OFFSET as u64;
+pub const MAILBOX_OFFSET: u64 = DEVICE_BLOCK_OFFSET + MAILBOX_CAP_OFFSET as u64;
+pub const MAILBOX_PAYLOAD_OFFSET: u64 = MAILBOX_OFFSET + 0x20;
+
+/// BAR4 size.
+pub const BAR4_SIZE: u64 = 0x4000;
+/// Offset in BAR4 of the DMA engine registers.
+pub const ENGINE_OFFSET: u64 = 0x0;
+/// MSI-X table and PBA, in BAR4.
+pub const MSIX_TABLE_OFFSET: u32 = 0x2000;
+pub const MSIX_PBA_OFFSET: u32 = 0x3000;
+/// Number of MSI-X vectors.
+pub const MSIX_VECTORS: u16 = 4;
+/// MSI-X vector assignment.
+pub const MSIX_VEC_MAILBOX: u16 = 0;
+pub const MSIX_VEC_EVENTS: u16 = 1;
+pub const MSIX_VEC_DMA: u16 = 2;
+pub const MSIX_VEC_SPARE: u16 = 3;
+
+/// DMA engine registers, offsets in BAR4 (the accelerator's own, not spec-defined).
+pub mod engine {
+    /// RO: `b"CXLA"` little-endian.
+    pub const ID: u64 = 0x00;
+    pub const ID_VALUE: u32 = u32::from_le_bytes(*b"CXLA");
+    /// RO: engine interface version.
+    pub const VERSION: u64 = 0x04;
+    pub const VERSION_VALUE: u32 = 1;
+    /// RW 64-bit: source address (a guest physical address, or a DPA).
+    pub const SRC: u64 = 0x08;
+    /// RW 64-bit: destination address.
+    pub const DST: u64 = 0x10;
+    /// RW 64-bit: length in bytes.
+    pub const LEN: u64 = 0x18;
+    /// RW: control.
+    pub const CONTROL: u64 = 0x20;
+    /// CONTROL bit 0: direction, 0 = guest RAM -> device memory, 1 = device -> guest.
+    pub const CONTROL_DIR_TO_GUEST: u32 = 1 << 0;
+    /// CONTROL bit 1: raise the DMA MSI-X vector on completion.
+    pub const CONTROL_IRQ_ENABLE: u32 = 1 << 1;
+    /// WO: writing 1 to bit 0 starts a transfer. Reads 0.
+    pub const DOORBELL: u64 = 0x24;
+    /// Status: bit 0 busy (RO), bit 1 done (RW1C), bit 2 error (RW1C), error code [15:8] (RO).
+    pub const STATUS: u64 = 0x28;
+    pub const STATUS_BUSY: u32 = 1 << 0;
+    pub const STATUS_DONE: u32 = 1 << 1;
+    pub const STATUS_ERROR: u32 = 1 << 2;
+    pub const STATUS_ERR_SHIFT: u32 = 8;
+    pub const STATUS_ERR_MASK: u32 = 0xff << 8;
+    /// Error codes in STATUS[15:8].
+    pub const ERR_NONE: u32 = 0;
+    pub const ERR_GUEST_RANGE: u32 = 1;
+    pub const ERR_DEVICE_RANGE: u32 = 2;
+    pub const ERR_LENGTH: u32 = 3;
+    /// RO: number of completed transfers (wraps).
+    pub const COMPLETIONS: u64 = 0x2c;
+    /// Largest single transfer.
+    pub const MAX_LEN: u64 = 1 << 30;
+}
