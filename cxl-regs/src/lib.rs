@@ -8,6 +8,7 @@
 
 pub mod component;
 pub mod device;
+pub mod hdm;
 pub mod dvsec;
 pub mod layout;
 pub mod mailbox;
