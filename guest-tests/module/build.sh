@@ -1,0 +1,63 @@
+#!/bin/sh
+# Build cxl_accel_t2.ko inside the VM environment root, against its kernel headers.
+#
+# usage: guest-tests/module/build.sh ROOT OUTDIR [KERNEL_RELEASE]
+#
+# ROOT is the Debian root of scripts/setup-vm-env (with linux-headers, gcc, make).
+# KERNEL_RELEASE defaults to the only (or newest) /lib/modules/* in ROOT that has a
+# build directory. Output: OUTDIR/cxl_accel_t2.ko.
+#
+# The chroot's /dev and /proc mounts are made in a private mount namespace
+# (unshare -m), so they vanish when the build ends, even on failure, and never
+# disturb mounts that others hold on ROOT. Rebuilds only when a source changed.
+set -eu
+
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: $0 ROOT OUTDIR [KERNEL_RELEASE]" >&2
+    exit 2
+fi
+ROOT=$(cd "$1" && pwd)
+mkdir -p "$2"
+OUT=$(cd "$2" && pwd)
+SRC=$(cd "$(dirname "$0")" && pwd)
+
+if [ $# -eq 3 ]; then
+    KREL=$3
+else
+    KREL=
+    for d in "$ROOT"/lib/modules/*/build; do
+        [ -e "$d/Makefile" ] || continue
+        KREL=$(basename "$(dirname "$d")")
+    done
+fi
+if [ -z "$KREL" ] || [ ! -e "$ROOT/lib/modules/$KREL/build/Makefile" ]; then
+    echo "build.sh: no kernel headers for '${KREL:-?}' in $ROOT/lib/modules/*/build" >&2
+    exit 1
+fi
+
+# Up to date? (sources and this script older than the output)
+KO="$OUT/cxl_accel_t2.ko"
+if [ -f "$KO" ] && [ -f "$OUT/cxl_accel_t2.krel" ] &&
+   [ "$(cat "$OUT/cxl_accel_t2.krel")" = "$KREL" ] &&
+   [ -z "$(find "$SRC" -maxdepth 1 -type f -newer "$KO")" ]; then
+    echo "build.sh: $KO is up to date ($KREL)"
+    exit 0
+fi
+
+BUILD_REL=/tmp/cxl-accel-t2-build.$$
+BUILD="$ROOT$BUILD_REL"
+rm -rf "$BUILD"
+mkdir -p "$BUILD"
+trap 'rm -rf "$BUILD"' EXIT INT TERM
+cp "$SRC/cxl_accel_t2.c" "$SRC/Kbuild" "$BUILD/"
+
+unshare --mount --propagation private sh -eu -c '
+    mount --bind /dev "$1/dev"
+    mount -t proc proc "$1/proc"
+    chroot "$1" make -s -C "/lib/modules/$2/build" M="$3" modules
+' sh "$ROOT" "$KREL" "$BUILD_REL"
+
+cp "$BUILD/cxl_accel_t2.ko" "$KO.tmp"
+mv "$KO.tmp" "$KO"
+echo "$KREL" > "$OUT/cxl_accel_t2.krel"
+echo "build.sh: built $KO for $KREL"
