@@ -5,15 +5,49 @@
 //! Register access is by dword: `read(offset)` and `write(offset, value, mask)`,
 //! where `offset` is relative to the start of the HDM Decoder Capability structure
 //! and `mask` has a 1 for every bit the access actually writes (sub-dword writes
-//! from the guest arrive with a partial mask).
+//! from the guest arrive with a partial mask). Unaligned offsets are rounded down to
+//! the dword; offsets at or beyond [`HdmDecoderBank::block_len`] read 0 and ignore
+//! writes.
 //!
 //! API CONTRACT (other crates build against this; extend, do not break):
 //! - `HdmConfig`, `HdmDecoderBank::new`, `read`, `write`, `reset`, `decoder`,
 //!   `decoder_count`, `block_len`, `global_enable`, `finish_commit`, `translate`.
+//!
+//! # Behaviour chosen where the spec leaves room
+//!
+//! - **Commit is asynchronous.** A valid 0→1 Commit write leaves the decoder pending
+//!   (Commit=1, Committed=0, Error=0) and returns [`WriteOutcome::CommitRequested`];
+//!   the device model asks its firmware and calls [`HdmDecoderBank::finish_commit`].
+//!   Software polls Committed / Error Not Committed (§8.2.4.20.12); Linux polls
+//!   for 20 ms.
+//! - **Fields are frozen while Commit=1** (pending, committed or failed): writes to
+//!   Base, Size, DPA Skip and the RWL Control fields are ignored. §8.2.4.20.12 leaves
+//!   register changes while committed undefined; freezing them keeps the decode
+//!   consistent with what was validated. Clearing Commit (in a write that may also
+//!   change the other Control fields) is the way to reprogram.
+//! - **Uncommit must be in reverse order.** Clearing Commit on decoder i is ignored
+//!   while decoder i+1 is committed or pending. §8.2.4.20.12 has software commit
+//!   decoder m before m+1, with m+1's range and DPA placed after m's; uncommitting m
+//!   under a live m+1 would leave m+1 decoding with a DPA base that no longer
+//!   exists. Committed decoders therefore always form a prefix 0..k, which Linux also
+//!   assumes (its `commit_end` bookkeeping). Decoders that merely failed (Error Not
+//!   Committed) do not block.
+//! - **Lock On Commit** (§8.2.4.20.7 bit 8): once such a decoder is committed, every
+//!   write to any of its registers is ignored until [`HdmDecoderBank::reset`].
+//! - **Translation honours HDM Decoder Enable** (§8.2.4.20.2 bit 1): with it clear
+//!   the device decodes through the DVSEC Range registers (§8.1.3.8), not the HDM
+//!   decoders, so [`HdmDecoderBank::translate`] returns `None`.
 
+mod commit;
+mod interleave;
+
+pub use commit::{CommitError, HPA_LIMIT};
+pub use interleave::Interleave;
+
+use cxl_regs::hdm as regs;
 use thiserror::Error;
 
-/// Errors in building a decoder bank.
+/// Errors in building a decoder bank or in programming it from firmware.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HdmError {
     #[error("decoder count {0} is not supported (1, 2 or 4)")]
@@ -22,6 +56,12 @@ pub enum HdmError {
     BadCapacity(u64),
     #[error("decoder {0} does not exist")]
     NoSuchDecoder(usize),
+    /// [`HdmDecoderBank::precommit`] on a decoder whose Commit bit is already set.
+    #[error("decoder {0} is already committed, pending or failed; uncommit it first")]
+    DecoderBusy(usize),
+    /// [`HdmDecoderBank::precommit`] with a programming that fails the commit checks.
+    #[error("decoder {index} cannot be committed: {reason}")]
+    CommitRejected { index: usize, reason: CommitError },
 }
 
 /// Static configuration of a bank.
@@ -42,16 +82,21 @@ pub enum WriteOutcome {
     /// Commit=1, Committed=0 until the caller calls [`HdmDecoderBank::finish_commit`].
     CommitRequested(usize),
     /// Decoder `index` failed a check: Error-not-Committed is set.
+    /// [`HdmDecoderBank::commit_error`] says why.
     CommitFailed(usize),
-    /// Decoder `index` was uncommitted (Commit cleared).
+    /// Decoder `index` was uncommitted (Commit cleared). If a commit request was
+    /// pending, it is cancelled: a later `finish_commit` for it is ignored.
     Uncommitted(usize),
 }
 
 /// A snapshot of one decoder's programmed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DecoderState {
+    /// HPA base, bytes (§8.2.4.20.3/.4).
     pub base: u64,
+    /// HPA size, bytes (§8.2.4.20.5/.6).
     pub size: u64,
+    /// DPA skipped before this decoder's DPA range, bytes (§8.2.4.20.10/.11).
     pub dpa_skip: u64,
     /// Encoded interleave ways (IW field).
     pub iw: u8,
@@ -66,57 +111,502 @@ pub struct DecoderState {
     pub locked: bool,
 }
 
+impl DecoderState {
+    /// A commit request awaits [`HdmDecoderBank::finish_commit`].
+    pub fn pending(&self) -> bool {
+        self.commit && !self.committed && !self.error
+    }
+
+    /// The Decoder Control register image (§8.2.4.20.7).
+    fn control(&self) -> u32 {
+        let mut v = (u32::from(self.ig) << regs::CTRL_IG_SHIFT) & regs::CTRL_IG_MASK;
+        v |= (u32::from(self.iw) << regs::CTRL_IW_SHIFT) & regs::CTRL_IW_MASK;
+        for (set, bit) in [
+            (self.lock_on_commit, regs::CTRL_LOCK_ON_COMMIT),
+            (self.commit, regs::CTRL_COMMIT),
+            (self.committed, regs::CTRL_COMMITTED),
+            (self.error, regs::CTRL_ERROR_NOT_COMMITTED),
+            (self.host_only, regs::CTRL_TARGET_TYPE_HOST_ONLY),
+        ] {
+            if set {
+                v |= bit;
+            }
+        }
+        v
+    }
+
+    /// Take the RW fields of a Control register image (everything but the status
+    /// bits and Commit itself).
+    fn set_control_fields(&mut self, v: u32) {
+        // Both fields are 4 bits wide after masking, so the casts are lossless.
+        self.ig = ((v & regs::CTRL_IG_MASK) >> regs::CTRL_IG_SHIFT) as u8;
+        self.iw = ((v & regs::CTRL_IW_MASK) >> regs::CTRL_IW_SHIFT) as u8;
+        self.lock_on_commit = v & regs::CTRL_LOCK_ON_COMMIT != 0;
+        self.host_only = v & regs::CTRL_TARGET_TYPE_HOST_ONLY != 0;
+    }
+}
+
+/// One decoder slot: the visible state plus why the last commit failed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    st: DecoderState,
+    failure: Option<CommitError>,
+}
+
+/// Result of an HPA decode: which decoder claimed it, the DPA, and the interleave
+/// position the address selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    pub decoder: usize,
+    pub dpa: u64,
+    pub position: u32,
+}
+
 /// The HDM decoder bank of an endpoint.
 #[derive(Debug, Clone)]
 pub struct HdmDecoderBank {
     cfg: HdmConfig,
-    decoders: Vec<DecoderState>,
+    decoders: Vec<Slot>,
     global_enable: bool,
 }
 
+/// Replace the bits of `old` selected by `mask` with those of `value`.
+fn merge(old: u32, value: u32, mask: u32) -> u32 {
+    (old & !mask) | (value & mask)
+}
+
+/// Low dword of a 64-bit field.
+fn lo(v: u64) -> u32 {
+    (v & 0xffff_ffff) as u32
+}
+
+/// High dword of a 64-bit field.
+fn hi(v: u64) -> u32 {
+    (v >> 32) as u32
+}
+
+/// Write the low dword of a 256 MiB-granular field: only bits 31:28 are writable.
+fn set_lo(field: &mut u64, value: u32, mask: u32) {
+    let v = merge(lo(*field), value, mask) & regs::LOW_ADDR_MASK;
+    *field = (*field & !0xffff_ffff) | u64::from(v);
+}
+
+/// Write the high dword of a 64-bit field.
+fn set_hi(field: &mut u64, value: u32, mask: u32) {
+    let v = merge(hi(*field), value, mask);
+    *field = (*field & 0xffff_ffff) | (u64::from(v) << 32);
+}
+
 impl HdmDecoderBank {
+    /// A bank of `cfg.decoder_count` decoders (1, 2 or 4) in their power-on state,
+    /// for a device of `cfg.capacity` bytes (a non-zero multiple of 256 MiB).
     pub fn new(cfg: HdmConfig) -> Result<Self, HdmError> {
-        let n = cfg.decoder_count as usize;
-        Ok(Self { decoders: vec![DecoderState::default(); n], cfg, global_enable: false })
+        if !matches!(cfg.decoder_count, 1 | 2 | 4) {
+            return Err(HdmError::BadDecoderCount(cfg.decoder_count));
+        }
+        if cfg.capacity == 0 || !cfg.capacity.is_multiple_of(regs::GRANULE) {
+            return Err(HdmError::BadCapacity(cfg.capacity));
+        }
+        let n = usize::from(cfg.decoder_count);
+        Ok(Self {
+            decoders: vec![Slot::default(); n],
+            cfg,
+            global_enable: false,
+        })
     }
+
     pub fn decoder_count(&self) -> usize {
         self.decoders.len()
     }
+
     /// Length in bytes of the capability structure: 0x10 + 0x20 * n.
     pub fn block_len(&self) -> u32 {
-        0x10 + 0x20 * self.decoders.len() as u32
+        // At most 4 decoders: no truncation.
+        regs::block_len(self.decoders.len() as u32)
     }
+
     pub fn capacity(&self) -> u64 {
         self.cfg.capacity
     }
+
+    pub fn config(&self) -> &HdmConfig {
+        &self.cfg
+    }
+
+    /// HDM Decoder Enable (§8.2.4.20.2 bit 1).
     pub fn global_enable(&self) -> bool {
         self.global_enable
     }
+
+    /// Set HDM Decoder Enable from firmware (the guest sets it through Global Control).
+    pub fn set_global_enable(&mut self, enable: bool) {
+        self.global_enable = enable;
+    }
+
     pub fn decoder(&self, index: usize) -> Option<DecoderState> {
-        self.decoders.get(index).copied()
+        self.decoders.get(index).map(|s| s.st)
     }
+
+    /// Why decoder `index`'s last commit failed, while Error Not Committed is set.
+    pub fn commit_error(&self, index: usize) -> Option<CommitError> {
+        self.decoders.get(index).and_then(|s| s.failure)
+    }
+
+    /// Number of committed decoders (they are always decoders 0..n).
+    pub fn committed_count(&self) -> usize {
+        self.decoders.iter().take_while(|s| s.st.committed).count()
+    }
+
+    /// The HDM Decoder Capability register (§8.2.4.20.1): decoder count, target
+    /// count 0 (an endpoint has no targets), A11..8 and A14..12 interleave, 3/6/12-way
+    /// and 16-way capable; poison on decode error not supported.
+    pub fn capability(&self) -> u32 {
+        let count = regs::encode_decoder_count(self.decoders.len() as u32).unwrap_or(0);
+        count
+            | regs::CAP_A11TO8_INTERLEAVE
+            | regs::CAP_A14TO12_INTERLEAVE
+            | regs::CAP_3_6_12_WAY
+            | regs::CAP_16_WAY
+    }
+
+    /// Decoder index and register offset inside its block, for an aligned offset in
+    /// the decoder area.
+    fn locate(&self, offset: u32) -> Option<(usize, u32)> {
+        let rel = offset.checked_sub(regs::HEADER_LEN)?;
+        let index = usize::try_from(rel / regs::DECODER_STRIDE).ok()?;
+        if index >= self.decoders.len() {
+            return None;
+        }
+        Some((index, rel % regs::DECODER_STRIDE))
+    }
+
     /// Read the dword at `offset` (any value; unaligned offsets are rounded down).
-    pub fn read(&self, _offset: u32) -> u32 {
-        0
+    pub fn read(&self, offset: u32) -> u32 {
+        let offset = offset & !3;
+        match offset {
+            regs::CAPABILITY => return self.capability(),
+            regs::GLOBAL_CONTROL => {
+                return if self.global_enable {
+                    regs::GCTRL_HDM_DECODER_ENABLE
+                } else {
+                    0
+                }
+            }
+            _ => {}
+        }
+        let Some((index, reg)) = self.locate(offset) else {
+            return 0;
+        };
+        let Some(d) = self.decoders.get(index).map(|s| &s.st) else {
+            return 0;
+        };
+        match reg {
+            regs::DEC_BASE_LO => lo(d.base) & regs::LOW_ADDR_MASK,
+            regs::DEC_BASE_HI => hi(d.base),
+            regs::DEC_SIZE_LO => lo(d.size) & regs::LOW_ADDR_MASK,
+            regs::DEC_SIZE_HI => hi(d.size),
+            regs::DEC_CONTROL => d.control(),
+            regs::DEC_DPA_SKIP_LO => lo(d.dpa_skip) & regs::LOW_ADDR_MASK,
+            regs::DEC_DPA_SKIP_HI => hi(d.dpa_skip),
+            _ => 0,
+        }
     }
+
     /// Write the bits of `value` selected by `mask` to the dword at `offset`.
-    pub fn write(&mut self, _offset: u32, _value: u32, _mask: u32) -> WriteOutcome {
+    pub fn write(&mut self, offset: u32, value: u32, mask: u32) -> WriteOutcome {
+        let offset = offset & !3;
+        if offset == regs::GLOBAL_CONTROL {
+            // Only HDM Decoder Enable is writable; Poison On Decode Error Enable is RO 0
+            // because the capability is not advertised (§8.2.4.20.2).
+            let old = self.read(regs::GLOBAL_CONTROL);
+            self.global_enable = merge(old, value, mask) & regs::GCTRL_HDM_DECODER_ENABLE != 0;
+            return WriteOutcome::None;
+        }
+        let Some((index, reg)) = self.locate(offset) else {
+            return WriteOutcome::None;
+        };
+        if reg == regs::DEC_CONTROL {
+            return self.write_control(index, value, mask);
+        }
+        let Some(slot) = self.decoders.get_mut(index) else {
+            return WriteOutcome::None;
+        };
+        let d = &mut slot.st;
+        // RWL fields (§8.2.4.20.3–.11): frozen while locked and, by this device's
+        // choice, while Commit is set.
+        if d.locked || d.commit {
+            return WriteOutcome::None;
+        }
+        match reg {
+            regs::DEC_BASE_LO => set_lo(&mut d.base, value, mask),
+            regs::DEC_BASE_HI => set_hi(&mut d.base, value, mask),
+            regs::DEC_SIZE_LO => set_lo(&mut d.size, value, mask),
+            regs::DEC_SIZE_HI => set_hi(&mut d.size, value, mask),
+            regs::DEC_DPA_SKIP_LO => set_lo(&mut d.dpa_skip, value, mask),
+            regs::DEC_DPA_SKIP_HI => set_hi(&mut d.dpa_skip, value, mask),
+            _ => {}
+        }
         WriteOutcome::None
     }
+
+    /// Decoder Control write (§8.2.4.20.7); see the crate docs for the rules.
+    fn write_control(&mut self, index: usize, value: u32, mask: u32) -> WriteOutcome {
+        let next_busy = self
+            .decoders
+            .get(index.wrapping_add(1))
+            .is_some_and(|s| s.st.commit && !s.st.error);
+        let Some(slot) = self.decoders.get(index) else {
+            return WriteOutcome::None;
+        };
+        let old = slot.st;
+        if old.locked {
+            return WriteOutcome::None;
+        }
+        let new = merge(old.control(), value, mask);
+        let commit = new & regs::CTRL_COMMIT != 0;
+        match (old.commit, commit) {
+            // Fields frozen; Committed and Error Not Committed are RO.
+            (true, true) => WriteOutcome::None,
+            (true, false) => {
+                if next_busy {
+                    return WriteOutcome::None;
+                }
+                let mut st = old;
+                st.commit = false;
+                st.committed = false;
+                st.error = false;
+                st.set_control_fields(new);
+                self.store(index, st, None);
+                WriteOutcome::Uncommitted(index)
+            }
+            (false, false) => {
+                let mut st = old;
+                st.set_control_fields(new);
+                self.store(index, st, None);
+                WriteOutcome::None
+            }
+            (false, true) => {
+                let mut st = old;
+                st.set_control_fields(new);
+                st.commit = true;
+                match commit::validate(&self.states(), index, &st, self.cfg.capacity) {
+                    Ok(_) => {
+                        self.store(index, st, None);
+                        WriteOutcome::CommitRequested(index)
+                    }
+                    Err(e) => {
+                        st.error = true;
+                        self.store(index, st, Some(e));
+                        WriteOutcome::CommitFailed(index)
+                    }
+                }
+            }
+        }
+    }
+
+    fn store(&mut self, index: usize, st: DecoderState, failure: Option<CommitError>) {
+        if let Some(slot) = self.decoders.get_mut(index) {
+            *slot = Slot { st, failure };
+        }
+    }
+
+    fn states(&self) -> Vec<DecoderState> {
+        self.decoders.iter().map(|s| s.st).collect()
+    }
+
     /// Complete a commit that [`WriteOutcome::CommitRequested`] announced:
     /// `accept` sets Committed (and locks when Lock-on-Commit was set); otherwise
-    /// Error-not-Committed is set. Ignored if the request is no longer pending.
-    pub fn finish_commit(&mut self, _index: usize, _accept: bool) {}
-    /// Program and commit a decoder directly, as firmware does at power-on.
-    pub fn precommit(&mut self, _index: usize, _state: DecoderState) -> Result<(), HdmError> {
+    /// Error-not-Committed is set. Ignored if the request is no longer pending
+    /// (cancelled by an uncommit or a reset; the caller must drop firmware decisions
+    /// that predate a reset, as a new request on the same decoder looks the same).
+    pub fn finish_commit(&mut self, index: usize, accept: bool) {
+        let Some(st) = self.decoder(index) else {
+            return;
+        };
+        if !st.pending() {
+            return;
+        }
+        let mut st = st;
+        let verdict = if accept {
+            // The fields and the lower decoders cannot change while pending, so this
+            // re-check only guards against a bug elsewhere.
+            commit::validate(&self.states(), index, &st, self.cfg.capacity).map(|_| ())
+        } else {
+            Err(CommitError::Rejected)
+        };
+        match verdict {
+            Ok(()) => {
+                st.committed = true;
+                st.locked = st.lock_on_commit;
+                self.store(index, st, None);
+            }
+            Err(e) => {
+                st.error = true;
+                self.store(index, st, Some(e));
+            }
+        }
+    }
+
+    /// Program and commit a decoder directly, as firmware does at power-on. Takes
+    /// base, size, DPA skip, IW, IG, Lock On Commit and Target Type from `state`
+    /// (its status flags are ignored) and runs the same checks as a guest commit.
+    /// On error the decoder is left unchanged.
+    pub fn precommit(&mut self, index: usize, state: DecoderState) -> Result<(), HdmError> {
+        let cur = self.decoder(index).ok_or(HdmError::NoSuchDecoder(index))?;
+        if cur.commit || cur.locked {
+            return Err(HdmError::DecoderBusy(index));
+        }
+        let st = DecoderState {
+            base: state.base,
+            size: state.size,
+            dpa_skip: state.dpa_skip,
+            iw: state.iw,
+            ig: state.ig,
+            lock_on_commit: state.lock_on_commit,
+            host_only: state.host_only,
+            commit: true,
+            committed: true,
+            error: false,
+            locked: state.lock_on_commit,
+        };
+        commit::validate(&self.states(), index, &st, self.cfg.capacity)
+            .map_err(|reason| HdmError::CommitRejected { index, reason })?;
+        self.store(index, st, None);
         Ok(())
     }
-    /// Conventional reset: every decoder uncommitted and unlocked, global enable clear.
+
+    /// Conventional reset: every decoder uncommitted and unlocked with all fields 0,
+    /// global enable clear (the power-on values of §8.2.4.20.1–.11).
     pub fn reset(&mut self) {
-        *self = Self::new(self.cfg.clone()).expect("config was valid at construction");
+        for slot in &mut self.decoders {
+            *slot = Slot::default();
+        }
+        self.global_enable = false;
     }
+
+    /// The interleave setting of decoder `index`, if its encodings are valid.
+    pub fn interleave(&self, index: usize) -> Option<Interleave> {
+        let d = self.decoder(index)?;
+        Interleave::new(d.iw, d.ig)
+    }
+
+    /// HPA range of committed decoder `index`: `(base, size)`.
+    pub fn hpa_range(&self, index: usize) -> Option<(u64, u64)> {
+        let d = self.decoder(index).filter(|d| d.committed)?;
+        Some((d.base, d.size))
+    }
+
+    /// DPA range of committed decoder `index`: `(dpa_base, dpa_size)`, where
+    /// `dpa_base` = end of decoder index-1's DPA range + this decoder's skip, and
+    /// `dpa_size` = HPA size / ways.
+    pub fn dpa_range(&self, index: usize) -> Option<(u64, u64)> {
+        let d = self.decoder(index).filter(|d| d.committed)?;
+        let states = self.states();
+        let below = states.get(..index)?;
+        let base = commit::dpa_end_of(below).checked_add(d.dpa_skip)?;
+        Some((base, commit::dpa_size_of(&d)))
+    }
+
+    /// First DPA after every committed decoder's range (0 when none is committed):
+    /// where firmware may place the next decoder.
+    pub fn dpa_end(&self) -> u64 {
+        let states = self.states();
+        commit::dpa_end_of(states.get(..self.committed_count()).unwrap_or(&[]))
+    }
+
+    /// Decode `hpa` through the committed decoders, when HDM Decoder Enable is set:
+    /// the decoder that claims it, the DPA and the interleave position the address
+    /// selects (§8.2.4.20.13).
+    pub fn decode(&self, hpa: u64) -> Option<Decoded> {
+        if !self.global_enable {
+            return None;
+        }
+        (0..self.committed_count()).find_map(|i| {
+            let (base, size) = self.hpa_range(i)?;
+            let off = hpa.checked_sub(base).filter(|&o| o < size)?;
+            let il = self.interleave(i)?;
+            let (dpa_base, _) = self.dpa_range(i)?;
+            Some(Decoded {
+                decoder: i,
+                dpa: dpa_base.checked_add(il.hpa_to_dpa_offset(off))?,
+                position: il.position(off),
+            })
+        })
+    }
+
     /// Translate a host physical address through the committed decoders to a DPA.
-    pub fn translate(&self, _hpa: u64) -> Option<u64> {
-        None
+    /// `None` when HDM Decoder Enable is clear or no committed decoder covers `hpa`.
+    pub fn translate(&self, hpa: u64) -> Option<u64> {
+        self.decode(hpa).map(|d| d.dpa)
+    }
+
+    /// Inverse of [`Self::translate`]: the HPA at which `dpa` appears when this
+    /// device sits at interleave `position` of the committed decoder whose DPA range
+    /// holds `dpa`. Independent of HDM Decoder Enable (bookkeeping, e.g. to report
+    /// poison by HPA). `None` if no committed decoder holds `dpa` or `position` is
+    /// not below its ways.
+    pub fn dpa_to_hpa(&self, dpa: u64, position: u32) -> Option<u64> {
+        (0..self.committed_count()).find_map(|i| {
+            let (dpa_base, dpa_size) = self.dpa_range(i)?;
+            let off = dpa.checked_sub(dpa_base).filter(|&o| o < dpa_size)?;
+            let (base, _) = self.hpa_range(i)?;
+            let hoff = self.interleave(i)?.dpa_to_hpa_offset(off, position)?;
+            base.checked_add(hoff)
+        })
+    }
+
+    /// Check the bank's invariants: committed decoders form a prefix, each passes the
+    /// commit checks against the ones below (so HPA ranges ascend without overlap and
+    /// DPA ranges are disjoint and inside the capacity), status bits are coherent
+    /// (locked ⇒ committed with Lock On Commit, committed or error ⇒ Commit, never
+    /// both), and address fields are 256 MiB granular.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let states = self.states();
+        let prefix = self.committed_count();
+        for (i, d) in states.iter().enumerate() {
+            if d.committed && i >= prefix {
+                return Err(format!("decoder {i} committed above uncommitted decoder"));
+            }
+            if d.committed && d.error {
+                return Err(format!("decoder {i} both committed and in error"));
+            }
+            if (d.committed || d.error) && !d.commit {
+                return Err(format!("decoder {i} committed/error without Commit"));
+            }
+            if d.locked && !(d.committed && d.lock_on_commit) {
+                return Err(format!("decoder {i} locked without committing with lock"));
+            }
+            if d.error != self.commit_error(i).is_some() {
+                return Err(format!("decoder {i} error flag and reason disagree"));
+            }
+            if d.pending() && i != prefix {
+                return Err(format!("decoder {i} pending out of order"));
+            }
+            if !(d.base | d.size | d.dpa_skip).is_multiple_of(regs::GRANULE) {
+                return Err(format!("decoder {i} has non-granular address fields"));
+            }
+            if d.iw > 0xf || d.ig > 0xf {
+                return Err(format!("decoder {i} IW/IG wider than 4 bits"));
+            }
+            if d.committed || d.pending() {
+                commit::validate(&states, i, d, self.cfg.capacity)
+                    .map_err(|e| format!("decoder {i} committed but invalid: {e}"))?;
+            }
+        }
+        // Cross-check the DPA map independently of the commit checks.
+        let mut prev_end = 0u64;
+        for i in 0..prefix {
+            let (b, s) = self
+                .dpa_range(i)
+                .ok_or(format!("decoder {i}: no DPA range"))?;
+            let end = b.checked_add(s).ok_or(format!("decoder {i}: DPA wraps"))?;
+            if b < prev_end || end > self.cfg.capacity {
+                return Err(format!(
+                    "decoder {i}: DPA {b:#x}..{end:#x} overlaps or exceeds"
+                ));
+            }
+            prev_end = end;
+        }
+        Ok(())
     }
 }
