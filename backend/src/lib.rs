@@ -1,2 +1,293 @@
 //! cxl-accel-backend: serves the `accel-type2` device over vfio-user.
+//!
+//! The daemon lifecycle lives here: [`Daemon::new`] builds device memory, the LSA,
+//! the device model and the sockets from a validated [`Config`]; [`Daemon::run`]
+//! accepts one vfio-user client at a time and serves it, keeping all device state
+//! across disconnects, until the stop eventfd fires (SIGINT/SIGTERM) or, with
+//! `--once`, the first client leaves; then it flushes persistent memory and removes
+//! its sockets. [`run`] wires this to process signals.
+
+pub mod config;
+pub mod control;
+pub mod device;
+pub mod firmware;
+pub mod memory;
 pub mod vfio_user;
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use accel_type2::{AccelDevice, AccelError, Clock, LsaStorage, MemLsa};
+use log::{error, info, warn};
+use thiserror::Error;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+pub use config::Config;
+use control::{ControlError, ControlServer, Handler};
+use device::{lock, MonotonicClock, Shared, VfioDevice};
+use memory::{DeviceMemoryFile, FileLsa, LsaSyncer, SharedDeviceMemory, StorageError};
+use vfio_user::server::ServerError;
+use vfio_user::{ServeOutcome, Server};
+
+/// Errors that end the daemon.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    PathInTheWay { path: PathBuf },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot build the device: {0}")]
+    Device(#[from] AccelError),
+    #[error("vfio-user server: {0}")]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Refuse early, before anything is created, if a non-socket sits at a socket path.
+fn check_socket_path(path: &Path) -> Result<(), Error> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(Error::PathInTheWay { path: path.into() }),
+        _ => Ok(()),
+    }
+}
+
+/// A built daemon, its sockets bound, ready to [`run`](Daemon::run).
+pub struct Daemon {
+    config: Config,
+    shared: Arc<Mutex<Shared>>,
+    devmem: Arc<DeviceMemoryFile>,
+    lsa_sync: Option<LsaSyncer>,
+    clock: Arc<dyn Clock>,
+    server: Server,
+    control: Option<ControlServer>,
+    control_stop: EventFd,
+    stop: EventFd,
+}
+
+impl Daemon {
+    /// Build everything from `config`. `stop` ends [`run`](Daemon::run) when written.
+    pub fn new(config: Config, stop: EventFd) -> Result<Self, Error> {
+        check_socket_path(&config.socket)?;
+        if let Some(c) = &config.control {
+            check_socket_path(c)?;
+        }
+
+        let accel = config.accel_config();
+        let devmem = match &config.memory_file {
+            Some(path) => DeviceMemoryFile::file(path, config.memory_size)?,
+            None => DeviceMemoryFile::memfd(config.memory_size)?,
+        };
+        let (lsa, lsa_sync): (Box<dyn LsaStorage>, _) = match &config.lsa_file {
+            Some(path) => {
+                let lsa = FileLsa::open(path, accel.lsa_size)?;
+                let sync = lsa.syncer()?;
+                (Box::new(lsa), Some(sync))
+            }
+            None => (Box::new(MemLsa(vec![0; accel.lsa_size])), None),
+        };
+        // Validated by Config, so the lookup cannot fail; fall back to the default
+        // firmware rather than panic if it ever did.
+        let firmware = firmware::by_name(&config.firmware)
+            .unwrap_or_else(|| Box::new(accel_type2::DefaultFirmware));
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+        let device = AccelDevice::new(
+            accel,
+            Box::new(SharedDeviceMemory(devmem.clone())),
+            lsa,
+            firmware,
+            clock.clone(),
+        )?;
+        let shared = Arc::new(Mutex::new(Shared::new(device)));
+
+        let server = Server::bind(&config.socket)?;
+        let control_stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let control = match &config.control {
+            Some(path) => {
+                let handler = Handler::new(
+                    shared.clone(),
+                    config.to_json(),
+                    Some(server.stats_handle()),
+                );
+                // On error, dropping `server` removes its socket.
+                Some(ControlServer::spawn(path, handler, &control_stop)?)
+            }
+            None => None,
+        };
+
+        info!(
+            "device memory: {:#x} bytes ({}), mailbox {}, flit {:?}, {} decoder(s), firmware {}",
+            config.memory_size,
+            devmem
+                .path()
+                .map_or_else(|| "memfd".to_string(), |p| p.display().to_string()),
+            if config.mailbox { "on" } else { "off" },
+            config.flit,
+            config.decoders,
+            config.firmware,
+        );
+        info!("listening on {}", server.path().display());
+        Ok(Self {
+            config,
+            shared,
+            devmem,
+            lsa_sync,
+            clock,
+            server,
+            control,
+            control_stop,
+            stop,
+        })
+    }
+
+    /// The shared device state (for embedding and tests).
+    pub fn shared(&self) -> &Arc<Mutex<Shared>> {
+        &self.shared
+    }
+
+    /// Serve clients until stopped (or, with `--once`, until the first one leaves),
+    /// then shut down cleanly.
+    pub fn run(mut self) -> Result<(), Error> {
+        let result = self.serve_clients();
+        self.shutdown();
+        result
+    }
+
+    fn serve_clients(&mut self) -> Result<(), Error> {
+        let mut dev = VfioDevice::new(self.shared.clone(), self.devmem.clone(), self.clock.clone());
+        loop {
+            let Some(stream) = self.server.accept(&self.stop)? else {
+                info!("stop requested while waiting for a client");
+                return Ok(());
+            };
+            {
+                let mut s = lock(&self.shared);
+                s.connection.connected = true;
+                s.connection.connections += 1;
+            }
+            // `serve` calls `dev.disconnected()` however it returns.
+            match self.server.serve(stream, &mut dev, &self.stop) {
+                Ok(ServeOutcome::Disconnected) => {
+                    info!("device memory, LSA and registers are kept for the next client");
+                }
+                Ok(ServeOutcome::Stopped) => return Ok(()),
+                Err(e) => warn!("client connection failed: {e}; waiting for the next one"),
+            }
+            if self.config.once {
+                info!("--once: exiting after the first client");
+                return Ok(());
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Err(e) = self.control_stop.write(1) {
+            warn!("cannot stop the control thread: {e}");
+        }
+        if let Some(c) = self.control.take() {
+            c.join();
+        }
+        if let Err(e) = self.devmem.flush() {
+            error!("{e}");
+        }
+        if let Some(sync) = &self.lsa_sync {
+            if let Err(e) = sync.sync() {
+                error!("{e}");
+            }
+        }
+        // Dropping the server (after this) removes its socket.
+        info!("shut down cleanly");
+    }
+}
+
+/// Turns SIGINT and SIGTERM into a write to an eventfd. The signals are blocked in
+/// every thread (the mask is inherited) and collected by one thread with
+/// `sigtimedwait`, so no code runs in signal context.
+pub struct SignalWatcher {
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SignalWatcher {
+    /// Block SIGINT/SIGTERM in the calling thread (call it before spawning other
+    /// threads) and start the watcher, which writes `stop` on a signal.
+    pub fn start(stop: &EventFd) -> Result<Self, Error> {
+        let set = termination_set();
+        // SAFETY: `set` is an initialized sigset; the old mask is not requested.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(Error::Signals(std::io::Error::from_raw_os_error(rc)));
+        }
+        let stop = stop.try_clone().map_err(Error::EventFd)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let thread_done = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let timeout = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                };
+                while !thread_done.load(Ordering::Relaxed) {
+                    // SAFETY: `set` is initialized, the info pointer may be null, and
+                    // `timeout` outlives the call.
+                    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+                    if sig == libc::SIGINT || sig == libc::SIGTERM {
+                        info!(
+                            "received {}, shutting down",
+                            if sig == libc::SIGINT {
+                                "SIGINT"
+                            } else {
+                                "SIGTERM"
+                            }
+                        );
+                        if let Err(e) = stop.write(1) {
+                            error!("cannot signal shutdown: {e}");
+                        }
+                    }
+                }
+            })
+            .map_err(Error::Signals)?;
+        Ok(Self {
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SignalWatcher {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset fully initializes the set before it is read; the signal
+    // numbers are valid.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        let mut set = set.assume_init();
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Run the daemon for `config` until SIGINT/SIGTERM (or `--once`).
+pub fn run(config: Config) -> Result<(), Error> {
+    let stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let _signals = SignalWatcher::start(&stop)?;
+    let daemon = Daemon::new(config, stop)?;
+    daemon.run()
+}

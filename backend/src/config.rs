@@ -1,0 +1,732 @@
+//! Command line and configuration file, validated into a [`Config`].
+//!
+//! Every daemon option can be given on the command line or in a TOML file passed with
+//! `--config`; the command line wins. Validation happens before anything is created
+//! on disk, so a bad value leaves no socket or file behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use accel_type2::{AccelConfig, FlitMode};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Device memory granularity: the kernel's DPA capacity is counted in 256 MiB units.
+pub const MEMORY_GRANULE: u64 = 256 << 20;
+/// Default device memory size (DESIGN §3).
+pub const DEFAULT_MEMORY_SIZE: u64 = 512 << 20;
+
+/// Errors of building a [`Config`].
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("no socket path: pass --socket PATH (or set `socket` in the config file)")]
+    MissingSocket,
+    #[error("invalid size {0:?}: expected bytes, or a number with a K, M, G or T suffix")]
+    BadSize(String),
+    #[error(
+        "memory size {size:#x} ({human}) is not a non-zero multiple of 256 MiB \
+         (e.g. 256M, 512M, 4G)",
+        size = .0,
+        human = human_size(*.0)
+    )]
+    MemorySizeGranule(u64),
+    #[error("invalid number {0:?}: expected decimal or 0x-prefixed hexadecimal")]
+    BadNumber(String),
+    #[error("{what} {value:#x} does not fit in {bits} bits")]
+    OutOfRange {
+        what: &'static str,
+        value: u64,
+        bits: u32,
+    },
+    #[error("decoder count {0} is not supported: use 1, 2 or 4")]
+    BadDecoders(u64),
+    #[error("unknown firmware {name:?}; available: {available}")]
+    UnknownFirmware { name: String, available: String },
+    #[error("invalid value {value:?} for `{key}`: expected {expected}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("--socket and --control must be different paths")]
+    SamePaths,
+}
+
+/// `on` / `off` switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+/// Link flit mode, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Flit {
+    /// 256B flit (PCIe 6 / CXL 3): LNKSTA2 Flit Mode Status set.
+    #[value(name = "256b")]
+    Flit256,
+    /// 68B flit (CXL 1.1/2.0): Flex Bus DVSEC reports 68B flit and VH.
+    #[value(name = "68b")]
+    Flit68,
+}
+
+impl From<Flit> for FlitMode {
+    fn from(f: Flit) -> Self {
+        match f {
+            Flit::Flit256 => FlitMode::Flit256,
+            Flit::Flit68 => FlitMode::Flit68,
+        }
+    }
+}
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cxl-accel-backend",
+    version,
+    about = "Emulate a CXL Type-2 accelerator for QEMU, over vfio-user",
+    long_about = "Emulate a CXL Type-2 accelerator with local device memory, served to an \
+unmodified QEMU (>= 10.1) as a `vfio-user-pci` device.\n\n\
+Start the backend first, then QEMU with the arguments that --print-qemu-args shows. \
+Device memory (BAR2) is a memfd, or a file given with --memory-file that persists across \
+restarts. When QEMU disconnects the backend keeps its state and waits for the next \
+connection, unless --once is given. SIGINT and SIGTERM shut it down cleanly.\n\n\
+Every option can also be set in a TOML file given with --config, with the same names \
+(memory-size = \"1G\", mailbox = \"off\", ...); the command line overrides the file. \
+Logging goes to stderr and is controlled with RUST_LOG (default: info).",
+    after_help = "Examples:\n  \
+cxl-accel-backend --socket /run/cxl-accel.sock --memory-size 1G --control /run/cxl-accel.ctl\n  \
+cxl-accel-backend --socket /run/cxl-accel.sock --memory-size 1G --print-qemu-args\n  \
+cxl-accel-backend ctl --control /run/cxl-accel.ctl status\n  \
+cxl-accel-backend ctl --control /run/cxl-accel.ctl inject-poison '{\"dpa\":4096,\"len\":64}'",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send one command to a running backend's control socket and print the reply.
+    ///
+    /// Commands: status, inject-ras, inject-event, inject-poison, firmware. Arguments
+    /// are a JSON object merged into the request, e.g. '{"dpa":4096,"len":64}'.
+    /// Exits 0 when the backend answers {"ok":true}, 1 otherwise.
+    Ctl(CtlArgs),
+}
+
+/// Arguments of `ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Control socket of the running backend (its --control PATH).
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Command name: status, inject-ras, inject-event, inject-poison, firmware.
+    #[arg(value_name = "COMMAND")]
+    pub cmd: String,
+    /// Command arguments, as a JSON object.
+    #[arg(value_name = "JSON")]
+    pub args: Option<String>,
+}
+
+/// Daemon options. Each one is optional here, so that the config file can supply it.
+#[derive(Debug, Default, Args)]
+pub struct DaemonArgs {
+    /// vfio-user socket to listen on (created mode 0600; a stale socket is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Device memory size: bytes or K/M/G/T suffix, a non-zero multiple of 256 MiB
+    /// [default: 512M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_size: Option<u64>,
+    /// Back device memory with this file (created or extended; persistent). Without it,
+    /// device memory is a volatile memfd.
+    #[arg(long, value_name = "PATH")]
+    pub memory_file: Option<PathBuf>,
+    /// Keep the Label Storage Area in this file (created if missing). Without it, the LSA
+    /// lives in memory for the life of the process.
+    #[arg(long, value_name = "PATH")]
+    pub lsa_file: Option<PathBuf>,
+    /// Expose the CXL mailbox and memory-device registers [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub mailbox: Option<OnOff>,
+    /// Link flit mode reported in LNKSTA2 and the Flex Bus DVSEC [default: 256b].
+    #[arg(long, value_name = "MODE")]
+    pub flit: Option<Flit>,
+    /// Number of HDM decoders: 1, 2 or 4 [default: 2].
+    #[arg(long, value_name = "N", value_parser = parse_number)]
+    pub decoders: Option<u64>,
+    /// Device serial number (decimal or 0x hex), also the memdev serial.
+    #[arg(long, value_name = "N", value_parser = parse_number)]
+    pub serial: Option<u64>,
+    /// PCI vendor id (hex, 0x optional) [default: 1234].
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    pub vendor_id: Option<u64>,
+    /// PCI device id (hex, 0x optional) [default: cc02].
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    pub device_id: Option<u64>,
+    /// Firmware behaviour model [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub firmware: Option<String>,
+    /// Serve a JSON-lines control socket at PATH (see the `ctl` subcommand).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Exit after the first client disconnects.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the QEMU arguments that attach this device, then exit.
+    #[arg(long)]
+    pub print_qemu_args: bool,
+    /// Read options from this TOML file; command-line options override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Reserved: confine the process with a seccomp filter (not implemented yet;
+    /// `on` is refused).
+    #[arg(long, value_name = "on|off")]
+    pub seccomp: Option<OnOff>,
+}
+
+/// A number or a string in a config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NumOrString {
+    Num(u64),
+    Str(String),
+}
+
+/// A boolean or `"on"`/`"off"` in a config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BoolOrString {
+    Bool(bool),
+    Str(String),
+}
+
+/// The TOML config file: the same keys as the long options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub memory_size: Option<NumOrString>,
+    pub memory_file: Option<PathBuf>,
+    pub lsa_file: Option<PathBuf>,
+    pub mailbox: Option<BoolOrString>,
+    pub flit: Option<String>,
+    pub decoders: Option<NumOrString>,
+    pub serial: Option<NumOrString>,
+    pub vendor_id: Option<NumOrString>,
+    pub device_id: Option<NumOrString>,
+    pub firmware: Option<String>,
+    pub control: Option<PathBuf>,
+    pub once: Option<bool>,
+    pub seccomp: Option<BoolOrString>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::ParseFile { source, .. } => ConfigError::ParseFile {
+                path: path.into(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::ParseFile {
+            path: PathBuf::new(),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// The validated daemon configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub memory_size: u64,
+    pub memory_file: Option<PathBuf>,
+    pub lsa_file: Option<PathBuf>,
+    pub mailbox: bool,
+    pub flit: FlitMode,
+    pub decoders: u8,
+    pub serial: u64,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub firmware: String,
+    pub control: Option<PathBuf>,
+    pub once: bool,
+    pub print_qemu_args: bool,
+}
+
+impl Config {
+    /// Merge the command line over the config file (if any) and validate.
+    pub fn from_args(args: DaemonArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    /// Merge `args` over `file` and validate.
+    pub fn merge(args: DaemonArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let defaults = AccelConfig::default();
+
+        let socket = args
+            .socket
+            .or(file.socket)
+            .ok_or(ConfigError::MissingSocket)?;
+        let memory_size = match (args.memory_size, file.memory_size) {
+            (Some(v), _) => v,
+            (None, Some(NumOrString::Num(v))) => v,
+            (None, Some(NumOrString::Str(s))) => parse_size(&s)?,
+            (None, None) => DEFAULT_MEMORY_SIZE,
+        };
+        if memory_size == 0 || memory_size % MEMORY_GRANULE != 0 {
+            return Err(ConfigError::MemorySizeGranule(memory_size));
+        }
+        let mailbox = match (args.mailbox, file.mailbox) {
+            (Some(v), _) => v.is_on(),
+            (None, Some(v)) => on_off("mailbox", v)?,
+            (None, None) => defaults.mailbox,
+        };
+        let flit = match (args.flit, file.flit) {
+            (Some(v), _) => v.into(),
+            (None, Some(s)) => match s.to_ascii_lowercase().as_str() {
+                "256b" => FlitMode::Flit256,
+                "68b" => FlitMode::Flit68,
+                _ => {
+                    return Err(ConfigError::BadValue {
+                        key: "flit",
+                        value: s,
+                        expected: "256b or 68b",
+                    })
+                }
+            },
+            (None, None) => defaults.flit,
+        };
+        let decoders = match (args.decoders, file.decoders) {
+            (Some(v), _) => v,
+            (None, Some(v)) => num(v, parse_number)?,
+            (None, None) => u64::from(defaults.decoders),
+        };
+        if !matches!(decoders, 1 | 2 | 4) {
+            return Err(ConfigError::BadDecoders(decoders));
+        }
+        let serial = match (args.serial, file.serial) {
+            (Some(v), _) => v,
+            (None, Some(v)) => num(v, parse_number)?,
+            (None, None) => defaults.serial,
+        };
+        let vendor_id = match (args.vendor_id, file.vendor_id) {
+            (Some(v), _) => v,
+            (None, Some(v)) => num(v, parse_hex)?,
+            (None, None) => u64::from(defaults.vendor_id),
+        };
+        let device_id = match (args.device_id, file.device_id) {
+            (Some(v), _) => v,
+            (None, Some(v)) => num(v, parse_hex)?,
+            (None, None) => u64::from(defaults.device_id),
+        };
+        let firmware = args
+            .firmware
+            .or(file.firmware)
+            .unwrap_or_else(|| "default".into());
+        if crate::firmware::by_name(&firmware).is_none() {
+            return Err(ConfigError::UnknownFirmware {
+                name: firmware,
+                available: crate::firmware::names().join(", "),
+            });
+        }
+        let seccomp = match (args.seccomp, file.seccomp) {
+            (Some(v), _) => v.is_on(),
+            (None, Some(v)) => on_off("seccomp", v)?,
+            (None, None) => false,
+        };
+        if seccomp {
+            return Err(ConfigError::BadValue {
+                key: "seccomp",
+                value: "on".into(),
+                expected: "off (seccomp confinement is reserved, not implemented yet)",
+            });
+        }
+        let control = args.control.or(file.control);
+        if control.as_deref() == Some(socket.as_path()) {
+            return Err(ConfigError::SamePaths);
+        }
+
+        Ok(Config {
+            socket,
+            memory_size,
+            memory_file: args.memory_file.or(file.memory_file),
+            lsa_file: args.lsa_file.or(file.lsa_file),
+            mailbox,
+            flit,
+            decoders: decoders as u8,
+            serial,
+            vendor_id: narrow16("vendor id", vendor_id)?,
+            device_id: narrow16("device id", device_id)?,
+            firmware,
+            control,
+            once: args.once || file.once.unwrap_or(false),
+            print_qemu_args: args.print_qemu_args,
+        })
+    }
+
+    /// The device model's configuration.
+    pub fn accel_config(&self) -> AccelConfig {
+        AccelConfig {
+            vendor_id: self.vendor_id,
+            device_id: self.device_id,
+            subsystem_vendor_id: self.vendor_id,
+            serial: self.serial,
+            memory_size: self.memory_size,
+            flit: self.flit,
+            mailbox: self.mailbox,
+            decoders: self.decoders,
+            ..AccelConfig::default()
+        }
+    }
+
+    /// A JSON summary for the control socket's `status`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "socket": self.socket,
+            "memory_size": self.memory_size,
+            "memory_file": self.memory_file,
+            "lsa_file": self.lsa_file,
+            "mailbox": self.mailbox,
+            "flit": self.flit,
+            "decoders": self.decoders,
+            "serial": format!("{:#x}", self.serial),
+            "vendor_id": format!("{:#06x}", self.vendor_id),
+            "device_id": format!("{:#06x}", self.device_id),
+            "firmware": self.firmware,
+            "control": self.control,
+            "once": self.once,
+        })
+    }
+
+    /// The QEMU arguments that attach this device (DESIGN §5), one per line, in a form
+    /// that can be pasted into a shell command.
+    pub fn qemu_args(&self) -> String {
+        let socket = absolute(&self.socket);
+        // A CXL fixed memory window must hold the device memory; QEMU wants a
+        // multiple of 256 MiB. 4 GiB is what the known-good topology uses.
+        let window = self.memory_size.max(4 << 30);
+        let device = serde_json::json!({
+            "driver": "vfio-user-pci",
+            "id": "cxlaccel0",
+            "bus": "rp0",
+            "socket": {"type": "unix", "path": socket},
+        });
+        let lines = [
+            "-machine q35,cxl=on,memory-backend=ram0".to_string(),
+            "-m 1G,maxmem=4G,slots=4".to_string(),
+            "-object memory-backend-memfd,id=ram0,size=1G,share=on".to_string(),
+            "-device pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1,hdm_for_passthrough=on".to_string(),
+            "-device cxl-rp,port=0,bus=cxl.1,id=rp0,chassis=0,slot=2".to_string(),
+            format!("-device {}", shell_quote(&device.to_string())),
+            format!(
+                "-M cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size={}",
+                human_size(window)
+            ),
+        ];
+        lines.join(" \\\n") + "\n"
+    }
+}
+
+fn on_off(key: &'static str, v: BoolOrString) -> Result<bool, ConfigError> {
+    match v {
+        BoolOrString::Bool(b) => Ok(b),
+        BoolOrString::Str(s) => match s.to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            _ => Err(ConfigError::BadValue {
+                key,
+                value: s,
+                expected: "on or off",
+            }),
+        },
+    }
+}
+
+fn num(v: NumOrString, parse: fn(&str) -> Result<u64, ConfigError>) -> Result<u64, ConfigError> {
+    match v {
+        NumOrString::Num(n) => Ok(n),
+        NumOrString::Str(s) => parse(&s),
+    }
+}
+
+fn narrow16(what: &'static str, v: u64) -> Result<u16, ConfigError> {
+    u16::try_from(v).map_err(|_| ConfigError::OutOfRange {
+        what,
+        value: v,
+        bits: 16,
+    })
+}
+
+/// Parse a size: plain bytes (decimal or 0x hex), or a number with a binary suffix
+/// K, M, G or T (optionally followed by `iB` or `B`, any case).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    if t.starts_with("0x") || t.starts_with("0X") {
+        return parse_number(t).map_err(|_| bad());
+    }
+    let lower = t.to_ascii_lowercase();
+    let stem = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (digits, shift) = match stem.chars().last() {
+        Some('k') => (&stem[..stem.len() - 1], 10),
+        Some('m') => (&stem[..stem.len() - 1], 20),
+        Some('g') => (&stem[..stem.len() - 1], 30),
+        Some('t') => (&stem[..stem.len() - 1], 40),
+        _ => (stem, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Parse a decimal or `0x`-prefixed hexadecimal number.
+pub fn parse_number(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| ConfigError::BadNumber(s.to_string()))
+}
+
+/// Parse a hexadecimal number, with or without `0x`.
+pub fn parse_hex(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let hex = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    u64::from_str_radix(hex, 16).map_err(|_| ConfigError::BadNumber(s.to_string()))
+}
+
+/// `4G`, `512M`, `1536M`, or bytes when not a whole number of KiB.
+pub fn human_size(v: u64) -> String {
+    const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    for (shift, unit) in UNITS {
+        if v != 0 && v % (1u64 << shift) == 0 {
+            return format!("{}{unit}", v >> shift);
+        }
+    }
+    v.to_string()
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Quote for a POSIX shell with single quotes.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(socket: &str) -> DaemonArgs {
+        DaemonArgs {
+            socket: Some(socket.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("1t").unwrap(), 1 << 40);
+        assert_eq!(parse_size("268435456").unwrap(), 256 << 20);
+        assert_eq!(parse_size("0x10000000").unwrap(), 256 << 20);
+        for bad in ["", "M", "12X", "-1G", "1.5G", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn memory_size_must_be_granular() {
+        let mut a = args("/tmp/s");
+        a.memory_size = Some(300 << 20);
+        let e = Config::merge(a, FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::MemorySizeGranule(_)));
+        assert!(e.to_string().contains("256 MiB"), "{e}");
+        let mut a = args("/tmp/s");
+        a.memory_size = Some(0);
+        assert!(Config::merge(a, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn defaults_match_design() {
+        let c = Config::merge(args("/tmp/s"), FileConfig::default()).unwrap();
+        assert_eq!(c.memory_size, 512 << 20);
+        assert!(c.mailbox);
+        assert_eq!(c.flit, FlitMode::Flit256);
+        assert_eq!(c.decoders, 2);
+        assert_eq!((c.vendor_id, c.device_id), (0x1234, 0xcc02));
+        assert_eq!(c.firmware, "default");
+        assert!(!c.once);
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let file = FileConfig::parse(
+            r#"
+            socket = "/tmp/from-file"
+            memory-size = "1G"
+            mailbox = "off"
+            flit = "68b"
+            decoders = 4
+            serial = "0xabc"
+            vendor-id = "1e98"
+            device-id = 0x0d93
+            once = true
+            "#,
+        )
+        .unwrap();
+        let mut a = args("/tmp/from-cli");
+        a.memory_size = Some(2 << 30);
+        a.mailbox = Some(OnOff::On);
+        let c = Config::merge(a, file).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/from-cli"));
+        assert_eq!(c.memory_size, 2 << 30);
+        assert!(c.mailbox);
+        assert_eq!(c.flit, FlitMode::Flit68);
+        assert_eq!(c.decoders, 4);
+        assert_eq!(c.serial, 0xabc);
+        assert_eq!(c.vendor_id, 0x1e98);
+        assert_eq!(c.device_id, 0x0d93);
+        assert!(c.once);
+    }
+
+    #[test]
+    fn file_errors_are_reported() {
+        assert!(FileConfig::parse("sockett = \"/x\"").is_err());
+        let file = FileConfig::parse("socket = \"/x\"\nflit = \"32b\"").unwrap();
+        let e = Config::merge(DaemonArgs::default(), file).unwrap_err();
+        assert!(e.to_string().contains("256b or 68b"), "{e}");
+        let e = Config::merge(DaemonArgs::default(), FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingSocket));
+    }
+
+    #[test]
+    fn bad_values() {
+        let mut a = args("/tmp/s");
+        a.decoders = Some(3);
+        assert!(matches!(
+            Config::merge(a, FileConfig::default()),
+            Err(ConfigError::BadDecoders(3))
+        ));
+        let mut a = args("/tmp/s");
+        a.vendor_id = Some(0x1_0000);
+        assert!(Config::merge(a, FileConfig::default()).is_err());
+        let mut a = args("/tmp/s");
+        a.firmware = Some("no-such-firmware".into());
+        let e = Config::merge(a, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("default"), "{e}");
+        let mut a = args("/tmp/s");
+        a.control = Some("/tmp/s".into());
+        assert!(matches!(
+            Config::merge(a, FileConfig::default()),
+            Err(ConfigError::SamePaths)
+        ));
+    }
+
+    #[test]
+    fn qemu_args_name_the_socket_and_window() {
+        let mut a = args("/run/x.sock");
+        a.memory_size = Some(8 << 30);
+        let c = Config::merge(a, FileConfig::default()).unwrap();
+        let q = c.qemu_args();
+        assert!(q.contains(r#""path":"/run/x.sock""#), "{q}");
+        assert!(q.contains("hdm_for_passthrough=on"));
+        assert!(q.contains("cxl-fmw.0.size=8G"));
+        assert!(q.contains("memory-backend-memfd,id=ram0,size=1G,share=on"));
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "cxl-accel-backend",
+            "--socket",
+            "/tmp/s",
+            "--memory-size",
+            "1G",
+            "--flit",
+            "68b",
+            "--mailbox",
+            "off",
+            "--serial",
+            "0x10",
+            "--vendor-id",
+            "0x8086",
+        ])
+        .unwrap();
+        let c = Config::from_args(cli.daemon).unwrap();
+        assert_eq!(c.memory_size, 1 << 30);
+        assert_eq!(c.flit, FlitMode::Flit68);
+        assert!(!c.mailbox);
+        assert_eq!(c.serial, 16);
+        assert_eq!(c.vendor_id, 0x8086);
+        let cli = Cli::try_parse_from([
+            "cxl-accel-backend",
+            "ctl",
+            "--control",
+            "/tmp/c",
+            "inject-poison",
+            "{\"dpa\":0}",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Ctl(_))));
+        assert!(Cli::try_parse_from(["cxl-accel-backend", "--memory-size", "1Q"]).is_err());
+    }
+}

@@ -1,0 +1,616 @@
+//! The control socket: JSON lines over a UNIX socket, served by an `event-manager`
+//! loop in its own thread.
+//!
+//! One request per line, one reply per line:
+//!
+//! ```text
+//! {"cmd":"status"}
+//! {"cmd":"inject-ras","uncorrectable":true,"bit":3}
+//! {"cmd":"inject-event","log":"warning","flags":0,"uuid":"...","data":"00ff.."}
+//! {"cmd":"inject-poison","dpa":4096,"len":64}
+//! {"cmd":"firmware","key":"commit-delay-ms","value":"5"}
+//! ```
+//!
+//! Replies are `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A bad request gets
+//! an error reply; the connection and the server carry on.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use accel_type2::{EventLog, EventRecord};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use log::{debug, info, warn};
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{lock, Shared};
+use crate::vfio_user::server::ServerStats;
+
+/// Longest accepted request line.
+pub const MAX_LINE: usize = 64 << 10;
+/// Most simultaneous control connections.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Errors of the control socket.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("control socket {path}: a file that is not a socket is in the way")]
+    NotASocket { path: PathBuf },
+    #[error("control socket {path} is in use by a running process")]
+    InUse { path: PathBuf },
+    #[error("control socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("control loop: {0}")]
+    EventManager(String),
+    #[error("cannot start the control thread: {0}")]
+    Thread(#[source] io::Error),
+    #[error("cannot connect to {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("control request failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("arguments must be a JSON object: {0}")]
+    BadArgs(String),
+    #[error("the backend sent an invalid reply: {0}")]
+    BadReply(String),
+}
+
+/// Bind a UNIX socket at `path` with mode 0600. A stale socket (nobody listening) is
+/// replaced; a live one, or any other kind of file, is an error.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ControlError::NotASocket { path: path.into() });
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse { path: path.into() });
+        }
+        std::fs::remove_file(path).map_err(|source| ControlError::Bind {
+            path: path.into(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.into(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ControlError::Bind {
+            path: path.into(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Executes requests against the shared device state.
+pub struct Handler {
+    shared: Arc<Mutex<Shared>>,
+    config: Value,
+    server: Option<Arc<ServerStats>>,
+}
+
+impl Handler {
+    /// `config` is reported as is by `status`, with the vfio-user server's message
+    /// counters when `server` is given.
+    pub fn new(
+        shared: Arc<Mutex<Shared>>,
+        config: Value,
+        server: Option<Arc<ServerStats>>,
+    ) -> Self {
+        Self {
+            shared,
+            config,
+            server,
+        }
+    }
+
+    /// Handle one request line; always returns a reply object.
+    pub fn handle_line(&self, line: &str) -> Value {
+        let req: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => return error(format!("invalid JSON: {e}")),
+        };
+        let Some(obj) = req.as_object() else {
+            return error("a request must be a JSON object");
+        };
+        let Some(cmd) = obj.get("cmd").and_then(Value::as_str) else {
+            return error("missing \"cmd\"");
+        };
+        match self.handle(cmd, obj) {
+            Ok(mut reply) => {
+                reply.insert("ok".into(), Value::Bool(true));
+                Value::Object(reply)
+            }
+            Err(e) => error(e),
+        }
+    }
+
+    fn handle(&self, cmd: &str, req: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+        let mut reply = Map::new();
+        match cmd {
+            "status" => {
+                let s = lock(&self.shared);
+                let (maps, mapped) = s.guest.stats();
+                reply.insert("config".into(), self.config.clone());
+                reply.insert("device".into(), to_value(s.device.status())?);
+                reply.insert("connection".into(), to_value(&s.connection)?);
+                reply.insert("counters".into(), to_value(&s.counters)?);
+                reply.insert(
+                    "dma".into(),
+                    json!({"mappings": maps, "mapped_bytes": mapped}),
+                );
+                drop(s);
+                if let Some(server) = &self.server {
+                    reply.insert("vfio_user".into(), to_value(server.snapshot())?);
+                }
+            }
+            "inject-ras" => {
+                let uncorrectable = opt_bool(req, "uncorrectable")?.unwrap_or(true);
+                let bit = get_u64(req, "bit")?;
+                let bit = u8::try_from(bit)
+                    .ok()
+                    .filter(|b| *b < 32)
+                    .ok_or("\"bit\" must be 0..31")?;
+                let mut s = lock(&self.shared);
+                s.device.inject_ras(uncorrectable, bit);
+                s.deliver_interrupts();
+            }
+            "inject-event" => {
+                let log = match req
+                    .get("log")
+                    .and_then(Value::as_str)
+                    .unwrap_or("informational")
+                {
+                    "informational" | "info" => EventLog::Informational,
+                    "warning" | "warn" => EventLog::Warning,
+                    "failure" => EventLog::Failure,
+                    "fatal" => EventLog::Fatal,
+                    other => return Err(format!("unknown event log {other:?}")),
+                };
+                let mut uuid = [0u8; 16];
+                if let Some(u) = req.get("uuid") {
+                    let bytes = hex_bytes(u.as_str().ok_or("\"uuid\" must be a string")?)?;
+                    if bytes.len() != 16 {
+                        return Err("\"uuid\" must be 16 bytes".into());
+                    }
+                    uuid.copy_from_slice(&bytes);
+                }
+                let flags = match req.get("flags") {
+                    Some(_) => {
+                        u32::try_from(get_u64(req, "flags")?).map_err(|_| "\"flags\" too big")?
+                    }
+                    None => 0,
+                };
+                let data = match req.get("data") {
+                    Some(d) => hex_bytes(d.as_str().ok_or("\"data\" must be a hex string")?)?,
+                    None => Vec::new(),
+                };
+                if data.len() > 0x50 {
+                    return Err("\"data\" is at most 0x50 bytes".into());
+                }
+                let mut s = lock(&self.shared);
+                s.device
+                    .inject_event(log, EventRecord { uuid, flags, data });
+                s.deliver_interrupts();
+            }
+            "inject-poison" => {
+                let dpa = get_u64(req, "dpa")?;
+                let len = match req.get("len") {
+                    Some(_) => get_u64(req, "len")?,
+                    None => 64,
+                };
+                let mut s = lock(&self.shared);
+                s.device
+                    .inject_poison(dpa, len)
+                    .map_err(|rc| format!("device refused: mailbox return code {rc:#x}"))?;
+                s.deliver_interrupts();
+            }
+            "firmware" => {
+                let key = req
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .ok_or("missing \"key\"")?;
+                let value = match req.get("value") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => return Err("missing \"value\"".into()),
+                };
+                let mut s = lock(&self.shared);
+                s.device.firmware_mut().set_param(key, &value)?;
+                info!("firmware parameter {key} = {value}");
+            }
+            other => {
+                return Err(format!(
+                    "unknown command {other:?}; commands: status, inject-ras, inject-event, \
+                     inject-poison, firmware"
+                ))
+            }
+        }
+        Ok(reply)
+    }
+}
+
+fn error(msg: impl Into<String>) -> Value {
+    json!({"ok": false, "error": msg.into()})
+}
+
+fn to_value(v: impl serde::Serialize) -> Result<Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+/// A number, or a string holding a decimal or 0x-hex number.
+fn get_u64(req: &Map<String, Value>, key: &str) -> Result<u64, String> {
+    match req.get(key) {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .ok_or_else(|| format!("\"{key}\" must be a non-negative integer")),
+        Some(Value::String(s)) => {
+            crate::config::parse_number(s).map_err(|e| format!("\"{key}\": {e}"))
+        }
+        Some(_) => Err(format!("\"{key}\" must be a number")),
+        None => Err(format!("missing \"{key}\"")),
+    }
+}
+
+fn opt_bool(req: &Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
+    match req.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("\"{key}\" must be true or false")),
+    }
+}
+
+/// Hex digits, with optional dashes (UUIDs) and an optional 0x prefix.
+fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = s
+        .trim_start_matches("0x")
+        .bytes()
+        .filter(|b| *b != b'-')
+        .collect();
+    if digits.len() % 2 != 0 {
+        return Err(format!("{s:?}: odd number of hex digits"));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("{s:?} is not hex"))
+        })
+        .collect()
+}
+
+/// State the subscribers share with the loop that owns them.
+#[derive(Default)]
+struct LoopState {
+    accepted: RefCell<Vec<UnixStream>>,
+    stopping: Cell<bool>,
+}
+
+/// Watches the listening socket and the stop eventfd.
+struct ListenerSubscriber {
+    listener: UnixListener,
+    stop: EventFd,
+    state: Rc<LoopState>,
+}
+
+impl MutEventSubscriber for ListenerSubscriber {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.stop.as_raw_fd() {
+            self.state.stopping.set(true);
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.state.accepted.borrow_mut().push(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!("control socket: accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.listener.as_raw_fd(), self.stop.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                warn!("control socket: cannot watch fd {fd}: {e:?}");
+            }
+        }
+    }
+}
+
+/// One control connection: reads request lines, writes replies.
+struct ConnectionSubscriber {
+    stream: UnixStream,
+    handler: Arc<Handler>,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    closed: Rc<Cell<bool>>,
+    watching_out: bool,
+}
+
+impl ConnectionSubscriber {
+    fn close(&mut self, ops: &mut EventOps) {
+        let _ = ops.remove(Events::empty(&self.stream));
+        self.closed.set(true);
+    }
+
+    fn read_requests(&mut self) -> io::Result<bool> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            while let Some(pos) = self.input.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.input.drain(..=pos).collect();
+                self.answer(&line[..line.len() - 1]);
+            }
+            if self.input.len() > MAX_LINE {
+                self.input.clear();
+                self.push_reply(&error(format!("request longer than {MAX_LINE} bytes")));
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn answer(&mut self, line: &[u8]) {
+        let reply = match std::str::from_utf8(line) {
+            Ok(text) if text.trim().is_empty() => return,
+            Ok(text) => self.handler.handle_line(text),
+            Err(_) => error("request is not UTF-8"),
+        };
+        self.push_reply(&reply);
+    }
+
+    fn push_reply(&mut self, reply: &Value) {
+        self.output.extend_from_slice(reply.to_string().as_bytes());
+        self.output.push(b'\n');
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MutEventSubscriber for ConnectionSubscriber {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let set = events.event_set();
+        let mut open = true;
+        if set.contains(EventSet::IN) {
+            match self.read_requests() {
+                Ok(o) => open = o,
+                Err(e) => {
+                    debug!("control connection: {e}");
+                    self.close(ops);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.flush() {
+            debug!("control connection: {e}");
+            self.close(ops);
+            return;
+        }
+        if !open || set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+            // Best effort: the last reply (e.g. "request too long") may still be queued.
+            self.close(ops);
+            return;
+        }
+        let want_out = !self.output.is_empty();
+        if want_out != self.watching_out {
+            let mut interest = EventSet::IN;
+            if want_out {
+                interest |= EventSet::OUT;
+            }
+            if ops.modify(Events::new(&self.stream, interest)).is_ok() {
+                self.watching_out = want_out;
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.stream, EventSet::IN)) {
+            warn!("control connection: cannot watch it: {e:?}");
+            self.closed.set(true);
+        }
+    }
+}
+
+/// The running control server.
+pub struct ControlServer {
+    path: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Bind `path` and serve it in a new thread until `stop` fires.
+    pub fn spawn(path: &Path, handler: Handler, stop: &EventFd) -> Result<Self, ControlError> {
+        let listener = bind_socket(path)?;
+        listener.set_nonblocking(true).map_err(ControlError::Io)?;
+        let stop = stop.try_clone().map_err(ControlError::Io)?;
+        let handler = Arc::new(handler);
+        let thread_path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Err(e) = run_loop(listener, stop, handler) {
+                    warn!("control socket {} stopped: {e}", thread_path.display());
+                }
+            })
+            .map_err(ControlError::Thread)?;
+        info!("control socket at {}", path.display());
+        Ok(Self {
+            path: path.to_path_buf(),
+            thread: Some(thread),
+        })
+    }
+
+    /// Wait for the thread (after the stop eventfd fired) and remove the socket.
+    pub fn join(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn run_loop(
+    listener: UnixListener,
+    stop: EventFd,
+    handler: Arc<Handler>,
+) -> Result<(), ControlError> {
+    let em_err = |e: event_manager::Error| ControlError::EventManager(format!("{e:?}"));
+    let mut em: EventManager<Box<dyn MutEventSubscriber>> = EventManager::new().map_err(em_err)?;
+    let state = Rc::new(LoopState::default());
+    em.add_subscriber(Box::new(ListenerSubscriber {
+        listener,
+        stop,
+        state: state.clone(),
+    }));
+    let mut connections = Vec::new();
+    while !state.stopping.get() {
+        em.run().map_err(em_err)?;
+        for stream in state.accepted.borrow_mut().drain(..) {
+            if connections.len() >= MAX_CONNECTIONS {
+                warn!("control socket: too many connections, refusing one");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let closed = Rc::new(Cell::new(false));
+            let id = em.add_subscriber(Box::new(ConnectionSubscriber {
+                stream,
+                handler: handler.clone(),
+                input: Vec::new(),
+                output: Vec::new(),
+                closed: closed.clone(),
+                watching_out: false,
+            }));
+            connections.push((id, closed));
+        }
+        connections.retain(|(id, closed)| {
+            if closed.get() {
+                let _ = em.remove_subscriber(*id);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The `ctl` client: send `{"cmd":cmd, ...args}` and return the reply.
+pub fn request(path: &Path, cmd: &str, args: Option<&str>) -> Result<Value, ControlError> {
+    let mut req = match args {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(ControlError::BadArgs("not an object".into())),
+            Err(e) => return Err(ControlError::BadArgs(e.to_string())),
+        },
+    };
+    req.insert("cmd".into(), Value::String(cmd.into()));
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.into(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut line = Value::Object(req).to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while reply.len() <= MAX_LINE * 16 {
+        match stream.read(&mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => reply.push(byte[0]),
+        }
+    }
+    serde_json::from_slice(&reply).map_err(|e| ControlError::BadReply(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex() {
+        assert_eq!(hex_bytes("00ff10").unwrap(), vec![0, 0xff, 0x10]);
+        assert_eq!(hex_bytes("0x0a-0b").unwrap(), vec![10, 11]);
+        assert!(hex_bytes("abc").is_err());
+        assert!(hex_bytes("zz").is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        let m: Map<String, Value> =
+            serde_json::from_str(r#"{"a":5,"b":"0x10","c":-1,"d":true}"#).unwrap();
+        assert_eq!(get_u64(&m, "a").unwrap(), 5);
+        assert_eq!(get_u64(&m, "b").unwrap(), 16);
+        assert!(get_u64(&m, "c").is_err());
+        assert!(get_u64(&m, "d").is_err());
+        assert!(get_u64(&m, "e").is_err());
+    }
+
+    #[test]
+    fn bind_refuses_regular_file_and_replaces_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            bind_socket(&file),
+            Err(ControlError::NotASocket { .. })
+        ));
+        let sock = dir.path().join("sock");
+        let live = bind_socket(&sock).unwrap();
+        assert_eq!(
+            std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            bind_socket(&sock),
+            Err(ControlError::InUse { .. })
+        ));
+        drop(live);
+        bind_socket(&sock).unwrap();
+    }
+}

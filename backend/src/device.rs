@@ -1,0 +1,622 @@
+//! The adapter between the vfio-user server and the device model: region and IRQ
+//! layout, access dispatch, DMA mappings, interrupt eventfds and counters.
+//!
+//! The device state ([`Shared`]) sits behind a mutex shared with the control socket
+//! thread; every vfio-user message takes the lock once, briefly.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use accel_type2::{
+    AccelDevice, Clock, Interrupt, IrqDesc, RegionBacking, RegionDesc, CONFIG_REGION_INDEX,
+    CONFIG_SPACE_SIZE, IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
+};
+use log::{debug, info, warn};
+use serde::Serialize;
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
+};
+
+use crate::memory::{DeviceMemoryFile, GuestRam};
+use crate::vfio_user::{DmaMapping, Errno, IrqInfo, RegionInfo, VfioUserDevice};
+
+/// Monotonic nanoseconds since the daemon started.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock(Instant);
+
+impl MonotonicClock {
+    pub fn new() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Transport counters, reported by the control socket's `status`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    pub region_reads: u64,
+    pub region_writes: u64,
+    pub dma_maps: u64,
+    pub dma_unmaps: u64,
+    pub set_irqs: u64,
+    pub resets: u64,
+    pub interrupts_delivered: u64,
+    /// Interrupts raised while no eventfd was registered for the vector.
+    pub interrupts_dropped: u64,
+    /// Requests answered with an error.
+    pub errors: u64,
+}
+
+/// The client connection, as the control socket reports it.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ConnectionState {
+    pub connected: bool,
+    pub connections: u64,
+    pub disconnects: u64,
+}
+
+/// Eventfds registered with SET_IRQS, per IRQ index and vector.
+#[derive(Debug)]
+pub struct IrqTable {
+    vectors: Vec<Vec<Option<File>>>,
+}
+
+impl IrqTable {
+    fn new(irqs: &[IrqDesc]) -> Self {
+        let mut vectors: Vec<Vec<Option<File>>> = (0..NUM_IRQS).map(|_| Vec::new()).collect();
+        for d in irqs {
+            if let Some(v) = vectors.get_mut(d.index as usize) {
+                v.resize_with(d.count as usize, || None);
+            }
+        }
+        Self { vectors }
+    }
+
+    /// Signal one vector. Returns false when nothing is registered for it.
+    fn fire(&self, index: u32, vector: usize) -> bool {
+        match self.vectors.get(index as usize).and_then(|v| v.get(vector)) {
+            Some(Some(fd)) => {
+                // An eventfd write fails only if the counter would overflow, which
+                // means the interrupt is pending anyway.
+                let _ = (&*fd).write(&1u64.to_ne_bytes());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forget every eventfd (the client went away).
+    fn clear(&mut self) {
+        for v in &mut self.vectors {
+            v.iter_mut().for_each(|e| *e = None);
+        }
+    }
+
+    /// How many vectors of `index` have an eventfd.
+    pub fn registered(&self, index: u32) -> usize {
+        self.vectors
+            .get(index as usize)
+            .map_or(0, |v| v.iter().filter(|e| e.is_some()).count())
+    }
+}
+
+/// Everything the vfio-user thread and the control thread share.
+pub struct Shared {
+    pub device: AccelDevice,
+    pub guest: GuestRam,
+    pub irqs: IrqTable,
+    pub counters: Counters,
+    pub connection: ConnectionState,
+}
+
+impl Shared {
+    pub fn new(device: AccelDevice) -> Self {
+        let irqs = IrqTable::new(&device.irqs());
+        Self {
+            device,
+            guest: GuestRam::default(),
+            irqs,
+            counters: Counters::default(),
+            connection: ConnectionState::default(),
+        }
+    }
+
+    /// Deliver the interrupts the device raised since the last call.
+    pub fn deliver_interrupts(&mut self) {
+        for irq in self.device.take_interrupts() {
+            let fired = match irq {
+                Interrupt::Msix(v) => self.irqs.fire(IRQ_MSIX, usize::from(v)),
+                Interrupt::Intx => self.irqs.fire(IRQ_INTX, 0),
+            };
+            if fired {
+                self.counters.interrupts_delivered += 1;
+            } else {
+                self.counters.interrupts_dropped += 1;
+                debug!("interrupt {irq:?} dropped: no eventfd registered");
+            }
+        }
+    }
+}
+
+/// Lock the shared state. A panic elsewhere while holding the lock must not take the
+/// daemon down with it, so a poisoned lock is used as is.
+pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The device as the vfio-user server sees it.
+pub struct VfioDevice {
+    shared: Arc<Mutex<Shared>>,
+    devmem: Arc<DeviceMemoryFile>,
+    clock: Arc<dyn Clock>,
+    regions: Vec<RegionDesc>,
+    irqs: Vec<IrqDesc>,
+}
+
+impl VfioDevice {
+    pub fn new(
+        shared: Arc<Mutex<Shared>>,
+        devmem: Arc<DeviceMemoryFile>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let (regions, irqs) = {
+            let s = lock(&shared);
+            (s.device.regions(), s.device.irqs())
+        };
+        Self {
+            shared,
+            devmem,
+            clock,
+            regions,
+            irqs,
+        }
+    }
+
+    /// The region `index`, or a synthesized config space region, or `None` (absent).
+    fn region(&self, index: u32) -> Option<RegionDesc> {
+        if let Some(r) = self.regions.iter().find(|r| r.index == index && r.size > 0) {
+            return Some(r.clone());
+        }
+        (index == CONFIG_REGION_INDEX).then(|| RegionDesc {
+            index,
+            size: CONFIG_SPACE_SIZE,
+            readable: true,
+            writable: true,
+            mmappable: false,
+            sparse_mmap: Vec::new(),
+            backing: RegionBacking::Trapped,
+        })
+    }
+
+    /// Check that `offset..offset+len` lies inside region `index`; returns the BAR
+    /// number for BARs and `None` for config space.
+    fn check_access(
+        &self,
+        index: u32,
+        offset: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<Option<u8>, Errno> {
+        if index >= NUM_REGIONS {
+            return Err(libc::EINVAL);
+        }
+        let r = self.region(index).ok_or(libc::EINVAL)?;
+        let end = offset.checked_add(len as u64).ok_or(libc::EINVAL)?;
+        if end > r.size || len == 0 {
+            return Err(libc::EINVAL);
+        }
+        if (write && !r.writable) || (!write && !r.readable) {
+            return Err(libc::EACCES);
+        }
+        Ok(match index {
+            CONFIG_REGION_INDEX => None,
+            0..=5 => Some(index as u8),
+            _ => return Err(libc::EINVAL),
+        })
+    }
+
+    fn fail(&self, errno: Errno) -> Errno {
+        lock(&self.shared).counters.errors += 1;
+        errno
+    }
+}
+
+impl VfioUserDevice for VfioDevice {
+    fn num_regions(&self) -> u32 {
+        NUM_REGIONS
+    }
+
+    fn num_irqs(&self) -> u32 {
+        NUM_IRQS
+    }
+
+    fn region_info(&self, index: u32) -> Result<RegionInfo, Errno> {
+        if index >= NUM_REGIONS {
+            return Err(libc::EINVAL);
+        }
+        let Some(r) = self.region(index) else {
+            return Ok(RegionInfo::default());
+        };
+        let mut info = RegionInfo {
+            size: r.size,
+            readable: r.readable,
+            writable: r.writable,
+            ..RegionInfo::default()
+        };
+        if r.backing == RegionBacking::DeviceMemory {
+            // The whole BAR is the device-memory fd. One sparse area covering it
+            // makes every client pass the fd on and mmap it (DESIGN §1).
+            let size = r.size.min(self.devmem.size());
+            info.mmappable = true;
+            info.sparse_mmap = if r.sparse_mmap.is_empty() {
+                vec![(0, size)]
+            } else {
+                r.sparse_mmap.clone()
+            };
+            info.fd = Some(self.devmem.fd());
+            info.fd_offset = 0;
+        }
+        Ok(info)
+    }
+
+    fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
+        if index >= NUM_IRQS {
+            return Err(libc::EINVAL);
+        }
+        let Some(d) = self.irqs.iter().find(|d| d.index == index) else {
+            return Ok(IrqInfo { count: 0, flags: 0 });
+        };
+        let mut flags = 0;
+        if d.eventfd {
+            flags |= VFIO_IRQ_INFO_EVENTFD;
+        }
+        if d.maskable {
+            flags |= VFIO_IRQ_INFO_MASKABLE;
+        }
+        if d.automasked {
+            flags |= VFIO_IRQ_INFO_AUTOMASKED;
+        }
+        if index == IRQ_MSIX {
+            flags |= VFIO_IRQ_INFO_NORESIZE;
+        }
+        Ok(IrqInfo {
+            count: d.count,
+            flags,
+        })
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let bar = self
+            .check_access(index, offset, buf.len(), false)
+            .map_err(|e| self.fail(e))?;
+        let mut s = lock(&self.shared);
+        s.counters.region_reads += 1;
+        match bar {
+            None => s.device.config_read(offset, buf),
+            Some(bar) => s.device.bar_read(bar, offset, buf),
+        }
+        s.deliver_interrupts();
+        Ok(())
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let bar = self
+            .check_access(index, offset, data.len(), true)
+            .map_err(|e| self.fail(e))?;
+        let mut s = lock(&self.shared);
+        s.counters.region_writes += 1;
+        let Shared { device, guest, .. } = &mut *s;
+        match bar {
+            None => device.config_write(offset, data),
+            Some(bar) => device.bar_write(bar, offset, data, guest),
+        }
+        s.deliver_interrupts();
+        Ok(())
+    }
+
+    fn dma_map(&mut self, map: DmaMapping) -> Result<(), Errno> {
+        let (iova, size, has_fd) = (map.iova, map.size, map.fd.is_some());
+        let mut s = lock(&self.shared);
+        s.counters.dma_maps += 1;
+        match s.guest.map(map) {
+            Ok(()) => {
+                debug!(
+                    "DMA_MAP {iova:#x}+{size:#x}{}",
+                    if has_fd { "" } else { " (no fd)" }
+                );
+                Ok(())
+            }
+            Err(e) => {
+                s.counters.errors += 1;
+                warn!("DMA_MAP {iova:#x}+{size:#x} refused: errno {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), Errno> {
+        let mut s = lock(&self.shared);
+        s.counters.dma_unmaps += 1;
+        match s.guest.unmap(iova, size) {
+            Ok(n) => {
+                debug!("DMA_UNMAP {iova:#x}+{size:#x}: {n} range(s)");
+                Ok(())
+            }
+            Err(e) => {
+                s.counters.errors += 1;
+                warn!("DMA_UNMAP {iova:#x}+{size:#x} refused: errno {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<Option<OwnedFd>>,
+    ) -> Result<(), Errno> {
+        let mut s = lock(&self.shared);
+        s.counters.set_irqs += 1;
+        let r = set_irqs(&mut s, index, flags, start, count, fds);
+        if r.is_err() {
+            s.counters.errors += 1;
+        }
+        r
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        let mut s = lock(&self.shared);
+        s.counters.resets += 1;
+        s.device.reset();
+        s.deliver_interrupts();
+        info!("device reset by the client");
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Option<Duration> {
+        let mut s = lock(&self.shared);
+        s.device.poll();
+        s.deliver_interrupts();
+        let deadline = s.device.next_deadline()?;
+        Some(Duration::from_nanos(
+            deadline.saturating_sub(self.clock.now_ns()),
+        ))
+    }
+
+    fn disconnected(&mut self) {
+        let mut s = lock(&self.shared);
+        // The client's memory and eventfds die with it; device state stays.
+        s.guest.clear();
+        s.irqs.clear();
+        if s.connection.connected {
+            s.connection.connected = false;
+            s.connection.disconnects += 1;
+        }
+    }
+}
+
+/// VFIO_DEVICE_SET_IRQS semantics (linux/vfio.h), with MSI-X vectors merged by
+/// `start` (QEMU sends one vector per message).
+fn set_irqs(
+    s: &mut Shared,
+    index: u32,
+    flags: u32,
+    start: u32,
+    count: u32,
+    fds: Vec<Option<OwnedFd>>,
+) -> Result<(), Errno> {
+    let vectors = s.irqs.vectors.get_mut(index as usize).ok_or(libc::EINVAL)?;
+    let end = start.checked_add(count).ok_or(libc::EINVAL)? as usize;
+    // count 0 is allowed only with DATA_NONE + TRIGGER (disable all) and needs no
+    // range; anything else must fit the index.
+    if count > 0 && end > vectors.len() {
+        return Err(libc::EINVAL);
+    }
+    let data = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+    let action = flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
+    if data.count_ones() != 1 || action.count_ones() != 1 {
+        return Err(libc::EINVAL);
+    }
+    match action {
+        VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK => {
+            // INTx masking and its resample eventfd: the device re-raises level
+            // interrupts itself, so there is nothing to keep. MSI-X masking lives
+            // in the vector table in BAR4.
+            Ok(())
+        }
+        VFIO_IRQ_SET_ACTION_TRIGGER => match data {
+            VFIO_IRQ_SET_DATA_NONE if count == 0 => {
+                vectors.iter_mut().for_each(|e| *e = None);
+                debug!("IRQ index {index}: all vectors disabled");
+                Ok(())
+            }
+            VFIO_IRQ_SET_DATA_NONE => {
+                for v in start as usize..end {
+                    s.irqs.fire(index, v);
+                }
+                Ok(())
+            }
+            VFIO_IRQ_SET_DATA_EVENTFD => {
+                if fds.len() != count as usize {
+                    return Err(libc::EINVAL);
+                }
+                for (slot, fd) in vectors[start as usize..end].iter_mut().zip(fds) {
+                    *slot = fd.map(File::from);
+                }
+                debug!("IRQ index {index}: eventfds for vectors {start}..{end}");
+                Ok(())
+            }
+            // DATA_BOOL carries a byte array this interface does not pass on.
+            VFIO_IRQ_SET_DATA_BOOL => Err(libc::EINVAL),
+            _ => Err(libc::EINVAL),
+        },
+        _ => Err(libc::EINVAL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accel_type2::{AccelConfig, DefaultFirmware, MemLsa, IRQ_MSI};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    fn fixture() -> (VfioDevice, Arc<Mutex<Shared>>) {
+        let cfg = AccelConfig {
+            memory_size: 256 << 20,
+            ..AccelConfig::default()
+        };
+        let mem = DeviceMemoryFile::memfd(cfg.memory_size).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+        let dev = AccelDevice::new(
+            cfg,
+            Box::new(crate::memory::SharedDeviceMemory(mem.clone())),
+            Box::new(MemLsa(vec![0; 1024])),
+            Box::new(DefaultFirmware),
+            clock.clone(),
+        )
+        .unwrap();
+        let shared = Arc::new(Mutex::new(Shared::new(dev)));
+        (VfioDevice::new(shared.clone(), mem, clock), shared)
+    }
+
+    fn eventfd() -> (EventFd, OwnedFd) {
+        let e = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dup = e.try_clone().unwrap();
+        // SAFETY: `dup` is a fresh eventfd owned by nobody else; into_raw_fd gives
+        // up its ownership.
+        let owned = unsafe {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            OwnedFd::from_raw_fd(dup.into_raw_fd())
+        };
+        (e, owned)
+    }
+
+    #[test]
+    fn out_of_range_accesses_are_errors() {
+        let (mut d, shared) = fixture();
+        let mut b = [0u8; 4];
+        assert_eq!(d.region_read(NUM_REGIONS, 0, &mut b), Err(libc::EINVAL));
+        assert_eq!(
+            d.region_read(CONFIG_REGION_INDEX, CONFIG_SPACE_SIZE - 2, &mut b),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            d.region_read(CONFIG_REGION_INDEX, u64::MAX, &mut b),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(d.region_write(8, 0, &b), Err(libc::EINVAL));
+        assert_eq!(
+            d.region_read(CONFIG_REGION_INDEX, 0, &mut []),
+            Err(libc::EINVAL)
+        );
+        d.region_read(CONFIG_REGION_INDEX, 0, &mut b).unwrap();
+        assert_eq!(lock(&shared).counters.errors, 5);
+        assert!(d.region_info(NUM_REGIONS).is_err());
+        assert!(d.irq_info(NUM_IRQS).is_err());
+    }
+
+    #[test]
+    fn config_region_always_present() {
+        let (d, _) = fixture();
+        let info = d.region_info(CONFIG_REGION_INDEX).unwrap();
+        assert_eq!(info.size, CONFIG_SPACE_SIZE);
+        assert!(info.readable && info.writable && !info.mmappable && info.fd.is_none());
+    }
+
+    #[test]
+    fn msix_eventfds_merge_by_start() {
+        let (mut d, shared) = fixture();
+        let n = lock(&shared).irqs.vectors[IRQ_MSIX as usize].len() as u32;
+        if n < 2 {
+            // The device model has not published its MSI-X count yet.
+            return;
+        }
+        let trig = VFIO_IRQ_SET_ACTION_TRIGGER;
+        let (e0, f0) = eventfd();
+        let (e1, f1) = eventfd();
+        d.set_irqs(
+            IRQ_MSIX,
+            trig | VFIO_IRQ_SET_DATA_EVENTFD,
+            0,
+            1,
+            vec![Some(f0)],
+        )
+        .unwrap();
+        d.set_irqs(
+            IRQ_MSIX,
+            trig | VFIO_IRQ_SET_DATA_EVENTFD,
+            1,
+            1,
+            vec![Some(f1)],
+        )
+        .unwrap();
+        assert_eq!(lock(&shared).irqs.registered(IRQ_MSIX), 2);
+        // DATA_NONE + count>0 fires the vectors.
+        d.set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_NONE, 0, 2, vec![])
+            .unwrap();
+        assert_eq!(e0.read().unwrap(), 1);
+        assert_eq!(e1.read().unwrap(), 1);
+        // A -1 fd clears one vector only.
+        d.set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_EVENTFD, 0, 1, vec![None])
+            .unwrap();
+        assert_eq!(lock(&shared).irqs.registered(IRQ_MSIX), 1);
+        // Out of range, fd count mismatch, two data types.
+        assert!(d
+            .set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_EVENTFD, n, 1, vec![None])
+            .is_err());
+        assert!(d
+            .set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_EVENTFD, 0, 2, vec![None])
+            .is_err());
+        assert!(d.set_irqs(IRQ_MSIX, trig | 3, 0, 1, vec![]).is_err());
+        assert!(d
+            .set_irqs(u32::MAX, trig | VFIO_IRQ_SET_DATA_NONE, 0, 0, vec![])
+            .is_err());
+        // count 0 + DATA_NONE disables the index.
+        d.set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_NONE, 0, 0, vec![])
+            .unwrap();
+        assert_eq!(lock(&shared).irqs.registered(IRQ_MSIX), 0);
+        let _ = IRQ_MSI;
+    }
+
+    #[test]
+    fn disconnect_drops_client_resources() {
+        let (mut d, shared) = fixture();
+        d.dma_map(DmaMapping {
+            iova: 0,
+            size: 0x1000,
+            offset: 0,
+            readable: true,
+            writable: true,
+            fd: None,
+        })
+        .unwrap();
+        lock(&shared).connection.connected = true;
+        d.disconnected();
+        let s = lock(&shared);
+        assert_eq!(s.guest.stats().0, 0);
+        assert!(!s.connection.connected);
+        assert_eq!(s.connection.disconnects, 1);
+    }
+}
