@@ -8,9 +8,9 @@
 //! by dropping the way selector from the HPA offset:
 //!
 //! - power-of-two W (IW 0..=4): the selector is the IW bits just above the
-//!   granule, HPA offset bits `[IG+8+IW-1 : IG+8]`. DPA offset =
-//!   HPA offset bits `[IG+7:0]`, with HPA bits `[51 : IG+8+IW]` shifted down by IW
-//!   bits above them.
+//!   granule, HPA offset bits `[IG+8+IW-1 : IG+8]`. The DPA offset keeps HPA offset
+//!   bits `[IG+7:0]` and takes HPA offset bits `[51 : IG+8+IW]` as its bits
+//!   `[51-IW : IG+8]`, i.e. the selector bits are squeezed out.
 //! - W = 3·2^k (IW 8..=10, k = IW−8): the upper bits `HPA[51 : IG+8+k]` are divided
 //!   by 3; the quotient forms DPA bits `[51 : IG+8]`, the low bits pass through.
 //!

@@ -50,10 +50,13 @@ use thiserror::Error;
 /// Errors in building a decoder bank or in programming it from firmware.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HdmError {
+    /// [`HdmConfig::decoder_count`] is not 1, 2 or 4.
     #[error("decoder count {0} is not supported (1, 2 or 4)")]
     BadDecoderCount(u8),
+    /// [`HdmConfig::capacity`] is 0 or not a multiple of 256 MiB.
     #[error("capacity {0:#x} is not a non-zero multiple of 256 MiB")]
     BadCapacity(u64),
+    /// A decoder index at or beyond the bank's decoder count.
     #[error("decoder {0} does not exist")]
     NoSuchDecoder(usize),
     /// [`HdmDecoderBank::precommit`] on a decoder whose Commit bit is already set.
@@ -102,12 +105,19 @@ pub struct DecoderState {
     pub iw: u8,
     /// Encoded interleave granularity (IG field).
     pub ig: u8,
+    /// Lock On Commit, Control bit 8.
     pub lock_on_commit: bool,
+    /// Commit, Control bit 9: software asked for the decoder to be committed.
     pub commit: bool,
+    /// Committed, Control bit 10: the decoder decodes.
     pub committed: bool,
+    /// Error Not Committed, Control bit 11: the commit checks or the firmware
+    /// refused the programming.
     pub error: bool,
     /// Target Type bit 12 as written: true = host-only coherent, false = device-coherent.
     pub host_only: bool,
+    /// Committed with Lock On Commit: every register of the decoder is read-only
+    /// until reset (not a register bit of its own).
     pub locked: bool,
 }
 
@@ -146,19 +156,16 @@ impl DecoderState {
     }
 }
 
-/// One decoder slot: the visible state plus why the last commit failed.
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    st: DecoderState,
-    failure: Option<CommitError>,
-}
-
 /// Result of an HPA decode: which decoder claimed it, the DPA, and the interleave
 /// position the address selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
+    /// Index of the committed decoder whose HPA range holds the address.
     pub decoder: usize,
+    /// Device physical address.
     pub dpa: u64,
+    /// Interleave position (0..ways) the address selects; an endpoint accepts the
+    /// address whatever its own position is.
     pub position: u32,
 }
 
@@ -166,7 +173,10 @@ pub struct Decoded {
 #[derive(Debug, Clone)]
 pub struct HdmDecoderBank {
     cfg: HdmConfig,
-    decoders: Vec<Slot>,
+    decoders: Vec<DecoderState>,
+    /// Why each decoder's last commit failed; `Some` exactly while its Error Not
+    /// Committed bit is set.
+    failures: Vec<Option<CommitError>>,
     global_enable: bool,
 }
 
@@ -209,12 +219,14 @@ impl HdmDecoderBank {
         }
         let n = usize::from(cfg.decoder_count);
         Ok(Self {
-            decoders: vec![Slot::default(); n],
+            decoders: vec![DecoderState::default(); n],
+            failures: vec![None; n],
             cfg,
             global_enable: false,
         })
     }
 
+    /// Number of decoders in the bank.
     pub fn decoder_count(&self) -> usize {
         self.decoders.len()
     }
@@ -225,10 +237,12 @@ impl HdmDecoderBank {
         regs::block_len(self.decoders.len() as u32)
     }
 
+    /// DPA capacity in bytes.
     pub fn capacity(&self) -> u64 {
         self.cfg.capacity
     }
 
+    /// The configuration the bank was built with.
     pub fn config(&self) -> &HdmConfig {
         &self.cfg
     }
@@ -243,18 +257,19 @@ impl HdmDecoderBank {
         self.global_enable = enable;
     }
 
+    /// Snapshot of decoder `index`, `None` if it does not exist.
     pub fn decoder(&self, index: usize) -> Option<DecoderState> {
-        self.decoders.get(index).map(|s| s.st)
+        self.decoders.get(index).copied()
     }
 
     /// Why decoder `index`'s last commit failed, while Error Not Committed is set.
     pub fn commit_error(&self, index: usize) -> Option<CommitError> {
-        self.decoders.get(index).and_then(|s| s.failure)
+        self.failures.get(index).copied().flatten()
     }
 
     /// Number of committed decoders (they are always decoders 0..n).
     pub fn committed_count(&self) -> usize {
-        self.decoders.iter().take_while(|s| s.st.committed).count()
+        self.decoders.iter().take_while(|d| d.committed).count()
     }
 
     /// The HDM Decoder Capability register (§8.2.4.20.1): decoder count, target
@@ -297,7 +312,7 @@ impl HdmDecoderBank {
         let Some((index, reg)) = self.locate(offset) else {
             return 0;
         };
-        let Some(d) = self.decoders.get(index).map(|s| &s.st) else {
+        let Some(d) = self.decoders.get(index) else {
             return 0;
         };
         match reg {
@@ -328,10 +343,9 @@ impl HdmDecoderBank {
         if reg == regs::DEC_CONTROL {
             return self.write_control(index, value, mask);
         }
-        let Some(slot) = self.decoders.get_mut(index) else {
+        let Some(d) = self.decoders.get_mut(index) else {
             return WriteOutcome::None;
         };
-        let d = &mut slot.st;
         // RWL fields (§8.2.4.20.3–.11): frozen while locked and, by this device's
         // choice, while Commit is set.
         if d.locked || d.commit {
@@ -354,11 +368,10 @@ impl HdmDecoderBank {
         let next_busy = self
             .decoders
             .get(index.wrapping_add(1))
-            .is_some_and(|s| s.st.commit && !s.st.error);
-        let Some(slot) = self.decoders.get(index) else {
+            .is_some_and(|d| d.commit && !d.error);
+        let Some(&old) = self.decoders.get(index) else {
             return WriteOutcome::None;
         };
-        let old = slot.st;
         if old.locked {
             return WriteOutcome::None;
         }
@@ -389,7 +402,7 @@ impl HdmDecoderBank {
                 let mut st = old;
                 st.set_control_fields(new);
                 st.commit = true;
-                match commit::validate(&self.states(), index, &st, self.cfg.capacity) {
+                match commit::validate(&self.decoders, index, &st, self.cfg.capacity) {
                     Ok(_) => {
                         self.store(index, st, None);
                         WriteOutcome::CommitRequested(index)
@@ -405,13 +418,10 @@ impl HdmDecoderBank {
     }
 
     fn store(&mut self, index: usize, st: DecoderState, failure: Option<CommitError>) {
-        if let Some(slot) = self.decoders.get_mut(index) {
-            *slot = Slot { st, failure };
+        if let (Some(d), Some(f)) = (self.decoders.get_mut(index), self.failures.get_mut(index)) {
+            *d = st;
+            *f = failure;
         }
-    }
-
-    fn states(&self) -> Vec<DecoderState> {
-        self.decoders.iter().map(|s| s.st).collect()
     }
 
     /// Complete a commit that [`WriteOutcome::CommitRequested`] announced:
@@ -430,7 +440,7 @@ impl HdmDecoderBank {
         let verdict = if accept {
             // The fields and the lower decoders cannot change while pending, so this
             // re-check only guards against a bug elsewhere.
-            commit::validate(&self.states(), index, &st, self.cfg.capacity).map(|_| ())
+            commit::validate(&self.decoders, index, &st, self.cfg.capacity).map(|_| ())
         } else {
             Err(CommitError::Rejected)
         };
@@ -469,7 +479,7 @@ impl HdmDecoderBank {
             error: false,
             locked: state.lock_on_commit,
         };
-        commit::validate(&self.states(), index, &st, self.cfg.capacity)
+        commit::validate(&self.decoders, index, &st, self.cfg.capacity)
             .map_err(|reason| HdmError::CommitRejected { index, reason })?;
         self.store(index, st, None);
         Ok(())
@@ -478,9 +488,8 @@ impl HdmDecoderBank {
     /// Conventional reset: every decoder uncommitted and unlocked with all fields 0,
     /// global enable clear (the power-on values of §8.2.4.20.1–.11).
     pub fn reset(&mut self) {
-        for slot in &mut self.decoders {
-            *slot = Slot::default();
-        }
+        self.decoders.fill(DecoderState::default());
+        self.failures.fill(None);
         self.global_enable = false;
     }
 
@@ -501,8 +510,7 @@ impl HdmDecoderBank {
     /// `dpa_size` = HPA size / ways.
     pub fn dpa_range(&self, index: usize) -> Option<(u64, u64)> {
         let d = self.decoder(index).filter(|d| d.committed)?;
-        let states = self.states();
-        let below = states.get(..index)?;
+        let below = self.decoders.get(..index)?;
         let base = commit::dpa_end_of(below).checked_add(d.dpa_skip)?;
         Some((base, commit::dpa_size_of(&d)))
     }
@@ -510,8 +518,24 @@ impl HdmDecoderBank {
     /// First DPA after every committed decoder's range (0 when none is committed):
     /// where firmware may place the next decoder.
     pub fn dpa_end(&self) -> u64 {
-        let states = self.states();
-        commit::dpa_end_of(states.get(..self.committed_count()).unwrap_or(&[]))
+        commit::dpa_end_of(self.decoders.get(..self.committed_count()).unwrap_or(&[]))
+    }
+
+    /// The committed decoders with their DPA base, in order: `(index, decoder,
+    /// interleave, dpa_base)`. Committed decoders passed the commit checks, so their
+    /// encodings are valid and their DPA bases cannot overflow; entries for which
+    /// either would fail are skipped rather than trusted.
+    fn committed(&self) -> impl Iterator<Item = (usize, &DecoderState, Interleave, u64)> + '_ {
+        let mut dpa_end = 0u64;
+        self.decoders
+            .iter()
+            .take_while(|d| d.committed)
+            .enumerate()
+            .filter_map(move |(i, d)| {
+                let dpa_base = dpa_end.checked_add(d.dpa_skip)?;
+                dpa_end = dpa_base.checked_add(commit::dpa_size_of(d))?;
+                Some((i, d, Interleave::new(d.iw, d.ig)?, dpa_base))
+            })
     }
 
     /// Decode `hpa` through the committed decoders, when HDM Decoder Enable is set:
@@ -521,11 +545,8 @@ impl HdmDecoderBank {
         if !self.global_enable {
             return None;
         }
-        (0..self.committed_count()).find_map(|i| {
-            let (base, size) = self.hpa_range(i)?;
-            let off = hpa.checked_sub(base).filter(|&o| o < size)?;
-            let il = self.interleave(i)?;
-            let (dpa_base, _) = self.dpa_range(i)?;
+        self.committed().find_map(|(i, d, il, dpa_base)| {
+            let off = hpa.checked_sub(d.base).filter(|&o| o < d.size)?;
             Some(Decoded {
                 decoder: i,
                 dpa: dpa_base.checked_add(il.hpa_to_dpa_offset(off))?,
@@ -546,12 +567,11 @@ impl HdmDecoderBank {
     /// poison by HPA). `None` if no committed decoder holds `dpa` or `position` is
     /// not below its ways.
     pub fn dpa_to_hpa(&self, dpa: u64, position: u32) -> Option<u64> {
-        (0..self.committed_count()).find_map(|i| {
-            let (dpa_base, dpa_size) = self.dpa_range(i)?;
-            let off = dpa.checked_sub(dpa_base).filter(|&o| o < dpa_size)?;
-            let (base, _) = self.hpa_range(i)?;
-            let hoff = self.interleave(i)?.dpa_to_hpa_offset(off, position)?;
-            base.checked_add(hoff)
+        self.committed().find_map(|(_, d, il, dpa_base)| {
+            let off = dpa
+                .checked_sub(dpa_base)
+                .filter(|&o| o < commit::dpa_size_of(d))?;
+            d.base.checked_add(il.dpa_to_hpa_offset(off, position)?)
         })
     }
 
@@ -561,7 +581,7 @@ impl HdmDecoderBank {
     /// (locked ⇒ committed with Lock On Commit, committed or error ⇒ Commit, never
     /// both), and address fields are 256 MiB granular.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let states = self.states();
+        let states = &self.decoders;
         let prefix = self.committed_count();
         for (i, d) in states.iter().enumerate() {
             if d.committed && i >= prefix {
@@ -589,7 +609,7 @@ impl HdmDecoderBank {
                 return Err(format!("decoder {i} IW/IG wider than 4 bits"));
             }
             if d.committed || d.pending() {
-                commit::validate(&states, i, d, self.cfg.capacity)
+                commit::validate(states, i, d, self.cfg.capacity)
                     .map_err(|e| format!("decoder {i} committed but invalid: {e}"))?;
             }
         }
