@@ -5,97 +5,188 @@
 //! Register access is by dword: `read(offset, now_ns)` and
 //! `write(offset, value, mask, now_ns, hooks)`, where `offset` is relative to the
 //! start of the mailbox register block (Capabilities at 0, payload at 0x20) and
-//! `mask` has a 1 for every bit the access writes.
+//! `mask` has a 1 for every bit the access writes. Unaligned offsets are rounded down
+//! to the dword; offsets past [`Mailbox::block_len`] read 0 and ignore writes.
+//!
+//! Execution model:
+//! - A write that sets the Control doorbell runs the command synchronously, inside
+//!   that write: when it returns, the doorbell already reads 0, Status[47:32] holds
+//!   the return code and Command[36:16] the output length (§8.2.8.4.4..6).
+//! - Sanitize (0x4400) is a background command: it returns Background Command
+//!   Started, Status bit 0 and the Background Command Status register show it
+//!   running, and its percentage grows with `now_ns`. It completes only in
+//!   [`Mailbox::poll`] (not lazily in `read`), because the device model must wipe
+//!   device memory on [`MailboxEvent::SanitizeComplete`] before the guest may see
+//!   the completion. Call `poll` whenever [`Mailbox::next_deadline`] passes, and
+//!   before serving mailbox reads; until then a read shows at most 99 %.
 //!
 //! API CONTRACT (other crates build against this; extend, do not break):
 //! `MailboxConfig`, `LsaStorage`, `MemLsa`, `VendorHooks`, `MailboxEvent`,
 //! `Mailbox::{new, read, write, poll, reset, block_len, payload, payload_mut,
 //! inject_event, inject_poison, poison_list, next_deadline}`, `EventRecord`, `EventLog`.
 
-use thiserror::Error;
+mod commands;
+mod events;
+mod firmware;
+mod le;
+mod lsa;
+mod poison;
 
-/// Errors of LSA storage.
-#[derive(Debug, Error)]
-pub enum LsaError {
-    #[error("LSA access at {offset:#x}+{len:#x} is outside its {size:#x} bytes")]
-    OutOfRange { offset: usize, len: usize, size: usize },
-    #[error("LSA storage failed: {0}")]
-    Storage(String),
-}
+use cxl_regs::mailbox as mb;
 
-/// Label Storage Area backing. The backend implements it over a file.
-pub trait LsaStorage: Send {
-    fn size(&self) -> usize;
-    fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), LsaError>;
-    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), LsaError>;
-    fn flush(&mut self) -> Result<(), LsaError> {
-        Ok(())
-    }
-}
+pub use commands::{implemented_commands, CommandInfo};
+pub use events::{EventError, EventLog, EventRecord};
+pub use firmware::{FwError, MAX_PACKAGE};
+pub use lsa::{LsaError, LsaStorage, MemLsa};
+pub use poison::{PoisonError, PoisonRecord};
 
-/// An in-memory LSA.
-#[derive(Debug, Clone)]
-pub struct MemLsa(pub Vec<u8>);
+use events::EventLogs;
+use firmware::Firmware;
+use poison::PoisonList;
 
-impl LsaStorage for MemLsa {
-    fn size(&self) -> usize {
-        self.0.len()
-    }
-    fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), LsaError> {
-        let size = self.0.len();
-        let src = offset
-            .checked_add(buf.len())
-            .and_then(|end| self.0.get(offset..end))
-            .ok_or(LsaError::OutOfRange { offset, len: buf.len(), size })?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), LsaError> {
-        let size = self.0.len();
-        let dst = offset
-            .checked_add(data.len())
-            .and_then(|end| self.0.get_mut(offset..end))
-            .ok_or(LsaError::OutOfRange { offset, len: data.len(), size })?;
-        dst.copy_from_slice(data);
-        Ok(())
-    }
-}
-
-/// Hooks the mailbox calls out to (the device's firmware).
+/// Hooks the mailbox calls out to (the device's firmware and memory).
 pub trait VendorHooks {
     /// A vendor-specific opcode (0xC000..=0xFFFF). Returns the spec return code
-    /// and fills `output`.
+    /// and fills `output` (at most the payload size, else Internal Error).
     fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16;
+
+    /// Clear Poison (CXL r3.1 §8.2.9.9.4.3): write the command's 64 bytes of data to
+    /// device memory at `dpa` (64-byte aligned, within capacity). Returns a return
+    /// code; anything but Success fails the command and keeps the poison. The
+    /// default does nothing and succeeds: a device model with memory must override it.
+    fn media_write(&mut self, _dpa: u64, _data: &[u8]) -> u16 {
+        mb::RC_SUCCESS
+    }
 }
 
 /// Hooks that support nothing: every vendor opcode is Unsupported.
 pub struct NoVendorHooks;
 impl VendorHooks for NoVendorHooks {
     fn vendor_command(&mut self, _opcode: u16, _input: &[u8], _output: &mut Vec<u8>) -> u16 {
-        cxl_regs::mailbox::RC_UNSUPPORTED
+        mb::RC_UNSUPPORTED
     }
 }
 
-/// Static configuration.
+/// Static configuration. Build it with `..Default::default()` so new fields do not
+/// break callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxConfig {
-    /// Total (volatile) capacity in bytes, multiple of 256 MiB.
+    /// Total (volatile) capacity in bytes, multiple of 256 MiB (Identify reports it
+    /// in 256 MiB units, rounded down).
     pub capacity: u64,
     pub serial: u64,
-    /// log2 of the payload size, 8..=20.
+    /// log2 of the payload size, 8..=20 (§8.2.8.4.3); clamped into that range.
     pub payload_log2: u32,
-    /// MSI-X message number for background-command completion.
+    /// MSI/MSI-X message number for background-command completion (4 bits).
     pub irq_msgnum: u16,
+    /// Running firmware revision (Identify, Get FW Info slot 1), up to 16 bytes.
     pub fw_revision: String,
+    /// Simulated duration of Sanitize, in nanoseconds.
+    pub sanitize_duration_ns: u64,
+    /// Records each event log holds before it overflows (Identify event log sizes).
+    pub event_log_capacity: u16,
+    /// MSI/MSI-X message number reported in the event interrupt settings (4 bits).
+    pub event_irq_msgnum: u8,
+    /// Poison List Maximum Media Error Records (Identify, 24 bits).
+    pub poison_list_max: u32,
+    /// Inject Poison Limit (Identify); 0 = no limit.
+    pub inject_poison_limit: u16,
+    /// Firmware slots, 1..=4.
+    pub fw_slots: u8,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 512 << 20,
+            serial: 0,
+            payload_log2: cxl_regs::layout::MAILBOX_PAYLOAD_LOG2,
+            irq_msgnum: cxl_regs::layout::MSIX_VEC_MAILBOX,
+            fw_revision: "cxl-accel 0.1.0".into(),
+            sanitize_duration_ns: 200_000_000,
+            event_log_capacity: 32,
+            event_irq_msgnum: cxl_regs::layout::MSIX_VEC_EVENTS as u8,
+            poison_list_max: 256,
+            inject_poison_limit: 64,
+            fw_slots: 2,
+        }
+    }
 }
 
 /// Something the caller must act on after an access or a poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MailboxEvent {
-    /// A background command completed and its interrupt is enabled.
+    /// A background command completed and its interrupt is enabled: raise the
+    /// mailbox vector (`irq_msgnum`).
     BackgroundComplete,
-    /// A new event record was added (event interrupt policy permitting).
+    /// A new event record was added and its log's interrupt policy is MSI/MSI-X:
+    /// raise the event vector (`event_irq_msgnum`).
     EventAdded,
+    /// Sanitize completed (§8.2.9.9.5.1): the device model must zero all device
+    /// memory now (the mailbox already dropped its poison list). If `interrupt`,
+    /// also raise the mailbox vector as for [`MailboxEvent::BackgroundComplete`].
+    SanitizeComplete { interrupt: bool },
+}
+
+/// Health values reported by Get Health Info (CXL r3.1 §8.2.9.9.3.1). Settable for
+/// fault injection through [`Mailbox::health_mut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthInfo {
+    pub health_status: u8,
+    pub media_status: u8,
+    pub additional_status: u8,
+    pub life_used: u8,
+    /// Degrees Celsius.
+    pub temperature: i16,
+    pub dirty_shutdowns: u32,
+    pub corrected_volatile_errors: u32,
+    pub corrected_persistent_errors: u32,
+}
+
+impl Default for HealthInfo {
+    fn default() -> Self {
+        Self {
+            health_status: 0,
+            media_status: 0,
+            additional_status: 0,
+            life_used: 0,
+            temperature: 35,
+            dirty_shutdowns: 0,
+            corrected_volatile_errors: 0,
+            corrected_persistent_errors: 0,
+        }
+    }
+}
+
+/// Counters for observability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// Doorbells rung (commands executed, whatever their result).
+    pub commands: u64,
+    /// Commands that returned neither Success nor Background Command Started.
+    pub failed: u64,
+    /// Commands refused with Busy because a background operation ran.
+    pub busy: u64,
+    pub background_started: u64,
+    pub background_completed: u64,
+    pub events_injected: u64,
+    pub events_dropped: u64,
+}
+
+/// A running background operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BgOp {
+    opcode: u16,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+/// Background Command Status contents once the last operation finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BgDone {
+    opcode: u16,
+    rc: u16,
+    percent: u8,
 }
 
 /// A CXL primary mailbox with its command set.
@@ -103,16 +194,59 @@ pub struct Mailbox {
     cfg: MailboxConfig,
     lsa: Box<dyn LsaStorage>,
     payload: Vec<u8>,
+    /// Output of the running command, reused.
+    out: Vec<u8>,
+    /// Control register: only Background Command Complete Interrupt Enable is
+    /// stored; the doorbell never stays set (commands run within the write).
+    control: u32,
+    /// Command register: opcode [15:0], payload length [36:16].
+    command: u64,
+    /// Return code of the last command (Status[47:32]).
+    last_rc: u16,
+    bg: Option<BgOp>,
+    bg_done: BgDone,
+    events: EventLogs,
+    poison: PoisonList,
+    fw: Firmware,
+    /// (value set by Set Timestamp, `now_ns` when it was set).
+    timestamp: Option<(u64, u64)>,
+    health: HealthInfo,
+    stats: MailboxStats,
+    /// Latest time seen, for stamping injected records.
+    now_ns: u64,
 }
 
 impl Mailbox {
-    pub fn new(cfg: MailboxConfig, lsa: Box<dyn LsaStorage>) -> Self {
+    pub fn new(mut cfg: MailboxConfig, lsa: Box<dyn LsaStorage>) -> Self {
+        cfg.payload_log2 = cfg
+            .payload_log2
+            .clamp(mb::PAYLOAD_LOG2_MIN, mb::PAYLOAD_LOG2_MAX);
         let payload = vec![0; 1usize << cfg.payload_log2];
-        Self { cfg, lsa, payload }
+        let events = EventLogs::new(cfg.event_log_capacity, cfg.event_irq_msgnum);
+        let poison = PoisonList::new(cfg.capacity, cfg.poison_list_max, cfg.inject_poison_limit);
+        let fw = Firmware::new(cfg.fw_slots, &cfg.fw_revision);
+        Self {
+            cfg,
+            lsa,
+            payload,
+            out: Vec::new(),
+            control: 0,
+            command: 0,
+            last_rc: 0,
+            bg: None,
+            bg_done: BgDone::default(),
+            events,
+            poison,
+            fw,
+            timestamp: None,
+            health: HealthInfo::default(),
+            stats: MailboxStats::default(),
+            now_ns: 0,
+        }
     }
     /// Length of the register block: 0x20 + payload size.
     pub fn block_len(&self) -> u32 {
-        0x20 + (1u32 << self.cfg.payload_log2)
+        mb::PAYLOAD + (1u32 << self.cfg.payload_log2)
     }
     pub fn config(&self) -> &MailboxConfig {
         &self.cfg
@@ -129,58 +263,295 @@ impl Mailbox {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.payload
     }
-    pub fn read(&mut self, _offset: u32, _now_ns: u64) -> u32 {
-        0
+    pub fn stats(&self) -> MailboxStats {
+        self.stats
     }
+    /// Commands executed since creation (doorbells rung).
+    pub fn commands_executed(&self) -> u64 {
+        self.stats.commands
+    }
+    pub fn health(&self) -> &HealthInfo {
+        &self.health
+    }
+    /// Fault injection: change what Get Health Info reports.
+    pub fn health_mut(&mut self) -> &mut HealthInfo {
+        &mut self.health
+    }
+    /// Whether a background operation is running.
+    pub fn background_busy(&self) -> bool {
+        self.bg.is_some()
+    }
+
+    /// Mailbox Capabilities register (§8.2.8.4.3).
+    fn capabilities(&self) -> u32 {
+        (self.cfg.payload_log2 & mb::CAP_PAYLOAD_SIZE_MASK)
+            | mb::CAP_BG_IRQ
+            | ((u32::from(self.cfg.irq_msgnum) << mb::CAP_MSGNUM_SHIFT) & mb::CAP_MSGNUM_MASK)
+    }
+
+    fn bg_irq_enabled(&self) -> bool {
+        self.control & mb::CTRL_BG_IRQ != 0
+    }
+
+    /// Status register (§8.2.8.4.6).
+    fn status(&self) -> u64 {
+        let bg = if self.bg.is_some() {
+            mb::STATUS_BG_OPERATION
+        } else {
+            0
+        };
+        bg | (u64::from(self.last_rc) << mb::STATUS_RC_SHIFT)
+    }
+
+    /// Background Command Status register (§8.2.8.4.7) at `now_ns`.
+    fn bg_status(&self, now_ns: u64) -> u64 {
+        let (opcode, percent, rc) = match self.bg {
+            Some(op) => {
+                let total = op.end_ns.saturating_sub(op.start_ns).max(1);
+                let done = now_ns.saturating_sub(op.start_ns);
+                let pct = (u128::from(done) * 100 / u128::from(total)).min(99);
+                (op.opcode, pct as u64, 0)
+            }
+            None => (
+                self.bg_done.opcode,
+                u64::from(self.bg_done.percent),
+                self.bg_done.rc,
+            ),
+        };
+        u64::from(opcode)
+            | ((percent << mb::BG_PERCENT_SHIFT) & mb::BG_PERCENT_MASK)
+            | (u64::from(rc) << mb::BG_RC_SHIFT)
+    }
+
+    /// Read the dword at `offset` of the register block.
+    pub fn read(&mut self, offset: u32, now_ns: u64) -> u32 {
+        self.now_ns = self.now_ns.max(now_ns);
+        let offset = offset & !3;
+        let lo = |v: u64| v as u32;
+        let hi = |v: u64| (v >> 32) as u32;
+        match offset {
+            mb::CAPABILITIES => self.capabilities(),
+            mb::CONTROL => self.control & mb::CTRL_BG_IRQ,
+            o if o == mb::COMMAND => lo(self.command),
+            o if o == mb::COMMAND + 4 => hi(self.command),
+            o if o == mb::STATUS => lo(self.status()),
+            o if o == mb::STATUS + 4 => hi(self.status()),
+            o if o == mb::BG_CMD_STATUS => lo(self.bg_status(now_ns)),
+            o if o == mb::BG_CMD_STATUS + 4 => hi(self.bg_status(now_ns)),
+            o if o >= mb::PAYLOAD => {
+                let i = (o - mb::PAYLOAD) as usize;
+                le::u32_at(&self.payload, i).unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Write the bits of `value` selected by `mask` to the dword at `offset`.
+    /// Ringing the doorbell executes the command before this returns.
     pub fn write(
         &mut self,
-        _offset: u32,
-        _value: u32,
-        _mask: u32,
-        _now_ns: u64,
-        _hooks: &mut dyn VendorHooks,
+        offset: u32,
+        value: u32,
+        mask: u32,
+        now_ns: u64,
+        hooks: &mut dyn VendorHooks,
     ) -> Option<MailboxEvent> {
+        self.now_ns = self.now_ns.max(now_ns);
+        let offset = offset & !3;
+        let merge = |old: u32| (old & !mask) | (value & mask);
+        match offset {
+            mb::CONTROL => {
+                // Doorbell (bit 0) and BG interrupt enable (bit 2) are writable; the
+                // MB doorbell interrupt (bit 1) is reserved because the capability
+                // does not advertise it, and the rest is reserved.
+                self.control = merge(self.control) & mb::CTRL_BG_IRQ;
+                if value & mask & mb::CTRL_DOORBELL != 0 {
+                    self.ring_doorbell(now_ns, hooks);
+                    return self.poll(now_ns);
+                }
+            }
+            o if o == mb::COMMAND => {
+                let v = merge(self.command as u32);
+                self.command = (self.command & !0xffff_ffff) | u64::from(v);
+            }
+            o if o == mb::COMMAND + 4 => {
+                // Only length bits [36:32] exist in the high dword.
+                let v = merge((self.command >> 32) as u32) & 0x1f;
+                self.command = (self.command & 0xffff_ffff) | (u64::from(v) << 32);
+            }
+            o if o >= mb::PAYLOAD => {
+                let i = (o - mb::PAYLOAD) as usize;
+                if let Some(old) = le::u32_at(&self.payload, i) {
+                    let bytes = merge(old).to_le_bytes();
+                    if let Some(dst) = self.payload.get_mut(i..i + 4) {
+                        dst.copy_from_slice(&bytes);
+                    }
+                }
+            }
+            // Capabilities, Status and Background Command Status are read-only.
+            _ => {}
+        }
         None
     }
+
+    /// Execute the command in the Command register (§8.2.8.4.4, Doorbell).
+    fn ring_doorbell(&mut self, now_ns: u64, hooks: &mut dyn VendorHooks) {
+        let opcode = (self.command & mb::CMD_OPCODE_MASK) as u16;
+        let len = ((self.command & mb::CMD_LEN_MASK) >> mb::CMD_LEN_SHIFT) as usize;
+        let (rc, out_len) = self.execute(opcode, len, now_ns, hooks);
+        self.stats.commands = self.stats.commands.wrapping_add(1);
+        if rc != mb::RC_SUCCESS && rc != mb::RC_BACKGROUND_STARTED {
+            self.stats.failed = self.stats.failed.wrapping_add(1);
+            log::debug!("mailbox: opcode {opcode:#06x} len {len:#x} -> rc {rc:#x}");
+        }
+        self.last_rc = rc;
+        let out_len = (out_len as u64).min(u64::from(mb::CMD_LEN_MAX));
+        self.command = u64::from(opcode) | ((out_len << mb::CMD_LEN_SHIFT) & mb::CMD_LEN_MASK);
+    }
+
+    /// Start a background operation lasting `duration_ns`.
+    fn start_background(&mut self, opcode: u16, now_ns: u64, duration_ns: u64) {
+        self.bg = Some(BgOp {
+            opcode,
+            start_ns: now_ns,
+            end_ns: now_ns.saturating_add(duration_ns),
+        });
+        self.stats.background_started = self.stats.background_started.wrapping_add(1);
+    }
+
     /// Advance background operations to `now_ns`.
-    pub fn poll(&mut self, _now_ns: u64) -> Option<MailboxEvent> {
-        None
+    pub fn poll(&mut self, now_ns: u64) -> Option<MailboxEvent> {
+        self.now_ns = self.now_ns.max(now_ns);
+        let op = self.bg?;
+        if now_ns < op.end_ns {
+            return None;
+        }
+        self.bg = None;
+        self.bg_done = BgDone {
+            opcode: op.opcode,
+            rc: mb::RC_SUCCESS,
+            percent: 100,
+        };
+        self.stats.background_completed = self.stats.background_completed.wrapping_add(1);
+        let interrupt = self.bg_irq_enabled();
+        if op.opcode == mb::OP_SANITIZE {
+            self.poison.clear_all();
+            return Some(MailboxEvent::SanitizeComplete { interrupt });
+        }
+        interrupt.then_some(MailboxEvent::BackgroundComplete)
     }
+
     /// When `poll` next has something to do, if anything.
     pub fn next_deadline(&self) -> Option<u64> {
-        None
+        self.bg.map(|op| op.end_ns)
     }
-    pub fn reset(&mut self) {}
-    /// Fault injection: add a record to an event log.
-    pub fn inject_event(&mut self, _log: EventLog, _record: EventRecord) -> Option<MailboxEvent> {
-        None
+
+    /// Conventional reset (PCIe hot reset / FLR). Mailbox registers return to their
+    /// power-on values, a running background operation is aborted (its Sanitize never
+    /// completes, so the media is not wiped), a partial firmware transfer is dropped
+    /// and the event interrupt policy returns to "none" for the driver to program
+    /// again. What a real device keeps in its own storage survives: LSA, event
+    /// records, poison list, firmware slots and the timestamp.
+    pub fn reset(&mut self) {
+        if let Some(op) = self.bg.take() {
+            log::info!("mailbox: reset aborts background opcode {:#06x}", op.opcode);
+        }
+        self.bg_done = BgDone::default();
+        self.control = 0;
+        self.command = 0;
+        self.last_rc = 0;
+        self.payload.fill(0);
+        self.fw.abort_transfer();
+        self.events.reset_policy();
     }
-    /// Fault injection: add a poisoned DPA range (64-byte granular).
-    pub fn inject_poison(&mut self, _dpa: u64, _len: u64) -> Result<(), u16> {
-        Ok(())
+
+    /// Cold reset (power cycle): [`Mailbox::reset`], then a firmware slot staged by
+    /// Activate FW becomes active, the timestamp is unset and the volatile event logs
+    /// are empty.
+    pub fn cold_reset(&mut self) {
+        self.reset();
+        self.fw.cold_reset();
+        self.timestamp = None;
+        self.events.clear_all();
     }
+
+    /// The device timestamp at `now_ns` (§8.2.9.4.1): 0 until Set Timestamp, then
+    /// the set value advanced by the elapsed time.
+    pub fn timestamp(&self, now_ns: u64) -> u64 {
+        match self.timestamp {
+            Some((value, at)) => value.wrapping_add(now_ns.saturating_sub(at)),
+            None => 0,
+        }
+    }
+
+    /// Fault injection: add a record to an event log, stamped with the latest time
+    /// seen. Returns [`MailboxEvent::EventAdded`] if that log's interrupt is enabled.
+    pub fn inject_event(&mut self, log: EventLog, record: EventRecord) -> Option<MailboxEvent> {
+        let now = self.now_ns;
+        self.inject_event_at(log, record, now)
+    }
+
+    /// [`Mailbox::inject_event`] at an explicit time.
+    pub fn inject_event_at(
+        &mut self,
+        log: EventLog,
+        record: EventRecord,
+        now_ns: u64,
+    ) -> Option<MailboxEvent> {
+        self.now_ns = self.now_ns.max(now_ns);
+        let ts = self.timestamp(now_ns);
+        if self.events.push(log, record, ts) {
+            self.stats.events_injected = self.stats.events_injected.wrapping_add(1);
+            self.events
+                .interrupt_enabled(log)
+                .then_some(MailboxEvent::EventAdded)
+        } else {
+            self.stats.events_dropped = self.stats.events_dropped.wrapping_add(1);
+            None
+        }
+    }
+
+    /// Event Status for the device status register (§8.2.8.3.1): bit n set while
+    /// log n holds records.
+    pub fn event_status(&self) -> u32 {
+        self.events.status()
+    }
+
+    /// Records currently in `log`.
+    pub fn event_count(&self, log: EventLog) -> usize {
+        self.events.len(log)
+    }
+
+    /// Fault injection: add a poisoned DPA range (64-byte granular, within capacity)
+    /// with source "internal". Errors are mailbox return codes (Invalid Input for
+    /// misalignment, Invalid Physical Address beyond capacity).
+    pub fn inject_poison(&mut self, dpa: u64, len: u64) -> Result<(), u16> {
+        let ts = self.timestamp(self.now_ns);
+        self.poison
+            .add(dpa, len, mb::poison::SOURCE_INTERNAL, ts)
+            .map_err(PoisonError::rc)
+    }
+
     /// The poison list as (dpa, length) pairs.
     pub fn poison_list(&self) -> Vec<(u64, u64)> {
-        Vec::new()
+        self.poison
+            .records()
+            .iter()
+            .map(|r| (r.dpa, r.len))
+            .collect()
+    }
+
+    /// The poison list with error sources.
+    pub fn poison_records(&self) -> Vec<PoisonRecord> {
+        self.poison.records()
+    }
+
+    /// Whether any byte of `[dpa, dpa+len)` is poisoned (for the device model's
+    /// memory paths).
+    pub fn is_poisoned(&self, dpa: u64, len: u64) -> bool {
+        self.poison.overlaps(dpa, len)
     }
 }
 
-/// The four event logs (CXL r3.1 §8.2.9.2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventLog {
-    Informational = 0,
-    Warning = 1,
-    Failure = 2,
-    Fatal = 3,
-}
-
-/// A 128-byte event record (CXL r3.1 §8.2.9.2.1, Table 8-43).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
-    /// Record identifier UUID.
-    pub uuid: [u8; 16],
-    /// Record flags, bits [1:0] severity etc.
-    pub flags: u32,
-    /// Vendor/record-specific data (up to 0x50 bytes).
-    pub data: Vec<u8>,
-}
+#[cfg(test)]
+mod tests;
