@@ -349,6 +349,31 @@ fn get_lsa_longer_than_payload_is_invalid() {
     );
 }
 
+/// LSA storage whose medium fails.
+struct BrokenLsa;
+impl LsaStorage for BrokenLsa {
+    fn size(&self) -> usize {
+        512
+    }
+    fn read(&self, _offset: usize, _buf: &mut [u8]) -> Result<(), LsaError> {
+        Err(LsaError::Storage("gone".into()))
+    }
+    fn write(&mut self, _offset: usize, _data: &[u8]) -> Result<(), LsaError> {
+        Err(LsaError::Storage("gone".into()))
+    }
+}
+
+#[test]
+fn lsa_storage_failure_is_internal_error() {
+    let mut m = Mailbox::new(cfg(), Box::new(BrokenLsa));
+    assert_eq!(
+        rc(&mut m, mb::OP_GET_LSA, &get_lsa_in(0, 16)),
+        mb::RC_INTERNAL_ERROR
+    );
+    assert_eq!(rc(&mut m, mb::OP_SET_LSA, &[0; 12]), mb::RC_INTERNAL_ERROR);
+    assert_eq!(m.read(mb::COMMAND, 0) >> 16, 0, "no output on failure");
+}
+
 // ---- logs / CEL ----
 
 #[test]
@@ -1071,9 +1096,13 @@ proptest! {
         payload in prop::collection::vec(any::<u8>(), 0..0x120),
         now in any::<u64>(),
         ctrl in any::<u32>(),
+        sanitizing in any::<bool>(),
     ) {
         let mut m = mbx();
         let mut h = Hooks::default();
+        if sanitizing {
+            prop_assert_eq!(run_at(&mut m, &mut h, mb::OP_SANITIZE, &[], now).0, mb::RC_BACKGROUND_STARTED);
+        }
         m.inject_event(EventLog::Warning, record(1));
         m.inject_poison(0x1000, 0x1000).unwrap();
         for (i, c) in payload.chunks(4).enumerate() {
@@ -1094,7 +1123,11 @@ proptest! {
             prop_assert_eq!(out_len, 0);
         }
         prop_assert_eq!(m.read(mb::COMMAND, now) & 0xffff, u32::from(opcode));
-        prop_assert_eq!(m.commands_executed(), 1);
+        prop_assert_eq!(m.commands_executed(), 1 + u64::from(sanitizing));
+        if sanitizing {
+            // Still running (unless its deadline saturated at u64::MAX and was reached).
+            prop_assert!(m.background_busy() || now.saturating_add(200 * NS_MS) == u64::MAX);
+        }
         // Poll and a second command never panic either.
         let _ = m.poll(now.saturating_add(1));
         let _ = m.read(mb::BG_CMD_STATUS, now);
