@@ -363,7 +363,9 @@ impl Mailbox {
             mb::CONTROL => {
                 // Doorbell (bit 0) and BG interrupt enable (bit 2) are writable; the
                 // MB doorbell interrupt (bit 1) is reserved because the capability
-                // does not advertise it, and the rest is reserved.
+                // does not advertise it, and the rest is reserved. Bit 2 is plain RW
+                // (§8.2.8.4.4): a doorbell write with bit 2 clear, as Linux's
+                // `__cxl_pci_mbox_send_cmd` does, also disables the interrupt.
                 self.control = merge(self.control) & mb::CTRL_BG_IRQ;
                 if value & mask & mb::CTRL_DOORBELL != 0 {
                     self.ring_doorbell(now_ns, hooks);
