@@ -9,11 +9,12 @@
 
 pub mod protocol;
 pub mod server;
+mod sys;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::io::RawFd;
 
-pub use server::{ServeOutcome, Server};
+pub use server::{ServeOutcome, Server, ServerError, ServerStats, StatsSnapshot};
 
 /// A positive errno value, sent back in an error reply.
 pub type Errno = i32;
@@ -64,6 +65,11 @@ pub trait VfioUserDevice {
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno>;
     fn dma_map(&mut self, map: DmaMapping) -> Result<(), Errno>;
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), Errno>;
+    /// DMA_UNMAP with VFIO_DMA_UNMAP_FLAG_ALL: drop every mapping. By default,
+    /// an unmap of the whole address space `[0, u64::MAX)`.
+    fn dma_unmap_all(&mut self) -> Result<(), Errno> {
+        self.dma_unmap(0, u64::MAX)
+    }
     /// VFIO_DEVICE_SET_IRQS. `fds` are the eventfds for `start..start+count` when
     /// `flags` has VFIO_IRQ_SET_DATA_EVENTFD (an fd of -1 on the wire is `None`).
     fn set_irqs(
@@ -74,6 +80,43 @@ pub trait VfioUserDevice {
         count: u32,
         fds: Vec<Option<OwnedFd>>,
     ) -> Result<(), Errno>;
+    /// VFIO_DEVICE_SET_IRQS with VFIO_IRQ_SET_DATA_BOOL: `data[i]` says whether
+    /// the action applies to vector `start + i`. By default, each run of `true`
+    /// becomes a DATA_NONE call to [`set_irqs`](Self::set_irqs) (which means
+    /// "apply to all of start..start+count").
+    fn set_irqs_bool(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        data: &[bool],
+    ) -> Result<(), Errno> {
+        use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK};
+        let flags = (flags & !VFIO_IRQ_SET_DATA_TYPE_MASK) | VFIO_IRQ_SET_DATA_NONE;
+        let mut i = 0usize;
+        while i < data.len() {
+            if !data.get(i).copied().unwrap_or(false) {
+                i += 1;
+                continue;
+            }
+            let run = data
+                .get(i..)
+                .unwrap_or(&[])
+                .iter()
+                .take_while(|&&b| b)
+                .count();
+            let first = u32::try_from(i).ok().and_then(|i| start.checked_add(i));
+            let count = u32::try_from(run).ok();
+            match (first, count) {
+                (Some(first), Some(count)) => {
+                    self.set_irqs(index, flags, first, count, Vec::new())?
+                }
+                _ => return Err(libc::EINVAL),
+            }
+            i += run;
+        }
+        Ok(())
+    }
     fn reset(&mut self) -> Result<(), Errno>;
     /// Called when no message arrived for a while, and after each message: do
     /// time-driven work. Returns how long the server may sleep before calling again.
