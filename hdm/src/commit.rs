@@ -5,8 +5,9 @@
 //! The spec lists checks the decoder logic performs when Commit goes 0→1 (base at or
 //! above the previous decoder's limit, no wrap-around, in-order commit). This device
 //! performs those and the endpoint-specific ones that keep the DPA map coherent
-//! (valid IW/IG, DPA range inside the capacity), in the order of [`CommitError`]'s
-//! variants; the first failure is reported.
+//! (valid IW/IG, DPA range inside the capacity and below any decoder that stayed
+//! committed above), in the order of [`CommitError`]'s variants; the first failure
+//! is reported.
 
 use cxl_regs::hdm::GRANULE;
 use thiserror::Error;
@@ -22,7 +23,8 @@ pub const HPA_LIMIT: u64 = 1 << 52;
 /// Committed (§8.2.4.20.7, bit 11); kept for logging by the device model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum CommitError {
-    /// §8.2.4.20.12: decoder m must be committed before decoder m+1.
+    /// §8.2.4.20.12: decoder m must be committed before decoder m+1. `prev` is the
+    /// highest decoder below `index` that is not committed.
     #[error("decoder {index} committed out of order: decoder {prev} is not committed")]
     OutOfOrder { index: usize, prev: usize },
     /// A zero-sized decoder decodes nothing. CXL r3.2 allows committing one to burn
@@ -40,6 +42,10 @@ pub enum CommitError {
     /// §8.2.4.20.12: Decoder[m+1].Base >= Decoder[m].Base + Decoder[m].Size.
     #[error("HPA base {base:#x} is below the previous decoder's limit {prev_limit:#x}")]
     HpaOverlap { base: u64, prev_limit: u64 },
+    /// §8.2.4.20.12: decoder m's range lies below decoder m+1's. Only reachable
+    /// when re-committing under a decoder that stayed committed.
+    #[error("HPA limit {limit:#x} is above the next committed decoder's base {next_base:#x}")]
+    HpaOverlapsNext { limit: u64, next_base: u64 },
     /// §8.2.4.20.7: IW encodings 0..=4 and 8..=10 are defined.
     #[error("interleave ways encoding {0} is reserved")]
     BadInterleaveWays(u8),
@@ -59,27 +65,50 @@ pub enum CommitError {
         dpa_size: u64,
         capacity: u64,
     },
+    /// The DPA range would run into the DPA range that the next committed decoder
+    /// latched when it was committed.
+    #[error(
+        "DPA end {dpa_end:#x} is above the next committed decoder's DPA base {next_dpa_base:#x}"
+    )]
+    DpaOverlapsNext { dpa_end: u64, next_dpa_base: u64 },
     /// The device model's firmware refused the commit.
     #[error("rejected by the device firmware")]
     Rejected,
 }
 
-/// The DPA a decoder uses once committed: `(dpa_base, dpa_size)`.
-pub(crate) type DpaSpan = (u64, u64);
+/// A committed decoder as the checks see it: its registers and the DPA base it
+/// latched when it was committed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed {
+    pub st: DecoderState,
+    pub dpa_base: u64,
+}
 
-/// Check that `cand`, as decoder `index` of `decoders` (all decoders below `index`
-/// being as stored), may be committed on a device of `capacity` bytes. On success
-/// returns the DPA span it would occupy.
+/// What the checks for decoder `index` need to know about the other decoders.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Neighbours {
+    /// Highest decoder below `index` that is not committed, if any.
+    pub uncommitted_below: Option<usize>,
+    /// Decoder `index`-1, if it exists (it is committed when
+    /// `uncommitted_below` is `None`).
+    pub prev: Option<Placed>,
+    /// Nearest committed decoder above `index`: it exists only after an
+    /// out-of-order uncommit, and keeps decoding with its latched DPA base, so the
+    /// decoder re-committed below it must fit underneath in both HPA and DPA.
+    pub next: Option<Placed>,
+}
+
+/// Check that `cand` may be committed as decoder `index`, given its `nb`
+/// neighbours, on a device of `capacity` bytes. On success returns the DPA base it
+/// latches (§8.2.4.20.10: the end of the previous decoder's DPA range plus this
+/// decoder's DPA skip).
 pub(crate) fn validate(
-    decoders: &[DecoderState],
     index: usize,
     cand: &DecoderState,
+    nb: &Neighbours,
     capacity: u64,
-) -> Result<DpaSpan, CommitError> {
-    // In order: every lower decoder committed (the bank keeps committed decoders a
-    // prefix, so checking index-1 is enough, but checking all costs nothing).
-    let below = decoders.get(..index).unwrap_or(&[]);
-    if let Some(prev) = below.iter().rposition(|d| !d.committed) {
+) -> Result<u64, CommitError> {
+    if let Some(prev) = nb.uncommitted_below {
         return Err(CommitError::OutOfOrder { index, prev });
     }
     if cand.size == 0 {
@@ -91,20 +120,31 @@ pub(crate) fn validate(
     {
         return Err(CommitError::Misaligned);
     }
-    if !matches!(cand.base.checked_add(cand.size), Some(limit) if limit <= HPA_LIMIT) {
-        return Err(CommitError::HpaOutOfRange {
-            base: cand.base,
-            size: cand.size,
-        });
-    }
-    if let Some(prev) = below.last() {
-        // Stored committed decoders passed this check, so this cannot overflow;
+    let limit = match cand.base.checked_add(cand.size) {
+        Some(limit) if limit <= HPA_LIMIT => limit,
+        _ => {
+            return Err(CommitError::HpaOutOfRange {
+                base: cand.base,
+                size: cand.size,
+            })
+        }
+    };
+    if let Some(prev) = nb.prev {
+        // Committed decoders passed the range check, so this cannot overflow;
         // saturate anyway rather than trust it.
-        let prev_limit = prev.base.saturating_add(prev.size);
+        let prev_limit = prev.st.base.saturating_add(prev.st.size);
         if cand.base < prev_limit {
             return Err(CommitError::HpaOverlap {
                 base: cand.base,
                 prev_limit,
+            });
+        }
+    }
+    if let Some(next) = nb.next {
+        if limit > next.st.base {
+            return Err(CommitError::HpaOverlapsNext {
+                limit,
+                next_base: next.st.base,
             });
         }
     }
@@ -122,7 +162,9 @@ pub(crate) fn validate(
         });
     }
     let dpa_size = cand.size / u64::from(ways);
-    let prev_end = dpa_end_of(below);
+    let prev_end = nb
+        .prev
+        .map_or(0, |p| p.dpa_base.saturating_add(dpa_size_of(&p.st)));
     let over = |dpa_base: u64| CommitError::DpaBeyondCapacity {
         dpa_base,
         dpa_size,
@@ -131,10 +173,19 @@ pub(crate) fn validate(
     let dpa_base = prev_end
         .checked_add(cand.dpa_skip)
         .ok_or_else(|| over(u64::MAX))?;
-    match dpa_base.checked_add(dpa_size) {
-        Some(end) if end <= capacity => Ok((dpa_base, dpa_size)),
-        _ => Err(over(dpa_base)),
+    let dpa_end = match dpa_base.checked_add(dpa_size) {
+        Some(end) if end <= capacity => end,
+        _ => return Err(over(dpa_base)),
+    };
+    if let Some(next) = nb.next {
+        if dpa_end > next.dpa_base {
+            return Err(CommitError::DpaOverlapsNext {
+                dpa_end,
+                next_dpa_base: next.dpa_base,
+            });
+        }
     }
+    Ok(dpa_base)
 }
 
 /// DPA size of a decoder: Size / ways (0 for an invalid IW).
@@ -143,14 +194,4 @@ pub(crate) fn dpa_size_of(d: &DecoderState) -> u64 {
         Some(w) => d.size / u64::from(w),
         None => 0,
     }
-}
-
-/// End (exclusive) of the DPA used by `decoders`, each placed after the previous
-/// one's DPA range plus its own skip (§8.2.4.20.10). Saturates; the bank never stores
-/// committed decoders for which this overflows.
-pub(crate) fn dpa_end_of(decoders: &[DecoderState]) -> u64 {
-    decoders.iter().fold(0u64, |end, d| {
-        end.saturating_add(d.dpa_skip)
-            .saturating_add(dpa_size_of(d))
-    })
 }

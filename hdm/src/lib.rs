@@ -25,13 +25,16 @@
 //!   register changes while committed undefined; freezing them keeps the decode
 //!   consistent with what was validated. Clearing Commit (in a write that may also
 //!   change the other Control fields) is the way to reprogram.
-//! - **Uncommit must be in reverse order.** Clearing Commit on decoder i is ignored
-//!   while decoder i+1 is committed or pending. §8.2.4.20.12 has software commit
-//!   decoder m before m+1, with m+1's range and DPA placed after m's; uncommitting m
-//!   under a live m+1 would leave m+1 decoding with a DPA base that no longer
-//!   exists. Committed decoders therefore always form a prefix 0..k, which Linux also
-//!   assumes (its `commit_end` bookkeeping). Decoders that merely failed (Error Not
-//!   Committed) do not block.
+//! - **Uncommit in any order; commit in order.** §8.2.4.20.12 has software commit
+//!   decoder m before m+1, with m+1's HPA range above m's, and a commit whose lower
+//!   decoders are not all committed fails. Clearing Commit is honoured on any
+//!   unlocked decoder: Linux's `cxl_decoder_reset` clears it out of order when
+//!   regions are torn down out of order, and later re-programs the decoder. (Ignoring
+//!   that write would leave Commit=1, so the re-program would be dropped and its
+//!   commit would read back Committed at once with stale values.) A decoder that stays
+//!   committed above keeps the DPA base it latched when it was committed, and a
+//!   decoder re-committed below it must fit underneath in both HPA and DPA
+//!   ([`CommitError::HpaOverlapsNext`], [`CommitError::DpaOverlapsNext`]).
 //! - **Lock On Commit** (§8.2.4.20.7 bit 8): once such a decoder is committed, every
 //!   write to any of its registers is ignored until [`HdmDecoderBank::reset`].
 //! - **Translation honours HDM Decoder Enable** (§8.2.4.20.2 bit 1): with it clear
@@ -42,6 +45,8 @@ mod commit;
 mod interleave;
 
 pub use commit::{CommitError, HPA_LIMIT};
+
+use commit::{Neighbours, Placed};
 pub use interleave::Interleave;
 
 use cxl_regs::hdm as regs;
@@ -174,10 +179,20 @@ pub struct Decoded {
 pub struct HdmDecoderBank {
     cfg: HdmConfig,
     decoders: Vec<DecoderState>,
-    /// Why each decoder's last commit failed; `Some` exactly while its Error Not
-    /// Committed bit is set.
-    failures: Vec<Option<CommitError>>,
+    /// Per decoder: why its last commit failed (`Some` exactly while Error Not
+    /// Committed is set) and the DPA base it latched when committed.
+    meta: Vec<Meta>,
     global_enable: bool,
+}
+
+/// Bookkeeping of one decoder that is not a register field.
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    failure: Option<CommitError>,
+    /// DPA base latched when the commit was requested (valid while pending or
+    /// committed). Latching keeps a committed decoder's DPA range fixed when a
+    /// decoder below it is uncommitted and reprogrammed.
+    dpa_base: u64,
 }
 
 /// Replace the bits of `old` selected by `mask` with those of `value`.
@@ -220,7 +235,7 @@ impl HdmDecoderBank {
         let n = usize::from(cfg.decoder_count);
         Ok(Self {
             decoders: vec![DecoderState::default(); n],
-            failures: vec![None; n],
+            meta: vec![Meta::default(); n],
             cfg,
             global_enable: false,
         })
@@ -264,12 +279,13 @@ impl HdmDecoderBank {
 
     /// Why decoder `index`'s last commit failed, while Error Not Committed is set.
     pub fn commit_error(&self, index: usize) -> Option<CommitError> {
-        self.failures.get(index).copied().flatten()
+        self.meta.get(index).and_then(|m| m.failure)
     }
 
-    /// Number of committed decoders (they are always decoders 0..n).
+    /// Number of committed decoders. They are decoders 0..n unless a decoder was
+    /// uncommitted below one that stayed committed.
     pub fn committed_count(&self) -> usize {
-        self.decoders.iter().take_while(|d| d.committed).count()
+        self.decoders.iter().filter(|d| d.committed).count()
     }
 
     /// The HDM Decoder Capability register (§8.2.4.20.1): decoder count, target
@@ -365,10 +381,6 @@ impl HdmDecoderBank {
 
     /// Decoder Control write (§8.2.4.20.7); see the crate docs for the rules.
     fn write_control(&mut self, index: usize, value: u32, mask: u32) -> WriteOutcome {
-        let next_busy = self
-            .decoders
-            .get(index.wrapping_add(1))
-            .is_some_and(|d| d.commit && !d.error);
         let Some(&old) = self.decoders.get(index) else {
             return WriteOutcome::None;
         };
@@ -377,39 +389,45 @@ impl HdmDecoderBank {
         }
         let new = merge(old.control(), value, mask);
         let commit = new & regs::CTRL_COMMIT != 0;
+        let mut st = old;
         match (old.commit, commit) {
             // Fields frozen; Committed and Error Not Committed are RO.
             (true, true) => WriteOutcome::None,
             (true, false) => {
-                if next_busy {
-                    return WriteOutcome::None;
-                }
-                let mut st = old;
                 st.commit = false;
                 st.committed = false;
                 st.error = false;
                 st.set_control_fields(new);
-                self.store(index, st, None);
+                self.store(index, st, Meta::default());
                 WriteOutcome::Uncommitted(index)
             }
             (false, false) => {
-                let mut st = old;
                 st.set_control_fields(new);
-                self.store(index, st, None);
+                self.store(index, st, Meta::default());
                 WriteOutcome::None
             }
             (false, true) => {
-                let mut st = old;
                 st.set_control_fields(new);
                 st.commit = true;
-                match commit::validate(&self.decoders, index, &st, self.cfg.capacity) {
-                    Ok(_) => {
-                        self.store(index, st, None);
+                match commit::validate(index, &st, &self.neighbours(index), self.cfg.capacity) {
+                    Ok(dpa_base) => {
+                        let meta = Meta {
+                            failure: None,
+                            dpa_base,
+                        };
+                        self.store(index, st, meta);
                         WriteOutcome::CommitRequested(index)
                     }
                     Err(e) => {
                         st.error = true;
-                        self.store(index, st, Some(e));
+                        self.store(
+                            index,
+                            st,
+                            Meta {
+                                failure: Some(e),
+                                dpa_base: 0,
+                            },
+                        );
                         WriteOutcome::CommitFailed(index)
                     }
                 }
@@ -417,10 +435,27 @@ impl HdmDecoderBank {
         }
     }
 
-    fn store(&mut self, index: usize, st: DecoderState, failure: Option<CommitError>) {
-        if let (Some(d), Some(f)) = (self.decoders.get_mut(index), self.failures.get_mut(index)) {
+    fn store(&mut self, index: usize, st: DecoderState, meta: Meta) {
+        if let (Some(d), Some(m)) = (self.decoders.get_mut(index), self.meta.get_mut(index)) {
             *d = st;
-            *f = failure;
+            *m = meta;
+        }
+    }
+
+    /// Decoder `index` as committed, with its latched DPA base.
+    fn placed(&self, index: usize) -> Option<Placed> {
+        let st = *self.decoders.get(index)?;
+        let dpa_base = self.meta.get(index)?.dpa_base;
+        st.committed.then_some(Placed { st, dpa_base })
+    }
+
+    /// The other decoders, as the commit checks of decoder `index` see them.
+    fn neighbours(&self, index: usize) -> Neighbours {
+        let below = self.decoders.get(..index).unwrap_or(&[]);
+        Neighbours {
+            uncommitted_below: below.iter().rposition(|d| !d.committed),
+            prev: index.checked_sub(1).and_then(|p| self.placed(p)),
+            next: (index.saturating_add(1)..self.decoders.len()).find_map(|j| self.placed(j)),
         }
     }
 
@@ -438,21 +473,35 @@ impl HdmDecoderBank {
         }
         let mut st = st;
         let verdict = if accept {
-            // The fields and the lower decoders cannot change while pending, so this
-            // re-check only guards against a bug elsewhere.
-            commit::validate(&self.decoders, index, &st, self.cfg.capacity).map(|_| ())
+            // A decoder below may have been uncommitted since the request: check
+            // again against the current neighbours.
+            commit::validate(index, &st, &self.neighbours(index), self.cfg.capacity)
         } else {
             Err(CommitError::Rejected)
         };
         match verdict {
-            Ok(()) => {
+            Ok(dpa_base) => {
                 st.committed = true;
                 st.locked = st.lock_on_commit;
-                self.store(index, st, None);
+                self.store(
+                    index,
+                    st,
+                    Meta {
+                        failure: None,
+                        dpa_base,
+                    },
+                );
             }
             Err(e) => {
                 st.error = true;
-                self.store(index, st, Some(e));
+                self.store(
+                    index,
+                    st,
+                    Meta {
+                        failure: Some(e),
+                        dpa_base: 0,
+                    },
+                );
             }
         }
     }
@@ -479,9 +528,16 @@ impl HdmDecoderBank {
             error: false,
             locked: state.lock_on_commit,
         };
-        commit::validate(&self.decoders, index, &st, self.cfg.capacity)
+        let dpa_base = commit::validate(index, &st, &self.neighbours(index), self.cfg.capacity)
             .map_err(|reason| HdmError::CommitRejected { index, reason })?;
-        self.store(index, st, None);
+        self.store(
+            index,
+            st,
+            Meta {
+                failure: None,
+                dpa_base,
+            },
+        );
         Ok(())
     }
 
@@ -489,7 +545,7 @@ impl HdmDecoderBank {
     /// global enable clear (the power-on values of §8.2.4.20.1–.11).
     pub fn reset(&mut self) {
         self.decoders.fill(DecoderState::default());
-        self.failures.fill(None);
+        self.meta.fill(Meta::default());
         self.global_enable = false;
     }
 
@@ -506,36 +562,33 @@ impl HdmDecoderBank {
     }
 
     /// DPA range of committed decoder `index`: `(dpa_base, dpa_size)`, where
-    /// `dpa_base` = end of decoder index-1's DPA range + this decoder's skip, and
-    /// `dpa_size` = HPA size / ways.
+    /// `dpa_base` = end of decoder index-1's DPA range + this decoder's skip, as
+    /// latched at commit (§8.2.4.20.10), and `dpa_size` = HPA size / ways.
     pub fn dpa_range(&self, index: usize) -> Option<(u64, u64)> {
-        let d = self.decoder(index).filter(|d| d.committed)?;
-        let below = self.decoders.get(..index)?;
-        let base = commit::dpa_end_of(below).checked_add(d.dpa_skip)?;
-        Some((base, commit::dpa_size_of(&d)))
+        let p = self.placed(index)?;
+        Some((p.dpa_base, commit::dpa_size_of(&p.st)))
     }
 
     /// First DPA after every committed decoder's range (0 when none is committed):
     /// where firmware may place the next decoder.
     pub fn dpa_end(&self) -> u64 {
-        commit::dpa_end_of(self.decoders.get(..self.committed_count()).unwrap_or(&[]))
+        (0..self.decoders.len())
+            .filter_map(|i| self.dpa_range(i))
+            .map(|(b, s)| b.saturating_add(s))
+            .max()
+            .unwrap_or(0)
     }
 
-    /// The committed decoders with their DPA base, in order: `(index, decoder,
-    /// interleave, dpa_base)`. Committed decoders passed the commit checks, so their
-    /// encodings are valid and their DPA bases cannot overflow; entries for which
-    /// either would fail are skipped rather than trusted.
+    /// The committed decoders in index order: `(index, decoder, interleave,
+    /// dpa_base)`. Committed decoders passed the commit checks, so their encodings
+    /// are valid; an entry for which that fails is skipped rather than trusted.
     fn committed(&self) -> impl Iterator<Item = (usize, &DecoderState, Interleave, u64)> + '_ {
-        let mut dpa_end = 0u64;
         self.decoders
             .iter()
-            .take_while(|d| d.committed)
+            .zip(&self.meta)
             .enumerate()
-            .filter_map(move |(i, d)| {
-                let dpa_base = dpa_end.checked_add(d.dpa_skip)?;
-                dpa_end = dpa_base.checked_add(commit::dpa_size_of(d))?;
-                Some((i, d, Interleave::new(d.iw, d.ig)?, dpa_base))
-            })
+            .filter(|(_, (d, _))| d.committed)
+            .filter_map(|(i, (d, m))| Some((i, d, Interleave::new(d.iw, d.ig)?, m.dpa_base)))
     }
 
     /// Decode `hpa` through the committed decoders, when HDM Decoder Enable is set:
@@ -575,18 +628,17 @@ impl HdmDecoderBank {
         })
     }
 
-    /// Check the bank's invariants: committed decoders form a prefix, each passes the
-    /// commit checks against the ones below (so HPA ranges ascend without overlap and
-    /// DPA ranges are disjoint and inside the capacity), status bits are coherent
-    /// (locked ⇒ committed with Lock On Commit, committed or error ⇒ Commit, never
-    /// both), and address fields are 256 MiB granular.
+    /// Check the bank's invariants, independently of the commit checks: status bits
+    /// are coherent (committed or error ⇒ Commit, never both; error ⇔ a recorded
+    /// reason; locked ⇒ committed with Lock On Commit), address fields are 256 MiB
+    /// granular, and the committed decoders, taken in index order, have valid
+    /// IW/IG, non-zero sizes that split into whole granules per way, HPA ranges that
+    /// ascend without overlap below 2^52, and latched DPA ranges that ascend without
+    /// overlap inside the capacity.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let states = &self.decoders;
-        let prefix = self.committed_count();
-        for (i, d) in states.iter().enumerate() {
-            if d.committed && i >= prefix {
-                return Err(format!("decoder {i} committed above uncommitted decoder"));
-            }
+        let mut prev_hpa_end = 0u64;
+        let mut prev_dpa_end = 0u64;
+        for (i, d) in self.decoders.iter().enumerate() {
             if d.committed && d.error {
                 return Err(format!("decoder {i} both committed and in error"));
             }
@@ -599,33 +651,48 @@ impl HdmDecoderBank {
             if d.error != self.commit_error(i).is_some() {
                 return Err(format!("decoder {i} error flag and reason disagree"));
             }
-            if d.pending() && i != prefix {
-                return Err(format!("decoder {i} pending out of order"));
-            }
             if !(d.base | d.size | d.dpa_skip).is_multiple_of(regs::GRANULE) {
                 return Err(format!("decoder {i} has non-granular address fields"));
             }
             if d.iw > 0xf || d.ig > 0xf {
                 return Err(format!("decoder {i} IW/IG wider than 4 bits"));
             }
-            if d.committed || d.pending() {
-                commit::validate(states, i, d, self.cfg.capacity)
-                    .map_err(|e| format!("decoder {i} committed but invalid: {e}"))?;
-            }
-        }
-        // Cross-check the DPA map independently of the commit checks.
-        let mut prev_end = 0u64;
-        for i in 0..prefix {
-            let (b, s) = self
-                .dpa_range(i)
-                .ok_or(format!("decoder {i}: no DPA range"))?;
-            let end = b.checked_add(s).ok_or(format!("decoder {i}: DPA wraps"))?;
-            if b < prev_end || end > self.cfg.capacity {
+            let Some((dpa_base, dpa_size)) = self.dpa_range(i) else {
+                continue;
+            };
+            let il = Interleave::new(d.iw, d.ig).ok_or(format!(
+                "decoder {i} committed with IW {} IG {}",
+                d.iw, d.ig
+            ))?;
+            let ways = u64::from(il.ways());
+            if d.size == 0
+                || !d.size.is_multiple_of(ways * regs::GRANULE)
+                || dpa_size * ways != d.size
+            {
                 return Err(format!(
-                    "decoder {i}: DPA {b:#x}..{end:#x} overlaps or exceeds"
+                    "decoder {i} size {:#x} invalid for {ways} ways",
+                    d.size
                 ));
             }
-            prev_end = end;
+            let hpa_end = d
+                .base
+                .checked_add(d.size)
+                .filter(|&e| e <= HPA_LIMIT)
+                .ok_or(format!("decoder {i} HPA range out of range"))?;
+            if d.base < prev_hpa_end {
+                return Err(format!("decoder {i} HPA base below the previous range"));
+            }
+            let dpa_end = dpa_base
+                .checked_add(dpa_size)
+                .filter(|&e| e <= self.cfg.capacity)
+                .ok_or(format!("decoder {i} DPA range beyond the capacity"))?;
+            if dpa_base < prev_dpa_end || dpa_base < d.dpa_skip {
+                return Err(format!(
+                    "decoder {i} DPA base {dpa_base:#x} overlaps or ignores the skip"
+                ));
+            }
+            prev_hpa_end = hpa_end;
+            prev_dpa_end = dpa_end;
         }
         Ok(())
     }

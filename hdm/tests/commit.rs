@@ -378,42 +378,98 @@ fn uncommit_cancels_a_pending_request() {
 }
 
 #[test]
-fn uncommit_out_of_order_is_ignored() {
+fn uncommit_out_of_order_keeps_the_upper_decoder_decoding() {
     let mut b = bank(4, 8);
+    b.set_global_enable(true);
     commit_ok(&mut b, 0, 0, G, 0);
-    commit_ok(&mut b, 1, G, G, 0);
+    commit_ok(&mut b, 1, 4 * G, G, G);
+    assert_eq!(b.dpa_range(1), Some((2 * G, G)));
+    assert_eq!(b.translate(4 * G + 5), Some(2 * G + 5));
     // Decoder 2 pending.
-    program(&mut b, 2, 2 * G, G, 0);
+    program(&mut b, 2, 8 * G, G, 0);
     assert_eq!(commit(&mut b, 2, 0), WriteOutcome::CommitRequested(2));
-    // Neither 0 nor 1 may go while the one above is live.
-    assert_eq!(
-        b.write(reg(0, regs::DEC_CONTROL), 0, FULL),
-        WriteOutcome::None
-    );
-    assert_eq!(
-        b.write(reg(1, regs::DEC_CONTROL), 0, FULL),
-        WriteOutcome::None
-    );
-    assert_eq!(b.committed_count(), 2);
-    assert_ne!(control(&b, 0) & regs::CTRL_COMMIT, 0);
-    // In reverse order they go.
-    for i in [2u32, 1, 0] {
-        assert_eq!(
-            b.write(reg(i, regs::DEC_CONTROL), 0, FULL),
-            WriteOutcome::Uncommitted(i as usize)
-        );
-        assert!(b.check_invariants().is_ok());
-    }
-    assert_eq!(b.committed_count(), 0);
-    // A failed decoder above does not block.
-    commit_ok(&mut b, 0, 0, G, 0);
-    program(&mut b, 1, G, 0, 0);
-    assert_eq!(commit(&mut b, 1, 0), WriteOutcome::CommitFailed(1));
+
+    // Linux clears Commit out of order when regions go away out of order.
     assert_eq!(
         b.write(reg(0, regs::DEC_CONTROL), 0, FULL),
         WriteOutcome::Uncommitted(0)
     );
     assert!(b.check_invariants().is_ok());
+    assert_eq!(b.committed_count(), 1);
+    assert_eq!(b.translate(5), None);
+    // Decoder 1 keeps its latched DPA base and keeps decoding.
+    assert_eq!(b.dpa_range(1), Some((2 * G, G)));
+    assert_eq!(b.translate(4 * G + 5), Some(2 * G + 5));
+    // The pending decoder 2 is re-checked when firmware answers: 0 is gone.
+    b.finish_commit(2, true);
+    assert_failed(&b, 2, CommitError::OutOfOrder { index: 2, prev: 0 });
+    // Decoder 3 cannot commit above the hole.
+    program(&mut b, 3, 12 * G, G, 0);
+    assert_eq!(commit(&mut b, 3, 0), WriteOutcome::CommitFailed(3));
+    assert_failed(&b, 3, CommitError::OutOfOrder { index: 3, prev: 2 });
+
+    // Re-committing decoder 0 must fit under decoder 1, in HPA ...
+    program(&mut b, 0, 3 * G, 2 * G, 0);
+    assert_eq!(commit(&mut b, 0, 0), WriteOutcome::CommitFailed(0));
+    assert_failed(
+        &b,
+        0,
+        CommitError::HpaOverlapsNext {
+            limit: 5 * G,
+            next_base: 4 * G,
+        },
+    );
+    // ... and in DPA (3 granules of DPA would run into decoder 1's at 2G).
+    b.write(reg(0, regs::DEC_CONTROL), 0, FULL);
+    program(&mut b, 0, 0, 3 * G, 0);
+    assert_eq!(commit(&mut b, 0, 0), WriteOutcome::CommitFailed(0));
+    assert_failed(
+        &b,
+        0,
+        CommitError::DpaOverlapsNext {
+            dpa_end: 3 * G,
+            next_dpa_base: 2 * G,
+        },
+    );
+    // A range that fits underneath both commits.
+    b.write(reg(0, regs::DEC_CONTROL), 0, FULL);
+    program(&mut b, 0, G, 2 * G, 0);
+    assert_eq!(commit(&mut b, 0, 0), WriteOutcome::CommitRequested(0));
+    b.finish_commit(0, true);
+    assert_eq!(b.dpa_range(0), Some((0, 2 * G)));
+    assert_eq!(b.dpa_range(1), Some((2 * G, G)));
+    assert!(b.check_invariants().is_ok());
+    // And the ones above can follow again.
+    assert_eq!(
+        b.write(reg(2, regs::DEC_CONTROL), 0, FULL),
+        WriteOutcome::Uncommitted(2)
+    );
+    assert_eq!(commit(&mut b, 2, 0), WriteOutcome::CommitRequested(2));
+    b.finish_commit(2, true);
+    assert_eq!(b.dpa_range(2), Some((3 * G, G)));
+    assert_eq!(b.committed_count(), 3);
+}
+
+#[test]
+fn relinquished_commit_after_out_of_order_reset_is_not_stale() {
+    // The Linux sequence: reset decoder 0 out of order (clear Commit, zero size
+    // and base), then later program it afresh and commit. The new values must be
+    // what the device decodes.
+    let mut b = bank(2, 8);
+    b.set_global_enable(true);
+    commit_ok(&mut b, 0, 0, G, 0);
+    commit_ok(&mut b, 1, 4 * G, G, 0);
+    assert_eq!(
+        b.write(reg(0, regs::DEC_CONTROL), 0, FULL),
+        WriteOutcome::Uncommitted(0)
+    );
+    program(&mut b, 0, 0, 0, 0);
+    assert_eq!(b.decoder(0).unwrap().size, 0);
+    program(&mut b, 0, 2 * G, G, 0);
+    assert_eq!(commit(&mut b, 0, 0), WriteOutcome::CommitRequested(0));
+    b.finish_commit(0, true);
+    assert_eq!(b.translate(2 * G + 1), Some(1));
+    assert_eq!(b.translate(1), None);
 }
 
 #[test]

@@ -324,9 +324,10 @@ proptest! {
                         if before.decoder(i).unwrap().locked {
                             prop_assert_eq!(before.decoder(i), b.decoder(i));
                         }
-                        // Committed decoders below stay committed (in-order uncommit).
-                        if before.decoder(i).unwrap().committed && Some(i) != idx {
-                            prop_assert!(b.decoder(i).unwrap().committed);
+                        // A write to one decoder never changes another's.
+                        if Some(i) != idx {
+                            prop_assert_eq!(before.decoder(i), b.decoder(i));
+                            prop_assert_eq!(before.dpa_range(i), b.dpa_range(i));
                         }
                     }
                     // The capability register is read-only.
