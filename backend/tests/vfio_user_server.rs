@@ -1016,3 +1016,105 @@ fn socket_file_rules() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod stream_of_messages {
+    //! Property: whatever well-framed messages a client sends (any command,
+    //! type, flags and body), the server never panics, answers exactly the
+    //! messages that want an answer, in order and with their ids, and ends
+    //! with `Disconnected` when the client hangs up.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Msg {
+        command: u16,
+        flags: u32,
+        body: Vec<u8>,
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        (
+            0u16..17,
+            0u32..4,
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..48),
+                // Plausible REGION_READ/WRITE bodies on small regions.
+                (0u64..0x1100, 0u32..9, 0u32..0x40).prop_map(|(o, r, c)| access(r, o, c, &[])),
+            ],
+        )
+            .prop_map(|(command, ty, no_reply, err, body)| Msg {
+                command,
+                flags: ty
+                    | if no_reply { FLAG_NO_REPLY } else { 0 }
+                    | if err { FLAG_ERROR } else { 0 },
+                body,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn server_answers_exactly_what_asks_for_an_answer(
+            msgs in proptest::collection::vec(msg(), 0..40)
+        ) {
+            let (client, server_end) = UnixStream::pair().unwrap();
+            let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+            let dir = temp_dir();
+            let server = Server::bind(&dir.join("p.sock")).unwrap();
+            let thread = std::thread::spawn(move || {
+                let mut mock = Mock::new();
+                let outcome = server.serve(server_end, &mut mock, &stop);
+                (outcome.unwrap(), server.stats())
+            });
+
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            let mut version = vec![0u8, 0, 0, 0];
+            version.extend_from_slice(b"{}\0");
+            let all = std::iter::once(Msg { command: CMD_VERSION, flags: 0, body: version })
+                .chain(msgs.iter().cloned());
+            for (i, m) in all.enumerate() {
+                let hdr = Header {
+                    id: i as u16,
+                    command: m.command,
+                    size: (HEADER_SIZE + m.body.len()) as u32,
+                    flags: m.flags,
+                    error: 0,
+                };
+                wire.extend_from_slice(&hdr.encode());
+                wire.extend_from_slice(&m.body);
+                if hdr.flags & 0xf != TYPE_REPLY && hdr.flags & FLAG_NO_REPLY == 0 {
+                    expected.push((hdr.id, hdr.command));
+                }
+            }
+            let mut reader = client.try_clone().unwrap();
+            reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let replies = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut all = Vec::new();
+                reader.read_to_end(&mut all).unwrap();
+                let mut rest = &all[..];
+                while !rest.is_empty() {
+                    let raw: [u8; HEADER_SIZE] = rest[..HEADER_SIZE].try_into().unwrap();
+                    let h = Header::decode(&raw);
+                    assert_eq!(h.flags & 0xf, TYPE_REPLY);
+                    got.push((h.id, h.command));
+                    rest = &rest[h.size as usize..];
+                }
+                got
+            });
+            (&client).write_all(&wire).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let (outcome, stats) = thread.join().unwrap();
+            drop(client);
+            let got = replies.join().unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            prop_assert_eq!(outcome, ServeOutcome::Disconnected);
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(stats.messages, msgs.len() as u64 + 1);
+        }
+    }
+}
