@@ -21,9 +21,9 @@
 //!   Software polls Committed / Error Not Committed (§8.2.4.20.12); Linux polls
 //!   for 20 ms.
 //! - **Fields are frozen while Commit=1** (pending, committed or failed): writes to
-//!   Base, Size, DPA Skip and the RWL Control fields are ignored. §8.2.4.20.12 leaves
-//!   register changes while committed undefined; freezing them keeps the decode
-//!   consistent with what was validated. Clearing Commit (in a write that may also
+//!   Base, Size, DPA Skip and the RWL Control fields are ignored. Software programs
+//!   them before setting Commit (§8.2.4.20.12); freezing them afterwards keeps the
+//!   decode identical to what was checked. Clearing Commit (in a write that may also
 //!   change the other Control fields) is the way to reprogram.
 //! - **Uncommit in any order; commit in order.** §8.2.4.20.12 has software commit
 //!   decoder m before m+1, with m+1's HPA range above m's, and a commit whose lower
@@ -40,15 +40,35 @@
 //! - **Translation honours HDM Decoder Enable** (§8.2.4.20.2 bit 1): with it clear
 //!   the device decodes through the DVSEC Range registers (§8.1.3.8), not the HDM
 //!   decoders, so [`HdmDecoderBank::translate`] returns `None`.
+//!
+//! # Example
+//!
+//! ```
+//! use hdm::{HdmConfig, HdmDecoderBank, WriteOutcome};
+//! use cxl_regs::hdm as regs;
+//!
+//! let mut bank = HdmDecoderBank::new(HdmConfig { decoder_count: 2, capacity: 1 << 30 })?;
+//! let d0 = regs::decoder_offset(0);
+//! // What a driver does: base, size, then Control with Commit (1-way, 256 B).
+//! bank.write(d0 + regs::DEC_BASE_HI, 0x1, !0);
+//! bank.write(d0 + regs::DEC_BASE_LO, 0x1000_0000, !0);
+//! bank.write(d0 + regs::DEC_SIZE_LO, 0x2000_0000, !0);
+//! let out = bank.write(d0 + regs::DEC_CONTROL, regs::CTRL_COMMIT, !0);
+//! assert_eq!(out, WriteOutcome::CommitRequested(0));
+//! bank.finish_commit(0, true); // the firmware accepted
+//! assert_ne!(bank.read(d0 + regs::DEC_CONTROL) & regs::CTRL_COMMITTED, 0);
+//! bank.write(regs::GLOBAL_CONTROL, regs::GCTRL_HDM_DECODER_ENABLE, !0);
+//! assert_eq!(bank.translate(0x1_1000_0040), Some(0x40));
+//! # Ok::<(), hdm::HdmError>(())
+//! ```
 
 mod commit;
 mod interleave;
 
 pub use commit::{CommitError, HPA_LIMIT};
-
-use commit::{Neighbours, Placed};
 pub use interleave::Interleave;
 
+use commit::{Neighbours, Placed};
 use cxl_regs::hdm as regs;
 use thiserror::Error;
 
