@@ -196,3 +196,40 @@ pub const fn granularity_to_ig(bytes: u64) -> Option<u8> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_count_encoding_round_trips() {
+        for n in [1u32, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32] {
+            let f = encode_decoder_count(n).unwrap();
+            assert!(f <= CAP_DECODER_COUNT_MASK);
+            assert_eq!(decode_decoder_count(f), Some(n), "{n} decoders");
+        }
+        assert_eq!(encode_decoder_count(3), None);
+        assert_eq!(encode_decoder_count(18), None);
+        assert_eq!(decode_decoder_count(13), None);
+        assert_eq!(encode_decoder_count(4), Some(2));
+    }
+
+    #[test]
+    fn interleave_encodings() {
+        for iw in 0u8..16 {
+            match iw_to_ways(iw) {
+                Some(w) => assert_eq!(ways_to_iw(w), Some(iw)),
+                None => assert!(matches!(iw, 5..=7 | 11..=15)),
+            }
+        }
+        assert_eq!(iw_to_ways(10), Some(12));
+        assert_eq!(ig_to_granularity(6), Some(16384));
+        assert_eq!(ig_to_granularity(7), None);
+        assert_eq!(granularity_to_ig(1024), Some(2));
+        assert_eq!(granularity_to_ig(768), None);
+        assert_eq!(granularity_to_ig(32768), None);
+        assert_eq!(granularity_to_ig(128), None);
+        assert_eq!(decoder_offset(3), 0x70);
+        assert_eq!(block_len(2), 0x50);
+    }
+}
