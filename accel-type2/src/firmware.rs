@@ -1,4 +1,17 @@
-//! Firmware behaviour hooks, for vendors to prototype device firmware.
+//! Firmware behaviour hooks, for vendors to prototype device firmware before silicon.
+//!
+//! A [`Firmware`] is consulted by the device model:
+//! - on every HDM decoder commit that passed the spec checks (CXL r3.1 §8.2.4.20.7,
+//!   Commit): accept, reject (the decoder reports Error Not Committed) or delay;
+//! - on conventional reset;
+//! - for vendor-specific mailbox opcodes (0xC000..=0xFFFF, CXL r3.1 §8.2.9);
+//! - at power-on and after reset, for decoders to leave committed, as a BIOS would.
+//!
+//! Shipped implementations: [`DefaultFirmware`] ("default"), [`SlowCommitFirmware`]
+//! ("slow-commit") and [`BiosFirmware`] ("bios"). [`by_name`] builds one from its
+//! name.
+
+use thiserror::Error;
 
 /// What firmware decides about a decoder commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +43,39 @@ pub trait Firmware: Send {
     fn set_param(&mut self, key: &str, _value: &str) -> Result<(), String> {
         Err(format!("firmware {} has no parameter {key}", self.name()))
     }
+    /// The current parameters, as (key, value) pairs.
+    fn params(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Errors of parsing a firmware parameter value.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParamError {
+    #[error("{0:?} is not a number (decimal, 0x hex, optional K/M/G suffix)")]
+    NotANumber(String),
+    #[error("{0:?} overflows 64 bits")]
+    Overflow(String),
+}
+
+/// Parse a size or count: decimal or `0x` hex, with an optional binary `K`, `M`, `G`
+/// or `T` suffix.
+pub fn parse_u64(s: &str) -> Result<u64, ParamError> {
+    let t = s.trim();
+    let (num, shift) = match t.as_bytes().last().map(|c| c.to_ascii_uppercase()) {
+        Some(b'K') => (&t[..t.len() - 1], 10),
+        Some(b'M') => (&t[..t.len() - 1], 20),
+        Some(b'G') => (&t[..t.len() - 1], 30),
+        Some(b'T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => num.parse::<u64>(),
+    }
+    .map_err(|_| ParamError::NotANumber(s.to_string()))?;
+    v.checked_mul(1u64 << shift)
+        .ok_or_else(|| ParamError::Overflow(s.to_string()))
 }
 
 /// Accept every valid commit, do nothing else.
@@ -39,5 +85,224 @@ pub struct DefaultFirmware;
 impl Firmware for DefaultFirmware {
     fn name(&self) -> &str {
         "default"
+    }
+}
+
+/// Example vendor firmware: commits take time, and decoders larger than a limit are
+/// refused (a device whose firmware can map only part of its memory).
+///
+/// Parameters: `delay_ms` (default 5; the Linux CXL core polls a commit for 20 ms)
+/// and `max_size` in bytes (default: no limit; `none` removes the limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowCommitFirmware {
+    pub delay_ns: u64,
+    pub max_size: Option<u64>,
+    /// Commits refused since construction.
+    pub rejected: u64,
+}
+
+impl Default for SlowCommitFirmware {
+    fn default() -> Self {
+        Self {
+            delay_ns: 5_000_000,
+            max_size: None,
+            rejected: 0,
+        }
+    }
+}
+
+impl SlowCommitFirmware {
+    pub fn new(delay_ns: u64, max_size: Option<u64>) -> Self {
+        Self {
+            delay_ns,
+            max_size,
+            rejected: 0,
+        }
+    }
+}
+
+impl Firmware for SlowCommitFirmware {
+    fn name(&self) -> &str {
+        "slow-commit"
+    }
+    fn on_commit(&mut self, index: usize, decoder: &hdm::DecoderState) -> CommitDecision {
+        if self.max_size.is_some_and(|max| decoder.size > max) {
+            self.rejected = self.rejected.wrapping_add(1);
+            log::info!(
+                "slow-commit: decoder {index} size {:#x} is over the limit {:#x}",
+                decoder.size,
+                self.max_size.unwrap_or(0)
+            );
+            return CommitDecision::Reject;
+        }
+        CommitDecision::Delay(self.delay_ns)
+    }
+    fn set_param(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "delay_ms" => {
+                let ms = parse_u64(value).map_err(|e| e.to_string())?;
+                self.delay_ns = ms
+                    .checked_mul(1_000_000)
+                    .ok_or_else(|| format!("delay_ms {ms} is too large"))?;
+                Ok(())
+            }
+            "max_size" => {
+                self.max_size = match value.trim() {
+                    "none" | "" => None,
+                    v => Some(parse_u64(v).map_err(|e| e.to_string())?),
+                };
+                Ok(())
+            }
+            _ => Err(format!(
+                "firmware slow-commit has no parameter {key} (delay_ms, max_size)"
+            )),
+        }
+    }
+    fn params(&self) -> Vec<(String, String)> {
+        vec![
+            ("delay_ms".into(), (self.delay_ns / 1_000_000).to_string()),
+            (
+                "max_size".into(),
+                self.max_size.map_or("none".into(), |m| format!("{m:#x}")),
+            ),
+        ]
+    }
+}
+
+/// Firmware that leaves endpoint decoder 0 committed at power-on, as a platform BIOS
+/// does for the Type-2 flow of Linux (DESIGN §4): HPA `base`, `size` bytes (default:
+/// the whole capacity), device-coherent (Target Type 0), locked on commit.
+/// Parameters: `base` (required for anything to be committed: the HPA window comes
+/// from the platform's CFMWS) and `size`. Changes apply at the next reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BiosFirmware {
+    pub base: Option<u64>,
+    pub size: Option<u64>,
+}
+
+impl Firmware for BiosFirmware {
+    fn name(&self) -> &str {
+        "bios"
+    }
+    fn power_on_decoders(&mut self, capacity: u64) -> Vec<(usize, hdm::DecoderState)> {
+        let Some(base) = self.base else {
+            return Vec::new();
+        };
+        let size = self.size.unwrap_or(capacity);
+        vec![(
+            0,
+            hdm::DecoderState {
+                base,
+                size,
+                lock_on_commit: true,
+                host_only: false,
+                ..Default::default()
+            },
+        )]
+    }
+    fn set_param(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let v = |s: &str| parse_u64(s).map_err(|e| e.to_string());
+        match key {
+            "base" => self.base = Some(v(value)?),
+            "size" => self.size = Some(v(value)?),
+            _ => return Err(format!("firmware bios has no parameter {key} (base, size)")),
+        }
+        Ok(())
+    }
+    fn params(&self) -> Vec<(String, String)> {
+        let f = |o: Option<u64>| o.map_or("unset".to_string(), |v| format!("{v:#x}"));
+        vec![("base".into(), f(self.base)), ("size".into(), f(self.size))]
+    }
+}
+
+/// The names [`by_name`] accepts.
+pub fn names() -> &'static [&'static str] {
+    &["default", "slow-commit", "bios"]
+}
+
+/// Build a firmware by name.
+pub fn by_name(name: &str) -> Option<Box<dyn Firmware>> {
+    match name {
+        "default" => Some(Box::new(DefaultFirmware)),
+        "slow-commit" => Some(Box::new(SlowCommitFirmware::default())),
+        "bios" => Some(Box::new(BiosFirmware::default())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_builds_and_reports_its_name() {
+        for n in names() {
+            let fw = by_name(n).unwrap();
+            assert_eq!(fw.name(), *n);
+        }
+        assert!(by_name("nonesuch").is_none());
+    }
+
+    #[test]
+    fn numbers_parse() {
+        assert_eq!(parse_u64("256M"), Ok(256 << 20));
+        assert_eq!(parse_u64("0x10000000"), Ok(0x1000_0000));
+        assert_eq!(parse_u64(" 12 "), Ok(12));
+        assert_eq!(parse_u64("1g"), Ok(1 << 30));
+        assert!(matches!(parse_u64("x"), Err(ParamError::NotANumber(_))));
+        assert!(matches!(
+            parse_u64("99999999999999T"),
+            Err(ParamError::Overflow(_))
+        ));
+        assert!(matches!(parse_u64(""), Err(ParamError::NotANumber(_))));
+    }
+
+    #[test]
+    fn slow_commit_delays_and_rejects_over_the_limit() {
+        let mut fw = SlowCommitFirmware::default();
+        let d = hdm::DecoderState {
+            size: 512 << 20,
+            ..Default::default()
+        };
+        assert_eq!(fw.on_commit(0, &d), CommitDecision::Delay(5_000_000));
+        fw.set_param("delay_ms", "7").unwrap();
+        fw.set_param("max_size", "256M").unwrap();
+        assert_eq!(fw.on_commit(0, &d), CommitDecision::Reject);
+        assert_eq!(fw.rejected, 1);
+        let small = hdm::DecoderState {
+            size: 256 << 20,
+            ..Default::default()
+        };
+        assert_eq!(fw.on_commit(1, &small), CommitDecision::Delay(7_000_000));
+        fw.set_param("max_size", "none").unwrap();
+        assert_eq!(fw.on_commit(0, &d), CommitDecision::Delay(7_000_000));
+        assert!(fw.set_param("delay_ms", "lots").is_err());
+        assert!(fw.set_param("delay_ms", "18446744073709551615").is_err());
+        assert!(fw.set_param("speed", "1").is_err());
+        assert_eq!(fw.params()[0], ("delay_ms".to_string(), "7".to_string()));
+    }
+
+    #[test]
+    fn default_firmware_refuses_parameters_and_vendor_commands() {
+        let mut fw = DefaultFirmware;
+        assert!(fw.set_param("delay_ms", "1").is_err());
+        let mut out = Vec::new();
+        assert_eq!(
+            fw.vendor_command(0xc000, &[], &mut out),
+            cxl_regs::mailbox::RC_UNSUPPORTED
+        );
+        assert!(fw.power_on_decoders(1 << 30).is_empty());
+    }
+
+    #[test]
+    fn bios_commits_decoder_zero_only_once_told_where() {
+        let mut fw = BiosFirmware::default();
+        assert!(fw.power_on_decoders(512 << 20).is_empty());
+        fw.set_param("base", "0x110000000").unwrap();
+        let d = fw.power_on_decoders(512 << 20);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0, 0);
+        assert_eq!((d[0].1.base, d[0].1.size), (0x1_1000_0000, 512 << 20));
+        assert!(!d[0].1.host_only);
     }
 }

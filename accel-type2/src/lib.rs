@@ -11,13 +11,29 @@
 //! inject_ras, inject_event, inject_poison, status, firmware_mut}`, `GuestMemory`,
 //! `DeviceMemory`, `VecMemory`, `Clock`, `RegionDesc`, `IrqDesc`, `Firmware`.
 
+pub mod access;
+pub mod component;
+pub mod config_space;
+pub mod device_regs;
+pub mod engine;
 pub mod firmware;
+pub mod msix;
+pub mod ras;
 
 use std::sync::Arc;
 
-pub use firmware::{CommitDecision, DefaultFirmware, Firmware};
+use cxl_regs::layout;
+pub use firmware::{BiosFirmware, CommitDecision, DefaultFirmware, Firmware, SlowCommitFirmware};
 pub use mailbox::{EventLog, EventRecord, LsaStorage, MemLsa};
 use thiserror::Error;
+
+use crate::access::{read_dwords, write_dwords};
+use crate::component::ComponentBlock;
+use crate::config_space::{ConfigEffects, ConfigParams, ConfigSpace};
+use crate::device_regs::DeviceRegs;
+use crate::engine::{Engine, TransferCtx};
+use crate::msix::Msix;
+pub use crate::ras::RasError;
 
 /// Errors of building a device.
 #[derive(Debug, Error)]
@@ -26,6 +42,8 @@ pub enum AccelError {
     BadMemorySize(u64),
     #[error("decoder count {0} is not supported (1, 2 or 4)")]
     BadDecoderCount(u8),
+    #[error("DVSEC HDM_Count {0} is not supported (1 or 2)")]
+    BadHdmCount(u8),
     #[error("device memory is {actual:#x} bytes but the config says {expected:#x}")]
     MemorySizeMismatch { expected: u64, actual: u64 },
     #[error(transparent)]
@@ -49,10 +67,16 @@ pub trait GuestMemory {
 pub struct NoGuestMemory;
 impl GuestMemory for NoGuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        Err(MemoryError::Unmapped { addr: gpa, len: buf.len() as u64 })
+        Err(MemoryError::Unmapped {
+            addr: gpa,
+            len: buf.len() as u64,
+        })
     }
     fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        Err(MemoryError::Unmapped { addr: gpa, len: data.len() as u64 })
+        Err(MemoryError::Unmapped {
+            addr: gpa,
+            len: data.len() as u64,
+        })
     }
 }
 
@@ -61,6 +85,21 @@ pub trait DeviceMemory: Send {
     fn size(&self) -> u64;
     fn read(&self, dpa: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
     fn write(&mut self, dpa: u64, data: &[u8]) -> Result<(), MemoryError>;
+    /// Zero `[dpa, dpa + len)` (Sanitize). The default writes zeros in chunks; a
+    /// file-backed implementation can punch a hole instead and keep memory sparse.
+    fn zero(&mut self, dpa: u64, len: u64) -> Result<(), MemoryError> {
+        let end = dpa
+            .checked_add(len)
+            .ok_or(MemoryError::Unmapped { addr: dpa, len })?;
+        let zeros = vec![0u8; (1usize << 20).min(usize::try_from(len).unwrap_or(1 << 20))];
+        let mut at = dpa;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.write(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Device memory in a `Vec`, for tests.
@@ -72,7 +111,10 @@ impl VecMemory {
         Self(vec![0; size])
     }
     fn range(&self, dpa: u64, len: usize) -> Result<std::ops::Range<usize>, MemoryError> {
-        let err = MemoryError::Unmapped { addr: dpa, len: len as u64 };
+        let err = MemoryError::Unmapped {
+            addr: dpa,
+            len: len as u64,
+        };
         let start = usize::try_from(dpa).map_err(|_| err.clone())?;
         let end = start.checked_add(len).ok_or(err.clone())?;
         if end > self.0.len() {
@@ -232,6 +274,17 @@ pub struct DeviceStatus {
     pub bar_writes: u64,
     pub mailbox_commands: u64,
     pub firmware: String,
+    /// Bytes moved by successful DMA transfers.
+    pub dma_bytes: u64,
+    /// Interrupts handed to the transport.
+    pub interrupts: u64,
+    /// Decoder commit outcomes.
+    pub commits: component::CommitStats,
+    /// Faults injected into the RAS capability.
+    pub ras_injected: u64,
+    /// Flit mode the link reports.
+    pub flit: FlitMode,
+    pub mailbox: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -246,81 +299,650 @@ pub struct DecoderStatus {
     pub host_only: bool,
 }
 
+/// Access counters.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    config_reads: u64,
+    config_writes: u64,
+    bar_reads: u64,
+    bar_writes: u64,
+    interrupts: u64,
+}
+
 /// The device.
+///
+/// BAR map (DESIGN §3):
+/// - BAR0, 64-bit, non-prefetchable, trapped: the component register block at 0
+///   ([`component`]) and, with the mailbox on, the memory-device register block at
+///   `DEVICE_BLOCK_OFFSET` ([`device_regs`]); with the mailbox off that range reads 0
+///   and ignores writes.
+/// - BAR2, 64-bit, prefetchable: device memory, mmapped by the transport. Its size is
+///   the memory size rounded up to a power of two (PCIe r6 §7.5.1.2.1 requires one);
+///   bytes past the memory read 0 and ignore writes.
+/// - BAR4, 64-bit, trapped: the DMA engine ([`engine`]) and the MSI-X table and PBA
+///   ([`msix`]).
+///
+/// Interrupts: the mailbox's background-completion and event vectors are MSI-X only
+/// (CXL r3.1 §8.2.8.4.3 and §8.2.9.2.4 define them as MSI/MSI-X message numbers);
+/// the DMA engine falls back to INTx when MSI-X is disabled and the Command register
+/// does not disable INTx, and then Status.Interrupt Status follows the engine's
+/// outstanding completion.
 pub struct AccelDevice {
     cfg: AccelConfig,
-    #[allow(dead_code)]
     mem: Box<dyn DeviceMemory>,
-    #[allow(dead_code)]
     clock: Arc<dyn Clock>,
     firmware: Box<dyn Firmware>,
+    config: ConfigSpace,
+    component: ComponentBlock,
+    device_regs: Option<DeviceRegs>,
+    engine: Engine,
+    msix: Msix,
+    pending_irqs: Vec<Interrupt>,
+    counters: Counters,
+    bar2_size: u64,
+}
+
+impl std::fmt::Debug for AccelDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccelDevice")
+            .field("cfg", &self.cfg)
+            .field("firmware", &self.firmware.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Map a vfio BAR region index to its size for this configuration.
+fn bar_sizes(bar2_size: u64) -> [u64; 6] {
+    let mut s = [0u64; 6];
+    s[usize::from(layout::BAR_REGS)] = layout::BAR0_SIZE;
+    s[usize::from(layout::BAR_MEM)] = bar2_size;
+    s[usize::from(layout::BAR_ENGINE)] = layout::BAR4_SIZE;
+    s
 }
 
 impl AccelDevice {
     pub fn new(
         cfg: AccelConfig,
         mem: Box<dyn DeviceMemory>,
-        _lsa: Box<dyn LsaStorage>,
+        lsa: Box<dyn LsaStorage>,
         firmware: Box<dyn Firmware>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AccelError> {
-        Ok(Self { cfg, mem, clock, firmware })
+        let granule = cxl_regs::mailbox::CAPACITY_UNIT;
+        if cfg.memory_size == 0 || !cfg.memory_size.is_multiple_of(granule) {
+            return Err(AccelError::BadMemorySize(cfg.memory_size));
+        }
+        let bar2_size = cfg
+            .memory_size
+            .checked_next_power_of_two()
+            .ok_or(AccelError::BadMemorySize(cfg.memory_size))?;
+        if !matches!(cfg.decoders, 1 | 2 | 4) {
+            return Err(AccelError::BadDecoderCount(cfg.decoders));
+        }
+        if !matches!(cfg.hdm_count, 1 | 2) {
+            return Err(AccelError::BadHdmCount(cfg.hdm_count));
+        }
+        if mem.size() != cfg.memory_size {
+            return Err(AccelError::MemorySizeMismatch {
+                expected: cfg.memory_size,
+                actual: mem.size(),
+            });
+        }
+        let component = ComponentBlock::new(hdm::HdmConfig {
+            decoder_count: cfg.decoders,
+            capacity: cfg.memory_size,
+        })?;
+        let device_regs = cfg.mailbox.then(|| {
+            DeviceRegs::new(mailbox::Mailbox::new(
+                mailbox::MailboxConfig {
+                    capacity: cfg.memory_size,
+                    serial: cfg.serial,
+                    payload_log2: layout::MAILBOX_PAYLOAD_LOG2,
+                    irq_msgnum: layout::MSIX_VEC_MAILBOX,
+                    fw_revision: cfg.fw_revision.clone(),
+                    ..Default::default()
+                },
+                lsa,
+            ))
+        });
+        let mut prefetchable = [false; 6];
+        prefetchable[usize::from(layout::BAR_MEM)] = true;
+        let config = ConfigSpace::new(ConfigParams {
+            vendor_id: cfg.vendor_id,
+            device_id: cfg.device_id,
+            subsystem_vendor_id: cfg.subsystem_vendor_id,
+            subsystem_id: cfg.subsystem_id,
+            serial: cfg.serial,
+            memory_size: cfg.memory_size,
+            bar_sizes: bar_sizes(bar2_size),
+            bar_prefetchable: prefetchable,
+            flit: cfg.flit,
+            mailbox: cfg.mailbox,
+            hdm_count: cfg.hdm_count,
+        });
+        let mut dev = Self {
+            cfg,
+            mem,
+            clock,
+            firmware,
+            config,
+            component,
+            device_regs,
+            engine: Engine::new(),
+            msix: Msix::new(),
+            pending_irqs: Vec::new(),
+            counters: Counters::default(),
+            bar2_size,
+        };
+        dev.apply_power_on();
+        Ok(dev)
     }
+
     pub fn config(&self) -> &AccelConfig {
         &self.cfg
     }
-    /// Read config space at any offset and width (1..=8 bytes; longer reads are split).
-    pub fn config_read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0)
+
+    /// Commit the decoders firmware asks for, and, if any, enable HDM decoding and
+    /// DVSEC Mem_Enable with the DVSEC ranges mirroring the decoders, as a BIOS
+    /// leaves a device for the Linux Type-2 flow (DESIGN §4).
+    fn apply_power_on(&mut self) {
+        let decoders = self.firmware.power_on_decoders(self.cfg.memory_size);
+        if decoders.is_empty() {
+            return;
+        }
+        let bases: Vec<(usize, u64)> = decoders.iter().map(|(i, d)| (*i, d.base)).collect();
+        if self.component.apply_power_on(decoders) == 0 {
+            return;
+        }
+        for (i, base) in bases {
+            if self.component.hdm().decoder(i).is_some_and(|d| d.committed) {
+                self.config.set_range_base(i, base);
+            }
+        }
+        self.config.set_mem_enable(true);
     }
-    pub fn config_write(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Read a BAR at any offset and width.
-    pub fn bar_read(&mut self, _bar: u8, _offset: u64, data: &mut [u8]) {
-        data.fill(0)
+
+    fn now(&self) -> u64 {
+        self.clock.now_ns()
     }
-    /// Write a BAR at any offset and width. `guest` is used by the DMA engine.
-    pub fn bar_write(&mut self, _bar: u8, _offset: u64, _data: &[u8], _guest: &dyn GuestMemory) {}
-    pub fn regions(&self) -> Vec<RegionDesc> {
-        Vec::new()
+
+    // --- config space ---------------------------------------------------------
+
+    /// Read config space at any offset and width. Bytes beyond 4 KiB read 0.
+    pub fn config_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.counters.config_reads = self.counters.config_reads.wrapping_add(1);
+        let cs = &self.config;
+        read_dwords(offset, data, |d| cs.read_dword(d));
     }
-    pub fn irqs(&self) -> Vec<IrqDesc> {
-        Vec::new()
-    }
-    /// Conventional reset (vfio DEVICE_RESET, or FLR).
-    pub fn reset(&mut self) {}
-    /// Advance time-driven work (delayed commits, background commands).
-    pub fn poll(&mut self) {}
-    /// Drain the interrupts raised since the last call.
-    pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
-        Vec::new()
-    }
-    /// When `poll` next has work, in the clock's nanoseconds.
-    pub fn next_deadline(&self) -> Option<u64> {
-        None
-    }
-    /// Fault injection: a RAS uncorrectable (`uncorrectable`=true) or correctable
-    /// error status bit.
-    pub fn inject_ras(&mut self, _uncorrectable: bool, _bit: u8) {}
-    pub fn inject_event(&mut self, _log: EventLog, _record: EventRecord) {}
-    pub fn inject_poison(&mut self, _dpa: u64, _len: u64) -> Result<(), u16> {
-        Ok(())
-    }
-    pub fn status(&self) -> DeviceStatus {
-        DeviceStatus {
-            decoders: Vec::new(),
-            hdm_global_enable: false,
-            mem_enable: false,
-            dma_completions: 0,
-            dma_errors: 0,
-            config_reads: 0,
-            config_writes: 0,
-            bar_reads: 0,
-            bar_writes: 0,
-            mailbox_commands: 0,
-            firmware: self.firmware.name().to_string(),
+
+    /// Write config space at any offset and width, honouring the write masks.
+    pub fn config_write(&mut self, offset: u64, data: &[u8]) {
+        self.counters.config_writes = self.counters.config_writes.wrapping_add(1);
+        let mut fx = ConfigEffects::default();
+        let cs = &mut self.config;
+        write_dwords(offset, data, |d, v, m| {
+            let f = cs.write_dword(d, v, m);
+            fx.flr |= f.flr;
+            fx.msix_changed |= f.msix_changed;
+            fx.intx_changed |= f.intx_changed;
+        });
+        if fx.flr {
+            log::info!("function level reset");
+            self.reset();
+            return;
+        }
+        if fx.msix_changed {
+            self.msix_state_changed();
+        }
+        if fx.intx_changed {
+            self.update_intx();
         }
     }
+
+    /// MSI-X Enable or Function Mask changed: deliver what the mask held back.
+    fn msix_state_changed(&mut self) {
+        if !self.config.msix_enabled() {
+            // Pending bits have no meaning while MSI-X is disabled.
+            self.msix.take_pending();
+        } else if !self.config.msix_function_masked() {
+            for v in self.msix.take_pending() {
+                self.push_irq(Interrupt::Msix(v));
+            }
+        }
+        self.update_intx();
+    }
+
+    fn push_irq(&mut self, irq: Interrupt) {
+        self.counters.interrupts = self.counters.interrupts.wrapping_add(1);
+        self.pending_irqs.push(irq);
+    }
+
+    /// Signal an MSI-X vector (held in the PBA while the function is masked).
+    /// Returns false if MSI-X is disabled.
+    fn raise_msix(&mut self, vector: u16) -> bool {
+        if !self.config.msix_enabled() {
+            return false;
+        }
+        if self.config.msix_function_masked() {
+            self.msix.set_pending(vector);
+        } else {
+            self.push_irq(Interrupt::Msix(vector));
+        }
+        true
+    }
+
+    /// The INTx level: a DMA completion with its interrupt enabled is outstanding,
+    /// MSI-X is off and INTx is not disabled. Asserting sends `Interrupt::Intx`.
+    fn update_intx(&mut self) {
+        let level = !self.config.msix_enabled()
+            && !self.config.intx_disabled()
+            && self.engine.irq_enabled()
+            && self.engine.completion_outstanding();
+        if level && !self.config.interrupt_status() {
+            self.push_irq(Interrupt::Intx);
+        }
+        self.config.set_interrupt_status(level);
+    }
+
+    fn handle_mailbox_event(&mut self, ev: mailbox::MailboxEvent) {
+        use mailbox::MailboxEvent as E;
+        #[allow(unreachable_patterns)]
+        match ev {
+            E::BackgroundComplete => {
+                self.raise_msix(layout::MSIX_VEC_MAILBOX);
+            }
+            E::EventAdded => {
+                self.raise_msix(layout::MSIX_VEC_EVENTS);
+            }
+            E::SanitizeComplete { interrupt } => {
+                let size = self.mem.size();
+                if let Err(e) = self.mem.zero(0, size) {
+                    log::error!("sanitize: zeroing device memory failed: {e}");
+                }
+                if interrupt {
+                    self.raise_msix(layout::MSIX_VEC_MAILBOX);
+                }
+            }
+            other => log::debug!("mailbox event {other:?} needs no action"),
+        }
+    }
+
+    // --- BARs -------------------------------------------------------------------
+
+    /// Read a BAR at any offset and width. Absent BARs and holes read 0.
+    pub fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        self.counters.bar_reads = self.counters.bar_reads.wrapping_add(1);
+        match bar {
+            layout::BAR_REGS => {
+                self.poll();
+                let now = self.now();
+                let component = &self.component;
+                let mut regs = self.device_regs.as_mut();
+                read_dwords(offset, data, |d| {
+                    if d < layout::DEVICE_BLOCK_OFFSET {
+                        component.read(d)
+                    } else if d < layout::BAR0_SIZE {
+                        regs.as_mut()
+                            .map_or(0, |r| r.read(d - layout::DEVICE_BLOCK_OFFSET, now))
+                    } else {
+                        0
+                    }
+                });
+            }
+            layout::BAR_MEM => self.mem_read(offset, data),
+            layout::BAR_ENGINE => {
+                let engine = &self.engine;
+                let msix = &self.msix;
+                read_dwords(offset, data, |d| {
+                    if Msix::contains(d) {
+                        msix.read(d)
+                    } else if d < u64::from(layout::MSIX_TABLE_OFFSET) {
+                        engine.read(d.wrapping_sub(layout::ENGINE_OFFSET))
+                    } else {
+                        0
+                    }
+                });
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    /// Write a BAR at any offset and width. `guest` is used by the DMA engine.
+    pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8], guest: &dyn GuestMemory) {
+        self.counters.bar_writes = self.counters.bar_writes.wrapping_add(1);
+        match bar {
+            layout::BAR_REGS => {
+                self.poll();
+                let now = self.now();
+                let mut events = Vec::new();
+                let component = &mut self.component;
+                let fw = self.firmware.as_mut();
+                let mut regs = self.device_regs.as_mut();
+                write_dwords(offset, data, |d, v, m| {
+                    if d < layout::DEVICE_BLOCK_OFFSET {
+                        component.write(d, v, m, fw, now);
+                    } else if d < layout::BAR0_SIZE {
+                        if let Some(r) = regs.as_mut() {
+                            events.extend(r.write(d - layout::DEVICE_BLOCK_OFFSET, v, m, now, fw));
+                        }
+                    }
+                });
+                for ev in events {
+                    self.handle_mailbox_event(ev);
+                }
+            }
+            layout::BAR_MEM => self.mem_write(offset, data),
+            layout::BAR_ENGINE => {
+                let mut doorbell = false;
+                let engine = &mut self.engine;
+                let msix = &mut self.msix;
+                write_dwords(offset, data, |d, v, m| {
+                    if Msix::contains(d) {
+                        msix.write(d, v, m);
+                    } else if d < u64::from(layout::MSIX_TABLE_OFFSET) {
+                        doorbell |= engine.write(d.wrapping_sub(layout::ENGINE_OFFSET), v, m);
+                    }
+                });
+                if doorbell {
+                    self.run_dma(guest);
+                }
+                self.update_intx();
+            }
+            _ => {}
+        }
+    }
+
+    fn run_dma(&mut self, guest: &dyn GuestMemory) {
+        let regs = self.device_regs.as_ref();
+        let poisoned = |dpa: u64, len: u64| regs.is_some_and(|r| r.mailbox().is_poisoned(dpa, len));
+        let ctx = TransferCtx {
+            mem: self.mem.as_mut(),
+            guest,
+            bus_master: self.config.bus_master(),
+            poisoned: &poisoned,
+        };
+        let _ = self.engine.execute(ctx);
+        if self.engine.irq_enabled() && !self.raise_msix(layout::MSIX_VEC_DMA) {
+            self.update_intx();
+        }
+    }
+
+    /// The part of `[offset, offset + len)` inside device memory, as a length.
+    fn mem_span(&self, offset: u64, len: usize) -> usize {
+        let size = self.mem.size();
+        if offset >= size {
+            return 0;
+        }
+        (size - offset).min(len as u64) as usize
+    }
+
+    fn mem_read(&mut self, offset: u64, data: &mut [u8]) {
+        let n = self.mem_span(offset, data.len());
+        let (inside, outside) = data.split_at_mut(n);
+        if self.mem.read(offset, inside).is_err() {
+            inside.fill(0);
+        }
+        outside.fill(0);
+    }
+
+    fn mem_write(&mut self, offset: u64, data: &[u8]) {
+        let n = self.mem_span(offset, data.len());
+        if let Some(inside) = data.get(..n) {
+            if let Err(e) = self.mem.write(offset, inside) {
+                log::warn!("BAR2 write at {offset:#x}: {e}");
+            }
+        }
+    }
+
+    // --- descriptions -------------------------------------------------------------
+
+    /// The 9 vfio-pci regions: BAR0..5, expansion ROM, config space (index 7), VGA.
+    /// Absent regions have size 0.
+    pub fn regions(&self) -> Vec<RegionDesc> {
+        let absent = |index| RegionDesc {
+            index,
+            size: 0,
+            readable: false,
+            writable: false,
+            mmappable: false,
+            sparse_mmap: Vec::new(),
+            backing: RegionBacking::Trapped,
+        };
+        let trapped = |index, size| RegionDesc {
+            index,
+            size,
+            readable: true,
+            writable: true,
+            mmappable: false,
+            sparse_mmap: Vec::new(),
+            backing: RegionBacking::Trapped,
+        };
+        (0..NUM_REGIONS)
+            .map(|i| match i {
+                i if i == u32::from(layout::BAR_REGS) => trapped(i, layout::BAR0_SIZE),
+                i if i == u32::from(layout::BAR_MEM) => RegionDesc {
+                    index: i,
+                    size: self.bar2_size,
+                    readable: true,
+                    writable: true,
+                    mmappable: true,
+                    // One sparse area over all of device memory: QEMU then maps it
+                    // (DESIGN §1). It is the whole BAR unless the size was rounded up.
+                    sparse_mmap: vec![(0, self.cfg.memory_size)],
+                    backing: RegionBacking::DeviceMemory,
+                },
+                i if i == u32::from(layout::BAR_ENGINE) => trapped(i, layout::BAR4_SIZE),
+                CONFIG_REGION_INDEX => trapped(i, CONFIG_SPACE_SIZE),
+                i => absent(i),
+            })
+            .collect()
+    }
+
+    /// The 5 vfio-pci IRQ indices: INTx (1), MSI (0: no MSI capability), MSI-X
+    /// (`MSIX_VECTORS`), ERR (0), REQ (0).
+    pub fn irqs(&self) -> Vec<IrqDesc> {
+        (0..NUM_IRQS)
+            .map(|index| {
+                let (count, maskable, automasked) = match index {
+                    IRQ_INTX => (1, true, true),
+                    IRQ_MSIX => (u32::from(layout::MSIX_VECTORS), false, false),
+                    _ => (0, false, false),
+                };
+                IrqDesc {
+                    index,
+                    count,
+                    eventfd: count > 0,
+                    maskable,
+                    automasked,
+                }
+            })
+            .collect()
+    }
+
+    // --- reset and time -------------------------------------------------------------
+
+    /// Conventional reset (vfio DEVICE_RESET, or FLR): config space to its initial
+    /// values, decoders uncommitted and unlocked (then firmware's power-on decoders
+    /// re-applied, as a BIOS would), engine and MSI-X table cleared, mailbox reset,
+    /// pending interrupts dropped. Device memory, the LSA and the sticky RAS
+    /// registers are kept.
+    pub fn reset(&mut self) {
+        self.config.reset();
+        self.component.reset();
+        self.engine.reset();
+        self.msix.reset();
+        if let Some(r) = self.device_regs.as_mut() {
+            r.mailbox_mut().reset();
+        }
+        self.pending_irqs.clear();
+        self.firmware.on_reset();
+        self.apply_power_on();
+    }
+
+    /// Advance time-driven work (delayed commits, background commands).
+    pub fn poll(&mut self) {
+        let now = self.now();
+        self.component.poll(now);
+        let ev = self
+            .device_regs
+            .as_mut()
+            .and_then(|r| r.mailbox_mut().poll(now));
+        if let Some(ev) = ev {
+            self.handle_mailbox_event(ev);
+        }
+    }
+
+    /// Drain the interrupts raised since the last call.
+    pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
+        std::mem::take(&mut self.pending_irqs)
+    }
+
+    /// When `poll` next has work, in the clock's nanoseconds.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let mb = self
+            .device_regs
+            .as_ref()
+            .and_then(|r| r.mailbox().next_deadline());
+        match (self.component.next_deadline(), mb) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // --- fault injection ---------------------------------------------------------------
+
+    /// Fault injection: a RAS uncorrectable (`uncorrectable`=true) or correctable
+    /// error status bit. Undefined bits are logged and ignored; see
+    /// [`AccelDevice::try_inject_ras`].
+    pub fn inject_ras(&mut self, uncorrectable: bool, bit: u8) {
+        if let Err(e) = self.try_inject_ras(uncorrectable, bit, &[0; 16]) {
+            log::warn!("inject_ras: {e}");
+        }
+    }
+
+    /// Fault injection into the RAS capability (CXL r3.1 §8.2.4.17) with a header
+    /// log for the first uncorrectable error. Also sets the matching error-detected
+    /// bit of the PCIe Device Status register (PCIe r6 §7.5.3.5): Fatal or Non-Fatal
+    /// by the error's severity, or Correctable.
+    pub fn try_inject_ras(
+        &mut self,
+        uncorrectable: bool,
+        bit: u8,
+        header: &[u32; 16],
+    ) -> Result<(), RasError> {
+        use cxl_regs::component::ras as r;
+        let ras = self.component.ras_mut();
+        if uncorrectable {
+            ras.inject_uncorrectable(bit, header)?;
+            let fatal = ras.read(r::UNCORRECTABLE_SEVERITY) & (1 << bit) != 0;
+            self.config.set_device_status(if fatal {
+                cxl_regs::pci::EXP_DEVSTA_FED
+            } else {
+                cxl_regs::pci::EXP_DEVSTA_NFED
+            });
+        } else {
+            ras.inject_correctable(bit)?;
+            self.config.set_device_status(cxl_regs::pci::EXP_DEVSTA_CED);
+        }
+        Ok(())
+    }
+
+    /// Fault injection: add an event record; raises the events vector if the log's
+    /// interrupt policy asks for it. Ignored with the mailbox off.
+    pub fn inject_event(&mut self, log: EventLog, record: EventRecord) {
+        let now = self.now();
+        let ev = self
+            .device_regs
+            .as_mut()
+            .and_then(|r| r.mailbox_mut().inject_event_at(log, record, now));
+        if let Some(ev) = ev {
+            self.handle_mailbox_event(ev);
+        }
+    }
+
+    /// Fault injection: poison a DPA range (listed by Get Poison List; the DMA engine
+    /// refuses to read it). Errors are mailbox return codes; Unsupported with the
+    /// mailbox off.
+    pub fn inject_poison(&mut self, dpa: u64, len: u64) -> Result<(), u16> {
+        match self.device_regs.as_mut() {
+            Some(r) => r.mailbox_mut().inject_poison(dpa, len),
+            None => Err(cxl_regs::mailbox::RC_UNSUPPORTED),
+        }
+    }
+
+    // --- inspection ----------------------------------------------------------------------
+
+    pub fn status(&self) -> DeviceStatus {
+        let hdm = self.component.hdm();
+        let decoders = (0..hdm.decoder_count())
+            .filter_map(|i| hdm.decoder(i).map(|d| (i, d)))
+            .map(|(index, d)| DecoderStatus {
+                index,
+                base: d.base,
+                size: d.size,
+                dpa_skip: d.dpa_skip,
+                committed: d.committed,
+                locked: d.locked,
+                error: d.error,
+                host_only: d.host_only,
+            })
+            .collect();
+        let es = self.engine.stats();
+        DeviceStatus {
+            decoders,
+            hdm_global_enable: hdm.global_enable(),
+            mem_enable: self.config.mem_enable(),
+            dma_completions: es.completions,
+            dma_errors: es.errors,
+            config_reads: self.counters.config_reads,
+            config_writes: self.counters.config_writes,
+            bar_reads: self.counters.bar_reads,
+            bar_writes: self.counters.bar_writes,
+            mailbox_commands: self.device_regs.as_ref().map_or(0, |r| r.doorbells()),
+            firmware: self.firmware.name().to_string(),
+            dma_bytes: es.bytes,
+            interrupts: self.counters.interrupts,
+            commits: self.component.stats(),
+            ras_injected: self.component.ras().injected(),
+            flit: self.cfg.flit,
+            mailbox: self.cfg.mailbox,
+        }
+    }
+
     pub fn firmware_mut(&mut self) -> &mut dyn Firmware {
         self.firmware.as_mut()
+    }
+    pub fn firmware(&self) -> &dyn Firmware {
+        self.firmware.as_ref()
+    }
+    /// Replace the firmware (control socket); takes effect for the next hook call.
+    pub fn set_firmware(&mut self, firmware: Box<dyn Firmware>) {
+        self.firmware = firmware;
+    }
+    /// The HDM decoder bank (read-only view).
+    pub fn hdm(&self) -> &hdm::HdmDecoderBank {
+        self.component.hdm()
+    }
+    /// The mailbox, when on.
+    pub fn mailbox(&self) -> Option<&mailbox::Mailbox> {
+        self.device_regs.as_ref().map(|r| r.mailbox())
+    }
+    pub fn mailbox_mut(&mut self) -> Option<&mut mailbox::Mailbox> {
+        self.device_regs.as_mut().map(|r| r.mailbox_mut())
+    }
+    /// Device memory.
+    pub fn memory(&self) -> &dyn DeviceMemory {
+        self.mem.as_ref()
+    }
+    pub fn memory_mut(&mut self) -> &mut dyn DeviceMemory {
+        self.mem.as_mut()
+    }
+    /// Config space (read-only view).
+    pub fn config_space(&self) -> &ConfigSpace {
+        &self.config
+    }
+    /// BAR2's size: the memory size rounded up to a power of two.
+    pub fn bar2_size(&self) -> u64 {
+        self.bar2_size
     }
 }

@@ -101,6 +101,12 @@ pub mod engine {
     pub const ERR_GUEST_RANGE: u32 = 1;
     pub const ERR_DEVICE_RANGE: u32 = 2;
     pub const ERR_LENGTH: u32 = 3;
+    /// Bus Master Enable is clear in the Command register (PCIe r6 §7.5.1.1.3): the
+    /// function may not issue memory requests, so no transfer starts.
+    pub const ERR_BUS_MASTER: u32 = 4;
+    /// The device-memory source range holds poison: the transfer stops before any
+    /// poisoned data reaches guest RAM.
+    pub const ERR_POISON: u32 = 5;
     /// RO: number of completed transfers (wraps).
     pub const COMPLETIONS: u64 = 0x2c;
     /// Largest single transfer.

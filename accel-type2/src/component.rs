@@ -1,0 +1,237 @@
+//! The component register block at BAR0 + 0 (CXL r3.1 §8.2.3, §8.2.4).
+//!
+//! | Offset          | Contents                                               |
+//! |-----------------|--------------------------------------------------------|
+//! | 0x0000..0x1000  | CXL.io registers: none defined for a device, read 0    |
+//! | 0x1000          | CXL.cache/mem Capability Header (§8.2.4.1), 3 entries  |
+//! | 0x1004..0x1010  | entries: RAS (id 2), Link (id 4), HDM Decoder (id 5)   |
+//! | RAS_OFFSET      | CXL RAS Capability (§8.2.4.17)                         |
+//! | LINK_OFFSET     | CXL Link Capability (§8.2.4.19)                        |
+//! | HDM_OFFSET      | CXL HDM Decoder Capability (§8.2.4.20), `hdm` crate    |
+//!
+//! Decoder commits go through the firmware: a commit that passes the spec checks in
+//! the `hdm` crate is handed to [`Firmware::on_commit`], which accepts, rejects or
+//! delays it. A delayed commit reads Commit=1, Committed=0 until its deadline passes
+//! and [`ComponentBlock::poll`] runs (the device also polls before each BAR0 read, so
+//! a guest polling Committed sees it without a timer).
+
+use cxl_regs::component::{self as comp, link, ras};
+use cxl_regs::layout;
+use hdm::{DecoderState, HdmConfig, HdmDecoderBank, WriteOutcome};
+
+use crate::access::{qword_half, read_dwords};
+use crate::firmware::{CommitDecision, Firmware};
+use crate::ras::Ras;
+
+/// Number of entries in the CXL.cache/mem capability array.
+const ARRAY_ENTRIES: u8 = 3;
+
+/// A commit that firmware delayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingCommit {
+    pub index: usize,
+    pub deadline_ns: u64,
+}
+
+/// Counters of decoder commit outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CommitStats {
+    pub accepted: u64,
+    pub rejected_by_firmware: u64,
+    pub delayed: u64,
+    pub failed_checks: u64,
+    pub uncommitted: u64,
+}
+
+/// BAR0's component register block.
+#[derive(Debug, Clone)]
+pub struct ComponentBlock {
+    ras: Ras,
+    hdm: HdmDecoderBank,
+    pending: Vec<PendingCommit>,
+    stats: CommitStats,
+}
+
+impl ComponentBlock {
+    pub fn new(hdm_cfg: HdmConfig) -> Result<Self, hdm::HdmError> {
+        Ok(Self {
+            ras: Ras::new(),
+            hdm: HdmDecoderBank::new(hdm_cfg)?,
+            pending: Vec::new(),
+            stats: CommitStats::default(),
+        })
+    }
+
+    pub fn hdm(&self) -> &HdmDecoderBank {
+        &self.hdm
+    }
+    pub fn hdm_mut(&mut self) -> &mut HdmDecoderBank {
+        &mut self.hdm
+    }
+    pub fn ras(&self) -> &Ras {
+        &self.ras
+    }
+    pub fn ras_mut(&mut self) -> &mut Ras {
+        &mut self.ras
+    }
+    pub fn stats(&self) -> CommitStats {
+        self.stats
+    }
+    pub fn pending(&self) -> &[PendingCommit] {
+        &self.pending
+    }
+
+    /// Conventional reset: decoders uncommitted and unlocked, delayed commits
+    /// dropped; RAS keeps its sticky registers.
+    pub fn reset(&mut self) {
+        self.hdm.reset();
+        self.pending.clear();
+        self.ras.reset();
+    }
+
+    fn hdm_len(&self) -> u64 {
+        u64::from(self.hdm.block_len())
+    }
+
+    /// Read the dword at `offset` within the block.
+    pub fn read(&self, offset: u64) -> u32 {
+        let off = offset & !3;
+        let cm = layout::CACHEMEM_OFFSET;
+        let in_range = |base: u64, len: u64| off >= base && off < base.saturating_add(len);
+        if off == cm {
+            comp::array_header(ARRAY_ENTRIES)
+        } else if off == cm + 4 {
+            comp::entry(comp::CAP_ID_RAS, ras::VERSION, layout::RAS_CAP_PTR)
+        } else if off == cm + 8 {
+            comp::entry(comp::CAP_ID_LINK, link::VERSION, layout::LINK_CAP_PTR)
+        } else if off == cm + 12 {
+            comp::entry(
+                comp::CAP_ID_HDM,
+                cxl_regs::hdm::CAP_VERSION,
+                layout::HDM_CAP_PTR,
+            )
+        } else if in_range(layout::RAS_OFFSET, u64::from(ras::LENGTH)) {
+            self.ras.read((off - layout::RAS_OFFSET) as u32)
+        } else if in_range(layout::LINK_OFFSET, u64::from(link::LENGTH)) {
+            Self::link_read((off - layout::LINK_OFFSET) as u32)
+        } else if in_range(layout::HDM_OFFSET, self.hdm_len()) {
+            self.hdm.read((off - layout::HDM_OFFSET) as u32)
+        } else {
+            0
+        }
+    }
+
+    /// CXL Link Capability (§8.2.4.19): Link Layer Capability reports CXL link
+    /// version 2 supported and received; the other registers read 0 and the
+    /// structure ignores writes (no credits or timers are modelled).
+    fn link_read(off: u32) -> u32 {
+        let cap =
+            link::LINK_VERSION_2 | (link::LINK_VERSION_2 << link::LL_CAP_VERSION_RECEIVED_SHIFT);
+        match off {
+            o if o == link::LL_CAPABILITY => qword_half(cap, false),
+            o if o == link::LL_CAPABILITY + 4 => qword_half(cap, true),
+            _ => 0,
+        }
+    }
+
+    /// Write the masked bits of `value` to the dword at `offset` within the block.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        value: u32,
+        mask: u32,
+        fw: &mut dyn Firmware,
+        now_ns: u64,
+    ) {
+        let off = offset & !3;
+        if off >= layout::RAS_OFFSET && off < layout::RAS_OFFSET + u64::from(ras::LENGTH) {
+            self.ras
+                .write((off - layout::RAS_OFFSET) as u32, value, mask);
+        } else if off >= layout::HDM_OFFSET && off < layout::HDM_OFFSET + self.hdm_len() {
+            let outcome = self
+                .hdm
+                .write((off - layout::HDM_OFFSET) as u32, value, mask);
+            self.handle_outcome(outcome, fw, now_ns);
+        }
+    }
+
+    fn handle_outcome(&mut self, outcome: WriteOutcome, fw: &mut dyn Firmware, now_ns: u64) {
+        match outcome {
+            WriteOutcome::CommitRequested(i) => {
+                self.pending.retain(|p| p.index != i);
+                let Some(state) = self.hdm.decoder(i) else {
+                    return;
+                };
+                match fw.on_commit(i, &state) {
+                    CommitDecision::Accept | CommitDecision::Delay(0) => {
+                        self.hdm.finish_commit(i, true);
+                        self.stats.accepted = self.stats.accepted.wrapping_add(1);
+                    }
+                    CommitDecision::Reject => {
+                        self.hdm.finish_commit(i, false);
+                        self.stats.rejected_by_firmware =
+                            self.stats.rejected_by_firmware.wrapping_add(1);
+                        log::info!("firmware {} rejected the commit of decoder {i}", fw.name());
+                    }
+                    CommitDecision::Delay(ns) => {
+                        self.pending.push(PendingCommit {
+                            index: i,
+                            deadline_ns: now_ns.saturating_add(ns),
+                        });
+                        self.stats.delayed = self.stats.delayed.wrapping_add(1);
+                    }
+                }
+            }
+            WriteOutcome::CommitFailed(i) => {
+                self.pending.retain(|p| p.index != i);
+                self.stats.failed_checks = self.stats.failed_checks.wrapping_add(1);
+                log::debug!("decoder {i} commit failed the spec checks");
+            }
+            WriteOutcome::Uncommitted(i) => {
+                self.pending.retain(|p| p.index != i);
+                self.stats.uncommitted = self.stats.uncommitted.wrapping_add(1);
+            }
+            WriteOutcome::None => {}
+        }
+    }
+
+    /// Finish the delayed commits whose deadline has passed.
+    pub fn poll(&mut self, now_ns: u64) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.pending.iter().partition(|p| p.deadline_ns <= now_ns);
+        self.pending = later;
+        for p in due {
+            self.hdm.finish_commit(p.index, true);
+            self.stats.accepted = self.stats.accepted.wrapping_add(1);
+        }
+    }
+
+    /// The earliest deadline of a delayed commit.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.pending.iter().map(|p| p.deadline_ns).min()
+    }
+
+    /// Commit decoders as firmware left them at power-on, then set HDM Decoder
+    /// Global Enable if any was committed. Returns how many were committed.
+    pub fn apply_power_on(&mut self, decoders: Vec<(usize, DecoderState)>) -> usize {
+        let mut n = 0;
+        for (i, state) in decoders {
+            match self.hdm.precommit(i, state) {
+                Ok(()) => n += 1,
+                Err(e) => log::warn!("firmware power-on decoder {i} refused: {e}"),
+            }
+        }
+        if n > 0 {
+            self.hdm.set_global_enable(true);
+        }
+        n
+    }
+
+    /// Read bytes (for tests and debugging).
+    pub fn read_bytes(&self, offset: u64, data: &mut [u8]) {
+        read_dwords(offset, data, |d| self.read(d));
+    }
+}

@@ -1,0 +1,651 @@
+//! PCI Express configuration space of the device (PCIe r6 §7.5 onwards, CXL r3.1
+//! §8.1), modelled as 4 KiB of bytes with a per-byte write mask and a per-byte RW1C
+//! mask:
+//!
+//! - a bit whose write-mask bit is set is read-write;
+//! - a bit whose RW1C-mask bit is set is cleared by writing 1 (PCIe r6 §7.4);
+//! - every other bit is read-only: hardware-initialised, or reserved and zero.
+//!
+//! BAR sizing (PCIe r6 §7.5.1.2.1) falls out of the write masks: the low address bits
+//! of a BAR are read-only zero, so writing all ones reads back the size mask with the
+//! read-only type bits.
+//!
+//! Layout of this device:
+//!
+//! | Offset | Structure                                                  |
+//! |--------|------------------------------------------------------------|
+//! | 0x000  | Type-0 header (PCIe r6 §7.5.1)                             |
+//! | 0x040  | Power Management capability (PCIe r6 §7.5.2)               |
+//! | 0x050  | PCI Express capability v2, endpoint (PCIe r6 §7.5.3)       |
+//! | 0x090  | MSI-X capability (PCIe r6 §7.7.2)                          |
+//! | 0x100  | Device Serial Number (PCIe r6 §7.9.3)                      |
+//! | 0x110  | DVSEC id 0, PCIe DVSEC for CXL Devices (CXL r3.1 §8.1.3)   |
+//! | 0x150  | DVSEC id 8, Register Locator (CXL r3.1 §8.1.9)             |
+//! | 0x170  | DVSEC id 7, Flex Bus Port (CXL r3.1 §8.1.8, §8.2.1.3)      |
+//! | 0x190  | DVSEC id 5, GPF for CXL Devices (CXL r3.1 §8.1.7)          |
+
+use cxl_regs::dvsec::{self, device as dev, flex_bus, gpf_device, register_locator as regloc};
+use cxl_regs::layout;
+use cxl_regs::pci::*;
+
+use crate::FlitMode;
+
+/// Offsets of the capabilities in this device's config space.
+pub const PM_CAP: usize = 0x40;
+pub const EXP_CAP: usize = 0x50;
+pub const MSIX_CAP: usize = 0x90;
+pub const DSN_CAP: usize = 0x100;
+pub const DVSEC_DEVICE: usize = 0x110;
+pub const DVSEC_LOCATOR: usize = 0x150;
+pub const DVSEC_FLEX_BUS: usize = 0x170;
+pub const DVSEC_GPF: usize = 0x190;
+
+/// Link reported in Link Capabilities/Status: 32 GT/s, x16 (the same in both flit
+/// modes; PCIe r6 permits Flit Mode at any speed both ends support).
+pub const LINK_SPEED: u16 = LINK_SPEED_32GT;
+pub const LINK_WIDTH: u16 = 16;
+
+/// What the device's identity and geometry look like in config space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigParams {
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub subsystem_vendor_id: u16,
+    pub subsystem_id: u16,
+    pub serial: u64,
+    /// Device memory in bytes (the DVSEC ranges report it).
+    pub memory_size: u64,
+    /// BAR sizes in bytes, each a power of two, or 0 for an absent BAR. Every present
+    /// BAR is 64-bit, so only even indices may be non-zero.
+    pub bar_sizes: [u64; 6],
+    /// Which present BARs are prefetchable.
+    pub bar_prefetchable: [bool; 6],
+    pub flit: FlitMode,
+    pub mailbox: bool,
+    /// DVSEC HDM_Count: 1 or 2.
+    pub hdm_count: u8,
+}
+
+/// Side effects of a config write that the device must act on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfigEffects {
+    /// Initiate Function Level Reset was written (PCIe r6 §7.5.3.4).
+    pub flr: bool,
+    /// MSI-X Enable or Function Mask changed.
+    pub msix_changed: bool,
+    /// Command register Interrupt Disable changed.
+    pub intx_changed: bool,
+}
+
+/// The config space register file.
+#[derive(Clone)]
+pub struct ConfigSpace {
+    data: Box<[u8; CONFIG_SPACE_SIZE]>,
+    wmask: Box<[u8; CONFIG_SPACE_SIZE]>,
+    w1c: Box<[u8; CONFIG_SPACE_SIZE]>,
+    params: ConfigParams,
+}
+
+impl std::fmt::Debug for ConfigSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSpace")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigSpace {
+    /// Build config space in its reset state.
+    pub fn new(params: ConfigParams) -> Self {
+        let mut cs = Self {
+            data: Box::new([0; CONFIG_SPACE_SIZE]),
+            wmask: Box::new([0; CONFIG_SPACE_SIZE]),
+            w1c: Box::new([0; CONFIG_SPACE_SIZE]),
+            params,
+        };
+        cs.build_header();
+        cs.build_pm();
+        cs.build_express();
+        cs.build_msix();
+        cs.build_dsn();
+        cs.build_dvsec_device();
+        cs.build_dvsec_locator();
+        cs.build_dvsec_flex_bus();
+        cs.build_dvsec_gpf();
+        cs
+    }
+
+    pub fn params(&self) -> &ConfigParams {
+        &self.params
+    }
+
+    /// Conventional reset: every register back to its initial value, the DVSEC lock
+    /// released.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.params.clone());
+    }
+
+    // --- building -----------------------------------------------------------
+
+    fn set8(&mut self, off: usize, v: u8) {
+        if let Some(b) = self.data.get_mut(off) {
+            *b = v;
+        }
+    }
+    fn set16(&mut self, off: usize, v: u16) {
+        for (i, b) in v.to_le_bytes().into_iter().enumerate() {
+            self.set8(off + i, b);
+        }
+    }
+    fn set32(&mut self, off: usize, v: u32) {
+        for (i, b) in v.to_le_bytes().into_iter().enumerate() {
+            self.set8(off + i, b);
+        }
+    }
+    fn mask_bytes(arr: &mut [u8; CONFIG_SPACE_SIZE], off: usize, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            if let Some(m) = arr.get_mut(off + i) {
+                *m = *b;
+            }
+        }
+    }
+    fn rw16(&mut self, off: usize, mask: u16) {
+        Self::mask_bytes(&mut self.wmask, off, &mask.to_le_bytes());
+    }
+    fn rw32(&mut self, off: usize, mask: u32) {
+        Self::mask_bytes(&mut self.wmask, off, &mask.to_le_bytes());
+    }
+    fn w1c16(&mut self, off: usize, mask: u16) {
+        Self::mask_bytes(&mut self.w1c, off, &mask.to_le_bytes());
+    }
+
+    /// Type-0 header (PCIe r6 §7.5.1.1, §7.5.1.2).
+    fn build_header(&mut self) {
+        let p = self.params.clone();
+        self.set16(VENDOR_ID, p.vendor_id);
+        self.set16(DEVICE_ID, p.device_id);
+        // Command (§7.5.1.1.3): Memory Space, Bus Master, Parity Error Response, SERR#
+        // Enable and Interrupt Disable are RW; no I/O BARs, so I/O Space is RO 0.
+        self.rw16(
+            COMMAND,
+            CMD_MEMORY_SPACE
+                | CMD_BUS_MASTER
+                | CMD_PARITY_ERROR_RESPONSE
+                | CMD_SERR_ENABLE
+                | CMD_INTX_DISABLE,
+        );
+        // Status (§7.5.1.1.4): Capabilities List RO 1, error bits RW1C.
+        self.set16(STATUS, STS_CAP_LIST);
+        self.w1c16(STATUS, STS_RW1C);
+        self.set8(REVISION_ID, 0x01);
+        let class = layout::CLASS_CODE.to_le_bytes();
+        self.set8(CLASS_CODE, class[0]);
+        self.set8(CLASS_CODE + 1, class[1]);
+        self.set8(CLASS_CODE + 2, class[2]);
+        // Cache Line Size is RW with no effect on PCIe (§7.5.1.1.7).
+        Self::mask_bytes(&mut self.wmask, CACHE_LINE_SIZE, &[0xff]);
+        self.set8(HEADER_TYPE, HEADER_TYPE_NORMAL);
+        for n in 0..NUM_BARS {
+            self.build_bar(n);
+        }
+        self.set16(SUBSYSTEM_VENDOR_ID, p.subsystem_vendor_id);
+        self.set16(SUBSYSTEM_ID, p.subsystem_id);
+        // No expansion ROM: the register is RO 0 (§7.5.1.2.4).
+        self.set8(CAPABILITIES_POINTER, PM_CAP as u8);
+        Self::mask_bytes(&mut self.wmask, INTERRUPT_LINE, &[0xff]);
+        self.set8(INTERRUPT_PIN, INTERRUPT_PIN_INTA);
+    }
+
+    /// A 64-bit memory BAR pair (PCIe r6 §7.5.1.2.1): the type bits are RO, the
+    /// address bits below the size are RO 0.
+    fn build_bar(&mut self, n: usize) {
+        let size = self.params.bar_sizes.get(n).copied().unwrap_or(0);
+        if size == 0 || n % 2 == 1 || !size.is_power_of_two() {
+            return;
+        }
+        let mut flags = BAR_MEM_SPACE | BAR_MEM_TYPE_64;
+        if self
+            .params
+            .bar_prefetchable
+            .get(n)
+            .copied()
+            .unwrap_or(false)
+        {
+            flags |= BAR_MEM_PREFETCHABLE;
+        }
+        let addr_mask = !(size - 1);
+        self.set32(bar_offset(n), flags);
+        self.rw32(bar_offset(n), (addr_mask as u32) & BAR_MEM_ADDR_MASK);
+        self.rw32(bar_offset(n + 1), (addr_mask >> 32) as u32);
+    }
+
+    /// Power Management capability (PCIe r6 §7.5.2): D0 and D3hot only, no PME.
+    fn build_pm(&mut self) {
+        let c = PM_CAP;
+        self.set8(c + CAP_ID, CAP_ID_PM);
+        self.set8(c + CAP_NEXT, EXP_CAP as u8);
+        self.set16(c + PM_PMC, PM_PMC_VERSION_1_2);
+        self.set16(c + PM_PMCSR, PM_PMCSR_NO_SOFT_RESET);
+        self.rw16(c + PM_PMCSR, PM_PMCSR_POWER_STATE_MASK);
+    }
+
+    /// PCI Express capability, version 2, endpoint (PCIe r6 §7.5.3).
+    fn build_express(&mut self) {
+        let c = EXP_CAP;
+        self.set8(c + CAP_ID, CAP_ID_EXP);
+        self.set8(c + CAP_NEXT, MSIX_CAP as u8);
+        // Flit Mode Supported is a property of the function, set in both modes.
+        self.set16(
+            c + EXP_FLAGS,
+            EXP_FLAGS_VERSION_2 | EXP_FLAGS_TYPE_ENDPOINT | EXP_FLAGS_FLIT_MODE_SUPPORTED,
+        );
+        self.set32(
+            c + EXP_DEVCAP,
+            EXP_DEVCAP_PAYLOAD_256 | EXP_DEVCAP_EXT_TAG | EXP_DEVCAP_RBER | EXP_DEVCAP_FLR,
+        );
+        // Device Control (§7.5.3.4) defaults: Relaxed Ordering and No Snoop enabled,
+        // Max_Read_Request_Size 512 bytes. Phantom Functions and Aux Power PM are
+        // not supported (RO 0); Initiate FLR reads 0 and is handled as an effect.
+        self.set16(
+            c + EXP_DEVCTL,
+            EXP_DEVCTL_RELAX_EN | EXP_DEVCTL_NOSNOOP_EN | EXP_DEVCTL_READRQ_512,
+        );
+        self.rw16(
+            c + EXP_DEVCTL,
+            EXP_DEVCTL_CERE
+                | EXP_DEVCTL_NFERE
+                | EXP_DEVCTL_FERE
+                | EXP_DEVCTL_URRE
+                | EXP_DEVCTL_RELAX_EN
+                | EXP_DEVCTL_PAYLOAD_MASK
+                | EXP_DEVCTL_EXT_TAG
+                | EXP_DEVCTL_NOSNOOP_EN
+                | EXP_DEVCTL_READRQ_MASK,
+        );
+        self.w1c16(c + EXP_DEVSTA, EXP_DEVSTA_RW1C);
+        self.set32(
+            c + EXP_LNKCAP,
+            LINK_SPEED as u32
+                | ((LINK_WIDTH as u32) << EXP_LNKCAP_WIDTH_SHIFT)
+                | EXP_LNKCAP_ASPM_COMPLIANCE,
+        );
+        self.rw16(
+            c + EXP_LNKCTL,
+            EXP_LNKCTL_ASPM_MASK | EXP_LNKCTL_CCC | EXP_LNKCTL_ES | EXP_LNKCTL_HAWD,
+        );
+        self.set16(
+            c + EXP_LNKSTA,
+            LINK_SPEED | (LINK_WIDTH << EXP_LNKSTA_WIDTH_SHIFT) | EXP_LNKSTA_SLC,
+        );
+        self.set32(
+            c + EXP_DEVCAP2,
+            EXP_DEVCAP2_COMP_TMOUT_RANGES
+                | EXP_DEVCAP2_COMP_TMOUT_DIS
+                | EXP_DEVCAP2_10BIT_TAG_COMP
+                | EXP_DEVCAP2_EXT_FMT,
+        );
+        self.rw16(
+            c + EXP_DEVCTL2,
+            EXP_DEVCTL2_COMP_TIMEOUT_MASK | EXP_DEVCTL2_COMP_TMOUT_DIS,
+        );
+        // Supported Link Speeds Vector: 2.5 through 32 GT/s.
+        let sls: u32 = ((1u32 << (LINK_SPEED + 1)) - 1) & !((1 << EXP_LNKCAP2_SLS_SHIFT) - 1);
+        self.set32(c + EXP_LNKCAP2, sls);
+        self.set16(c + EXP_LNKCTL2, LINK_SPEED);
+        self.rw16(c + EXP_LNKCTL2, !EXP_LNKCTL2_SELECTABLE_DEEMPH);
+        // Link Status 2 (§7.5.3.20): equalization complete; Flit Mode Status only when
+        // the link runs 256B flits.
+        let mut lnksta2 = EXP_LNKSTA2_EQ_COMPLETE;
+        if self.params.flit == FlitMode::Flit256 {
+            lnksta2 |= EXP_LNKSTA2_FLIT;
+        }
+        self.set16(c + EXP_LNKSTA2, lnksta2);
+        self.w1c16(c + EXP_LNKSTA2, EXP_LNKSTA2_EQ_REQUEST);
+    }
+
+    /// MSI-X capability (PCIe r6 §7.7.2): table and PBA in the engine BAR.
+    fn build_msix(&mut self) {
+        let c = MSIX_CAP;
+        self.set8(c + CAP_ID, CAP_ID_MSIX);
+        self.set8(c + CAP_NEXT, 0);
+        self.set16(
+            c + MSIX_FLAGS,
+            (layout::MSIX_VECTORS - 1) & MSIX_FLAGS_QSIZE_MASK,
+        );
+        self.rw16(c + MSIX_FLAGS, MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL);
+        self.set32(
+            c + MSIX_TABLE,
+            layout::MSIX_TABLE_OFFSET | layout::BAR_ENGINE as u32,
+        );
+        self.set32(
+            c + MSIX_PBA,
+            layout::MSIX_PBA_OFFSET | layout::BAR_ENGINE as u32,
+        );
+    }
+
+    /// Device Serial Number (PCIe r6 §7.9.3).
+    fn build_dsn(&mut self) {
+        let c = DSN_CAP;
+        self.set32(
+            c,
+            ext_cap_header(EXT_CAP_ID_DSN, DSN_VERSION, DVSEC_DEVICE as u16),
+        );
+        self.set32(c + DSN_SERIAL_LO, self.params.serial as u32);
+        self.set32(c + DSN_SERIAL_HI, (self.params.serial >> 32) as u32);
+    }
+
+    fn dvsec_headers(&mut self, c: usize, next: usize, id: u16, revision: u8, length: u16) {
+        self.set32(
+            c,
+            ext_cap_header(EXT_CAP_ID_DVSEC, DVSEC_VERSION, next as u16),
+        );
+        self.set32(
+            c + DVSEC_HEADER1,
+            dvsec_header1(dvsec::CXL_VENDOR_ID, revision, length),
+        );
+        self.set16(c + DVSEC_HEADER2, id);
+    }
+
+    /// PCIe DVSEC for CXL Devices (CXL r3.1 §8.1.3).
+    fn build_dvsec_device(&mut self) {
+        let c = DVSEC_DEVICE;
+        self.dvsec_headers(
+            c,
+            DVSEC_LOCATOR,
+            dvsec::ID_CXL_DEVICE,
+            dev::REVISION,
+            dev::LENGTH,
+        );
+        let hdm_count = self.params.hdm_count.clamp(1, 2);
+        self.set16(
+            c + dev::CAP,
+            dev::CAP_CACHE_CAPABLE
+                | dev::CAP_IO_CAPABLE
+                | dev::CAP_MEM_CAPABLE
+                | dev::cap_hdm_count(hdm_count),
+        );
+        // Control (§8.1.3.2): IO_Enable RO 1; the cache and memory enables RWL.
+        self.set16(c + dev::CTRL, dev::CTRL_IO_ENABLE);
+        self.rw16(c + dev::CTRL, Self::DVSEC_CTRL_RWL);
+        // Control2 (§8.1.3.4): Disable Caching RW; the rest is not supported.
+        self.rw16(c + dev::CTRL2, 1 << 0);
+        self.rw16(c + dev::LOCK, dev::LOCK_CONFIG_LOCK);
+        // Range 1 covers all of device memory; range 2 (when counted) is empty. Both
+        // report Memory_Info_Valid and Memory_Active: memory is ready at power-on.
+        let flags = dev::RANGE_MEM_INFO_VALID
+            | dev::RANGE_MEM_ACTIVE
+            | dev::RANGE_MEDIA_TYPE_CDAT
+            | dev::RANGE_MEMORY_CLASS_CDAT;
+        for i in 0..usize::from(hdm_count) {
+            let size = if i == 0 { self.params.memory_size } else { 0 };
+            self.set32(c + dev::range_size_high(i), (size >> 32) as u32);
+            self.set32(
+                c + dev::range_size_low(i),
+                dev::range_size_low_value(size, flags),
+            );
+            self.rw32(c + dev::range_base_high(i), !0);
+            self.rw32(c + dev::range_base_low(i), dev::RANGE_ADDR_LOW_MASK);
+        }
+        // Capability3 (§8.1.3.16): device memory survives warm and hot reset.
+        self.set16(
+            c + dev::CAP3,
+            dev::CAP3_VOLATILE_WARM | dev::CAP3_VOLATILE_HOT,
+        );
+    }
+
+    /// The RWL bits of DVSEC CXL Control.
+    const DVSEC_CTRL_RWL: u16 = dev::CTRL_CACHE_ENABLE
+        | dev::CTRL_MEM_ENABLE
+        | dev::CTRL_CACHE_SF_COVERAGE_MASK
+        | dev::CTRL_CACHE_SF_GRANULARITY_MASK
+        | dev::CTRL_CACHE_CLEAN_EVICTION;
+
+    /// Register Locator (CXL r3.1 §8.1.9): component registers at BAR0 + 0, and the
+    /// memory-device registers at BAR0 + DEVICE_BLOCK_OFFSET when the mailbox is on.
+    fn build_dvsec_locator(&mut self) {
+        let c = DVSEC_LOCATOR;
+        let mut entries = vec![regloc::entry(
+            layout::BAR_REGS,
+            regloc::BLOCK_COMPONENT,
+            layout::COMPONENT_BLOCK_OFFSET,
+        )];
+        if self.params.mailbox {
+            entries.push(regloc::entry(
+                layout::BAR_REGS,
+                regloc::BLOCK_MEMORY_DEVICE,
+                layout::DEVICE_BLOCK_OFFSET,
+            ));
+        }
+        self.dvsec_headers(
+            c,
+            DVSEC_FLEX_BUS,
+            dvsec::ID_REGISTER_LOCATOR,
+            regloc::REVISION,
+            regloc::length(entries.len()),
+        );
+        for (i, (lo, hi)) in entries.into_iter().enumerate() {
+            let e = c + regloc::BLOCK1 + regloc::ENTRY_SIZE * i;
+            self.set32(e, lo);
+            self.set32(e + 4, hi);
+        }
+    }
+
+    /// Flex Bus Port DVSEC (CXL r3.1 §8.1.8, registers §8.2.1.3). The link is
+    /// trained: Control mirrors what is enabled and is read-only on this endpoint.
+    ///
+    /// 256B vs 68B flit differ in exactly these bits:
+    /// - Flex Bus Port Control bit 5, "CXL 68B Flit and VH Enable": set in 68B mode;
+    /// - Flex Bus Port Status bit 5, "CXL 68B Flit and VH Enabled": set in 68B mode;
+    /// - PCIe Link Status 2 bit 10, Flit Mode Status: set in 256B mode.
+    ///
+    /// Capability bit 5 ("68B Flit and VH Capable") is set in both: a CXL 3 device
+    /// supports both modes, and which one runs is a link property.
+    fn build_dvsec_flex_bus(&mut self) {
+        let c = DVSEC_FLEX_BUS;
+        self.dvsec_headers(
+            c,
+            DVSEC_GPF,
+            dvsec::ID_FLEX_BUS_PORT,
+            flex_bus::REVISION,
+            flex_bus::LENGTH,
+        );
+        let base = flex_bus::CACHE | flex_bus::IO | flex_bus::MEM;
+        self.set16(c + flex_bus::CAP, base | flex_bus::FLIT68_VH);
+        let enabled = match self.params.flit {
+            FlitMode::Flit256 => base,
+            FlitMode::Flit68 => base | flex_bus::FLIT68_VH,
+        };
+        self.set16(c + flex_bus::CTRL, enabled);
+        self.set16(c + flex_bus::STATUS, enabled);
+        self.w1c16(c + flex_bus::STATUS, flex_bus::STATUS_RW1C);
+    }
+
+    /// GPF DVSEC for CXL Devices (CXL r3.1 §8.1.7): phase 2 takes at most 1 ms and
+    /// 100 mW.
+    fn build_dvsec_gpf(&mut self) {
+        let c = DVSEC_GPF;
+        self.dvsec_headers(
+            c,
+            0,
+            dvsec::ID_GPF_DEVICE,
+            gpf_device::REVISION,
+            gpf_device::LENGTH,
+        );
+        self.set16(
+            c + gpf_device::PHASE2_DURATION,
+            1 | (gpf_device::SCALE_1MS << gpf_device::PHASE2_DURATION_SCALE_SHIFT),
+        );
+        self.set32(c + gpf_device::PHASE2_POWER, 100);
+    }
+
+    // --- access -------------------------------------------------------------
+
+    /// Read the dword at `offset` (rounded down to a dword); 0 outside config space.
+    pub fn read_dword(&self, offset: u64) -> u32 {
+        let Ok(off) = usize::try_from(offset & !3) else {
+            return 0;
+        };
+        if off >= CONFIG_SPACE_SIZE {
+            return 0;
+        }
+        match self.data.get(off..off + 4) {
+            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => 0,
+        }
+    }
+
+    pub fn read8(&self, off: usize) -> u8 {
+        self.data.get(off).copied().unwrap_or(0)
+    }
+    pub fn read16(&self, off: usize) -> u16 {
+        u16::from_le_bytes([self.read8(off), self.read8(off + 1)])
+    }
+    pub fn read32(&self, off: usize) -> u32 {
+        u32::from_le_bytes([
+            self.read8(off),
+            self.read8(off + 1),
+            self.read8(off + 2),
+            self.read8(off + 3),
+        ])
+    }
+
+    /// Write the bytes of `value` selected by `mask` to the dword at `offset`,
+    /// honouring the write and RW1C masks, and report side effects.
+    pub fn write_dword(&mut self, offset: u64, value: u32, mask: u32) -> ConfigEffects {
+        let mut fx = ConfigEffects::default();
+        let Ok(base) = usize::try_from(offset & !3) else {
+            return fx;
+        };
+        if base >= CONFIG_SPACE_SIZE {
+            return fx;
+        }
+        let before_msix =
+            self.read16(MSIX_CAP + MSIX_FLAGS) & (MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL);
+        let before_cmd = self.read16(COMMAND) & CMD_INTX_DISABLE;
+        let before_pm = self.read16(PM_CAP + PM_PMCSR) & PM_PMCSR_POWER_STATE_MASK;
+        let vb = value.to_le_bytes();
+        let mb = mask.to_le_bytes();
+        for lane in 0..4 {
+            if mb[lane] == 0 {
+                continue;
+            }
+            let i = base + lane;
+            let v = vb[lane] & mb[lane];
+            let old = self.data[i];
+            let wm = self.wmask[i];
+            let mut new = (old & !wm) | (v & wm);
+            new &= !(v & self.w1c[i]);
+            self.data[i] = new;
+        }
+        // Initiate Function Level Reset (PCIe r6 §7.5.3.4): write-only, reads 0.
+        let flr_byte = EXP_CAP + EXP_DEVCTL + 1;
+        if (base..base + 4).contains(&flr_byte) {
+            let lane = flr_byte - base;
+            if mb[lane] != 0 && vb[lane] & (EXP_DEVCTL_BCR_FLR >> 8) as u8 != 0 {
+                fx.flr = true;
+            }
+        }
+        // PowerState (PCIe r6 §7.5.2.2): a write of an unsupported state (D1, D2)
+        // completes normally but the data is discarded.
+        let pm = self.read16(PM_CAP + PM_PMCSR);
+        let state = pm & PM_PMCSR_POWER_STATE_MASK;
+        if state != PM_PMCSR_D0 && state != PM_PMCSR_D3HOT {
+            self.set16(
+                PM_CAP + PM_PMCSR,
+                (pm & !PM_PMCSR_POWER_STATE_MASK) | before_pm,
+            );
+        }
+        // CONFIG_LOCK (CXL r3.1 §8.1.3.6) is RWO, and locks every RWL field.
+        if self.read16(DVSEC_DEVICE + dev::LOCK) & dev::LOCK_CONFIG_LOCK != 0 {
+            self.apply_dvsec_lock();
+        }
+        fx.msix_changed = self.read16(MSIX_CAP + MSIX_FLAGS)
+            & (MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL)
+            != before_msix;
+        fx.intx_changed = self.read16(COMMAND) & CMD_INTX_DISABLE != before_cmd;
+        fx
+    }
+
+    fn apply_dvsec_lock(&mut self) {
+        let c = DVSEC_DEVICE;
+        self.rw16(c + dev::LOCK, 0);
+        self.rw16(c + dev::CTRL, 0);
+        for i in 0..dev::MAX_RANGES {
+            self.rw32(c + dev::range_base_high(i), 0);
+            self.rw32(c + dev::range_base_low(i), 0);
+        }
+    }
+
+    // --- state the device model needs -----------------------------------------
+
+    pub fn command(&self) -> u16 {
+        self.read16(COMMAND)
+    }
+    pub fn bus_master(&self) -> bool {
+        self.command() & CMD_BUS_MASTER != 0
+    }
+    pub fn intx_disabled(&self) -> bool {
+        self.command() & CMD_INTX_DISABLE != 0
+    }
+    /// Set or clear the Status register's Interrupt Status bit (RO to software).
+    pub fn set_interrupt_status(&mut self, on: bool) {
+        let s = self.read16(STATUS);
+        let s = if on {
+            s | STS_INTERRUPT_STATUS
+        } else {
+            s & !STS_INTERRUPT_STATUS
+        };
+        self.set16(STATUS, s);
+    }
+    pub fn interrupt_status(&self) -> bool {
+        self.read16(STATUS) & STS_INTERRUPT_STATUS != 0
+    }
+    pub fn msix_enabled(&self) -> bool {
+        self.read16(MSIX_CAP + MSIX_FLAGS) & MSIX_FLAGS_ENABLE != 0
+    }
+    pub fn msix_function_masked(&self) -> bool {
+        self.read16(MSIX_CAP + MSIX_FLAGS) & MSIX_FLAGS_MASKALL != 0
+    }
+    /// DVSEC CXL Control Mem_Enable.
+    pub fn mem_enable(&self) -> bool {
+        self.read16(DVSEC_DEVICE + dev::CTRL) & dev::CTRL_MEM_ENABLE != 0
+    }
+    /// Set Mem_Enable as firmware would at power-on (ignores the lock).
+    pub fn set_mem_enable(&mut self, on: bool) {
+        let v = self.read16(DVSEC_DEVICE + dev::CTRL);
+        let v = if on {
+            v | dev::CTRL_MEM_ENABLE
+        } else {
+            v & !dev::CTRL_MEM_ENABLE
+        };
+        self.set16(DVSEC_DEVICE + dev::CTRL, v);
+    }
+    /// Program DVSEC range `i`'s base as firmware would (256 MiB granular).
+    pub fn set_range_base(&mut self, i: usize, base: u64) {
+        if i < usize::from(self.params.hdm_count.clamp(1, 2)) {
+            self.set32(DVSEC_DEVICE + dev::range_base_high(i), (base >> 32) as u32);
+            self.set32(
+                DVSEC_DEVICE + dev::range_base_low(i),
+                base as u32 & dev::RANGE_ADDR_LOW_MASK,
+            );
+        }
+    }
+    pub fn range_base(&self, i: usize) -> u64 {
+        dev::range_addr(
+            self.read32(DVSEC_DEVICE + dev::range_base_high(i)),
+            self.read32(DVSEC_DEVICE + dev::range_base_low(i)),
+        )
+    }
+    pub fn dvsec_locked(&self) -> bool {
+        self.read16(DVSEC_DEVICE + dev::LOCK) & dev::LOCK_CONFIG_LOCK != 0
+    }
+    /// Power state D3hot.
+    pub fn in_d3hot(&self) -> bool {
+        self.read16(PM_CAP + PM_PMCSR) & PM_PMCSR_POWER_STATE_MASK == PM_PMCSR_D3HOT
+    }
+    /// Record an error in the PCIe Device Status register (RW1C bits).
+    pub fn set_device_status(&mut self, bits: u16) {
+        let v = self.read16(EXP_CAP + EXP_DEVSTA) | (bits & EXP_DEVSTA_RW1C);
+        self.set16(EXP_CAP + EXP_DEVSTA, v);
+    }
+}

@@ -1,0 +1,153 @@
+//! The memory-device register block at BAR0 + `DEVICE_BLOCK_OFFSET` (CXL r3.1
+//! §8.2.8), present when the mailbox is on (Register Locator block id 3).
+//!
+//! | Offset (block)          | Contents                                          |
+//! |-------------------------|---------------------------------------------------|
+//! | 0x00                    | Device Capabilities Array Register (§8.2.8.1)     |
+//! | 0x10, 0x20, 0x30        | capability headers (§8.2.8.2): status, mailbox, memdev |
+//! | DEV_STATUS_CAP_OFFSET   | Device Status: Event Status (§8.2.8.3.1)          |
+//! | MEMDEV_STATUS_CAP_OFFSET| Memory Device Status (§8.2.8.5.1)                 |
+//! | MAILBOX_CAP_OFFSET      | Primary mailbox (§8.2.8.4), `mailbox` crate; its payload starts on a page boundary |
+
+use cxl_regs::device::{self as devr, mailbox_cap, memdev, status};
+use cxl_regs::layout;
+use mailbox::{Mailbox, MailboxEvent, VendorHooks};
+
+use crate::access::qword_half;
+use crate::firmware::Firmware;
+
+/// The three capabilities listed in the array.
+const CAP_COUNT: u16 = 3;
+
+/// Adapter that lets the mailbox reach the firmware's vendor-command hook.
+pub struct FirmwareHooks<'a>(pub &'a mut dyn Firmware);
+
+impl VendorHooks for FirmwareHooks<'_> {
+    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+        self.0.vendor_command(opcode, input, output)
+    }
+}
+
+/// The device register block around a mailbox.
+pub struct DeviceRegs {
+    mailbox: Mailbox,
+    doorbells: u64,
+}
+
+impl DeviceRegs {
+    pub fn new(mailbox: Mailbox) -> Self {
+        Self {
+            mailbox,
+            doorbells: 0,
+        }
+    }
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+    pub fn mailbox_mut(&mut self) -> &mut Mailbox {
+        &mut self.mailbox
+    }
+    /// Doorbell rings seen (commands submitted).
+    pub fn doorbells(&self) -> u64 {
+        self.doorbells
+    }
+
+    fn mailbox_range(&self) -> (u64, u64) {
+        let start = u64::from(layout::MAILBOX_CAP_OFFSET);
+        (start, start + u64::from(self.mailbox.block_len()))
+    }
+
+    /// Memory Device Status (§8.2.8.5.1): media ready, mailbox interface ready.
+    pub fn memdev_status(&self) -> u64 {
+        (memdev::MEDIA_READY << memdev::STATUS_MEDIA_SHIFT) | memdev::STATUS_MAILBOX_READY
+    }
+
+    /// The Device Capabilities Array: Type "memory device", because the class code
+    /// (processing accelerator) does not imply the memory-device capabilities.
+    fn cap_array() -> u64 {
+        devr::cap_array(devr::CAP_ARRAY_TYPE_MEMORY_DEVICE, CAP_COUNT)
+    }
+
+    /// Read the dword at `offset` within the block.
+    pub fn read(&mut self, offset: u64, now_ns: u64) -> u32 {
+        let off = offset & !3;
+        let (mb_start, mb_end) = self.mailbox_range();
+        if off >= mb_start && off < mb_end {
+            return self.mailbox.read((off - mb_start) as u32, now_ns);
+        }
+        let headers: [(u16, u8, u32, u32); 3] = [
+            (
+                devr::CAP_ID_DEVICE_STATUS,
+                status::VERSION,
+                layout::DEV_STATUS_CAP_OFFSET,
+                status::LENGTH,
+            ),
+            (
+                devr::CAP_ID_PRIMARY_MAILBOX,
+                mailbox_cap::VERSION,
+                layout::MAILBOX_CAP_OFFSET,
+                self.mailbox.block_len(),
+            ),
+            (
+                devr::CAP_ID_MEMDEV_STATUS,
+                memdev::VERSION,
+                layout::MEMDEV_STATUS_CAP_OFFSET,
+                memdev::LENGTH,
+            ),
+        ];
+        match off {
+            0 => qword_half(Self::cap_array(), false),
+            4 => qword_half(Self::cap_array(), true),
+            0x10..=0x3f => {
+                let k = (off / 0x10) as usize;
+                let Some(&(id, ver, offs, len)) = headers.get(k.wrapping_sub(1)) else {
+                    return 0;
+                };
+                match (off % 0x10) as u32 {
+                    devr::CAP_HEADER_ID => devr::cap_header_dword0(id, ver),
+                    devr::CAP_HEADER_OFFSET => offs,
+                    devr::CAP_HEADER_LENGTH => len,
+                    _ => 0,
+                }
+            }
+            o if o
+                == u64::from(layout::DEV_STATUS_CAP_OFFSET) + u64::from(status::EVENT_STATUS) =>
+            {
+                self.mailbox.event_status()
+            }
+            o if o == u64::from(layout::MEMDEV_STATUS_CAP_OFFSET) + u64::from(memdev::STATUS) => {
+                qword_half(self.memdev_status(), false)
+            }
+            o if o
+                == u64::from(layout::MEMDEV_STATUS_CAP_OFFSET) + u64::from(memdev::STATUS) + 4 =>
+            {
+                qword_half(self.memdev_status(), true)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Write the masked bits of `value` to the dword at `offset` within the block.
+    /// Only the mailbox has writable registers.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        value: u32,
+        mask: u32,
+        now_ns: u64,
+        fw: &mut dyn Firmware,
+    ) -> Option<MailboxEvent> {
+        let off = offset & !3;
+        let (mb_start, mb_end) = self.mailbox_range();
+        if off < mb_start || off >= mb_end {
+            return None;
+        }
+        let rel = (off - mb_start) as u32;
+        if rel == cxl_regs::mailbox::CONTROL && value & mask & cxl_regs::mailbox::CTRL_DOORBELL != 0
+        {
+            self.doorbells = self.doorbells.wrapping_add(1);
+        }
+        let mut hooks = FirmwareHooks(fw);
+        self.mailbox.write(rel, value, mask, now_ns, &mut hooks)
+    }
+}
