@@ -310,7 +310,7 @@ impl Config {
             (None, Some(NumOrString::Str(s))) => parse_size(&s)?,
             (None, None) => DEFAULT_MEMORY_SIZE,
         };
-        if memory_size == 0 || memory_size % MEMORY_GRANULE != 0 {
+        if memory_size == 0 || !memory_size.is_multiple_of(MEMORY_GRANULE) {
             return Err(ConfigError::MemorySizeGranule(memory_size));
         }
         let mailbox = match (args.mailbox, file.mailbox) {
@@ -545,7 +545,7 @@ pub fn parse_hex(s: &str) -> Result<u64, ConfigError> {
 pub fn human_size(v: u64) -> String {
     const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
     for (shift, unit) in UNITS {
-        if v != 0 && v % (1u64 << shift) == 0 {
+        if v != 0 && v.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", v >> shift);
         }
     }

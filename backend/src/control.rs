@@ -275,7 +275,7 @@ fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|b| *b != b'-')
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("{s:?}: odd number of hex digits"));
     }
     digits

@@ -57,10 +57,32 @@ pub enum StorageError {
     Flush { what: String, source: io::Error },
 }
 
+/// An exclusive `flock` on a file, held on an open file description of its own.
+///
+/// The lock is not taken on the fd that is mapped and handed to QEMU: a lock lives as
+/// long as any fd of its description, so QEMU's copy of the BAR2 fd (or a child that
+/// inherited it) would otherwise keep a restarted daemon locked out.
+#[derive(Debug)]
+pub struct FileLock(#[allow(dead_code)] File);
+
+impl FileLock {
+    fn acquire(path: &Path) -> Result<Self, StorageError> {
+        let file = File::open(path).map_err(|source| StorageError::Open {
+            path: path.into(),
+            source,
+        })?;
+        // SAFETY: flock on an fd we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StorageError::Locked { path: path.into() });
+        }
+        Ok(Self(file))
+    }
+}
+
 /// Open (creating if needed) a regular file for persistent storage, lock it against a
 /// second daemon, and make it `size` bytes long. A longer file is refused rather than
 /// silently truncated.
-fn open_sized(path: &Path, size: u64) -> Result<File, StorageError> {
+fn open_sized(path: &Path, size: u64) -> Result<(File, FileLock), StorageError> {
     let open_err = |source| StorageError::Open {
         path: path.into(),
         source,
@@ -83,10 +105,7 @@ fn open_sized(path: &Path, size: u64) -> Result<File, StorageError> {
     if !meta.is_file() {
         return Err(StorageError::NotRegular { path: path.into() });
     }
-    // SAFETY: flock on an fd we own; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(StorageError::Locked { path: path.into() });
-    }
+    let lock = FileLock::acquire(path)?;
     if meta.len() > size {
         return Err(StorageError::TooLarge {
             path: path.into(),
@@ -101,7 +120,7 @@ fn open_sized(path: &Path, size: u64) -> Result<File, StorageError> {
             source,
         })?;
     }
-    Ok(file)
+    Ok((file, lock))
 }
 
 /// The device's local memory: one shared mapping of a memfd or a file.
@@ -109,6 +128,7 @@ pub struct DeviceMemoryFile {
     file: File,
     map: MmapRegion,
     path: Option<PathBuf>,
+    _lock: Option<FileLock>,
 }
 
 impl std::fmt::Debug for DeviceMemoryFile {
@@ -137,16 +157,21 @@ impl DeviceMemoryFile {
             size,
             source,
         })?;
-        Self::map(file, size, None)
+        Self::map(file, size, None, None)
     }
 
     /// Persistent device memory in the file at `path`, created or extended to `size`.
     pub fn file(path: &Path, size: u64) -> Result<Arc<Self>, StorageError> {
-        let file = open_sized(path, size)?;
-        Self::map(file, size, Some(path.to_path_buf()))
+        let (file, lock) = open_sized(path, size)?;
+        Self::map(file, size, Some(path.to_path_buf()), Some(lock))
     }
 
-    fn map(file: File, size: u64, path: Option<PathBuf>) -> Result<Arc<Self>, StorageError> {
+    fn map(
+        file: File,
+        size: u64,
+        path: Option<PathBuf>,
+        lock: Option<FileLock>,
+    ) -> Result<Arc<Self>, StorageError> {
         let len = usize::try_from(size).map_err(|_| StorageError::TooBig(size))?;
         let dup = file.try_clone().map_err(|source| StorageError::Open {
             path: path.clone().unwrap_or_else(|| "memfd".into()),
@@ -154,7 +179,12 @@ impl DeviceMemoryFile {
         })?;
         let map =
             MmapRegion::from_file(FileOffset::new(dup, 0), len).map_err(StorageError::Mmap)?;
-        Ok(Arc::new(Self { file, map, path }))
+        Ok(Arc::new(Self {
+            file,
+            map,
+            path,
+            _lock: lock,
+        }))
     }
 
     /// The fd QEMU maps as BAR2.
@@ -452,12 +482,17 @@ impl GuestMemory for GuestRam {
 pub struct FileLsa {
     file: File,
     size: usize,
+    _lock: FileLock,
 }
 
 impl FileLsa {
     pub fn open(path: &Path, size: usize) -> Result<Self, StorageError> {
-        let file = open_sized(path, size as u64)?;
-        Ok(Self { file, size })
+        let (file, lock) = open_sized(path, size as u64)?;
+        Ok(Self {
+            file,
+            size,
+            _lock: lock,
+        })
     }
 
     /// A second handle on the same file, to sync it at shutdown while the device
@@ -573,7 +608,12 @@ mod tests {
             DeviceMemoryFile::file(&path, 1 << 20),
             Err(StorageError::Locked { .. })
         ));
+        // A copy of the data fd outliving the daemon (QEMU's BAR2 fd) does not keep
+        // the next daemon out.
+        let qemu_copy = m.file.try_clone().unwrap();
         drop(m);
+        drop(DeviceMemoryFile::file(&path, 1 << 20).unwrap());
+        drop(qemu_copy);
         assert!(matches!(
             DeviceMemoryFile::file(&path, 1 << 19),
             Err(StorageError::TooLarge { .. })

@@ -1,0 +1,599 @@
+//! Shared helpers of the integration tests: spawn the real daemon, talk to it with
+//! the `vfio_user` crate's `Client` (the stand-in for QEMU), with raw frames for the
+//! malformed cases, and with its control socket.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cxl_regs::layout;
+use vfio_user::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cxl-accel-backend");
+
+pub const BAR0: u32 = 0;
+pub const BAR2: u32 = 2;
+pub const BAR4: u32 = 4;
+pub const CONFIG: u32 = 7;
+
+/// How long any one test may take before its daemon is killed (which turns a hang
+/// into a failure).
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// A running daemon in its own temporary directory.
+pub struct Backend {
+    child: Option<Child>,
+    pub dir: Arc<tempfile::TempDir>,
+    pub socket: PathBuf,
+    pub control: PathBuf,
+    done: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Start the daemon with `--socket`, `--control` in a fresh directory, plus `args`.
+    pub fn start(args: &[&str]) -> Backend {
+        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), args)
+    }
+
+    /// Start the daemon in `dir` (to restart one over the same files).
+    pub fn start_in(dir: Arc<tempfile::TempDir>, args: &[&str]) -> Backend {
+        let socket = dir.path().join("vfio.sock");
+        let control = dir.path().join("control.sock");
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn cxl-accel-backend");
+        let done = Arc::new(AtomicBool::new(false));
+        let pid = child.id() as i32;
+        let watchdog_done = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < WATCHDOG {
+                if watchdog_done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("watchdog: killing backend {pid}");
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let mut b = Backend {
+            child: Some(child),
+            dir,
+            socket,
+            control,
+            done,
+        };
+        b.wait_ready();
+        b
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while !(self.socket.exists() && self.control.exists()) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("backend exited early: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "backend did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Connect a vfio-user client (retrying while the listener comes up).
+    pub fn client(&self) -> Client {
+        let start = Instant::now();
+        loop {
+            match Client::new(&self.socket) {
+                Ok(c) => return c,
+                Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot connect: {e}"),
+            }
+        }
+    }
+
+    /// A raw connection that has negotiated the version.
+    pub fn raw(&self) -> Raw {
+        let mut r = Raw::connect(&self.socket);
+        r.negotiate();
+        r
+    }
+
+    /// One control-socket request.
+    pub fn ctl(&self, request: &str) -> serde_json::Value {
+        let mut s = UnixStream::connect(&self.control).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        serde_json::from_slice(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.done.store(true, Ordering::Relaxed);
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("backend ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the daemon to exit on its own (`--once`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.done.store(true, Ordering::Relaxed);
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                panic!("backend did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+// --- register access through the client --------------------------------------
+
+pub fn read32(c: &mut Client, region: u32, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    c.region_read(region, off, &mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+pub fn read16(c: &mut Client, region: u32, off: u64) -> u16 {
+    let mut b = [0u8; 2];
+    c.region_read(region, off, &mut b).unwrap();
+    u16::from_le_bytes(b)
+}
+
+pub fn read64(c: &mut Client, region: u32, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    c.region_read(region, off, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+pub fn write32(c: &mut Client, region: u32, off: u64, v: u32) {
+    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
+
+pub fn write16(c: &mut Client, region: u32, off: u64, v: u16) {
+    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
+
+pub fn write64(c: &mut Client, region: u32, off: u64, v: u64) {
+    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
+
+/// The whole 4 KiB config space.
+pub fn config_space(c: &mut Client) -> Vec<u8> {
+    let mut cfg = vec![0u8; 4096];
+    for (i, chunk) in cfg.chunks_mut(256).enumerate() {
+        c.region_read(CONFIG, (i * 256) as u64, chunk).unwrap();
+    }
+    cfg
+}
+
+pub fn le16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+}
+pub fn le32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+pub fn le64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Offset of the standard capability `id`, walking the list from 0x34.
+pub fn find_cap(cfg: &[u8], id: u8) -> Option<usize> {
+    let mut p = cfg[0x34] as usize & !3;
+    for _ in 0..48 {
+        if p < 0x40 || p + 2 > 256 {
+            return None;
+        }
+        if cfg[p] == id {
+            return Some(p);
+        }
+        p = cfg[p + 1] as usize & !3;
+    }
+    None
+}
+
+/// The DVSECs (offset, vendor, id) and other extended capabilities (offset, id,
+/// 0xffff) in the chain from 0x100.
+pub fn ext_caps(cfg: &[u8]) -> Vec<(usize, u16, u16)> {
+    let mut out = Vec::new();
+    let mut p = 0x100usize;
+    for _ in 0..64 {
+        if p < 0x100 || p + 4 > cfg.len() {
+            break;
+        }
+        let hdr = le32(cfg, p);
+        if hdr == 0 {
+            break;
+        }
+        let id = (hdr & 0xffff) as u16;
+        if id == cxl_regs::pci::EXT_CAP_ID_DVSEC {
+            let vendor = le16(cfg, p + 4);
+            let dvsec_id = le16(cfg, p + 8);
+            out.push((p, vendor, dvsec_id));
+        } else {
+            out.push((p, id, 0xffff));
+        }
+        p = (hdr >> 20) as usize;
+        if p == 0 {
+            break;
+        }
+    }
+    out
+}
+
+pub fn find_dvsec(cfg: &[u8], id: u16) -> Option<usize> {
+    ext_caps(cfg)
+        .into_iter()
+        .find(|&(_, v, i)| v == cxl_regs::dvsec::CXL_VENDOR_ID && i == id)
+        .map(|(p, _, _)| p)
+}
+
+/// Register Locator entries as (bir, block id, offset).
+pub fn register_blocks(cfg: &[u8]) -> Vec<(u8, u8, u64)> {
+    let p = find_dvsec(cfg, cxl_regs::dvsec::ID_REGISTER_LOCATOR).expect("register locator");
+    let len = (le32(cfg, p + 4) >> 20) as usize;
+    let mut out = Vec::new();
+    let mut e = p + 0xc;
+    while e + 8 <= p + len {
+        let lo = le32(cfg, e);
+        let hi = le32(cfg, e + 4);
+        out.push((
+            (lo & 7) as u8,
+            ((lo >> 8) & 0xff) as u8,
+            u64::from(hi) << 32 | u64::from(lo & 0xffff_0000),
+        ));
+        e += 8;
+    }
+    out
+}
+
+// --- mailbox ----------------------------------------------------------------
+
+/// Run one mailbox command over BAR0; returns (return code, output payload).
+pub fn mailbox(c: &mut Client, opcode: u16, input: &[u8]) -> (u16, Vec<u8>) {
+    let mb = layout::MAILBOX_OFFSET;
+    let payload = layout::MAILBOX_PAYLOAD_OFFSET;
+    for (i, chunk) in input.chunks(256).enumerate() {
+        c.region_write(BAR0, payload + (i * 256) as u64, chunk)
+            .unwrap();
+    }
+    let cmd = u64::from(opcode) | (input.len() as u64) << 16;
+    write64(c, BAR0, mb + 0x08, cmd);
+    write32(c, BAR0, mb + 0x04, 1);
+    let start = Instant::now();
+    while read32(c, BAR0, mb + 0x04) & 1 != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "doorbell never cleared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = read64(c, BAR0, mb + 0x10);
+    let rc = ((status >> 32) & 0xffff) as u16;
+    let len = ((read64(c, BAR0, mb + 0x08) >> 16) & 0x1f_ffff) as usize;
+    let mut out = vec![0u8; len.min(layout::MAILBOX_PAYLOAD_SIZE as usize)];
+    for (i, chunk) in out.chunks_mut(256).enumerate() {
+        c.region_read(BAR0, payload + (i * 256) as u64, chunk)
+            .unwrap();
+    }
+    (rc, out)
+}
+
+// --- memfds and mappings ------------------------------------------------------
+
+pub fn memfd(size: usize) -> OwnedFd {
+    // SAFETY: valid NUL-terminated name; the fd is wrapped at once.
+    let fd = unsafe { libc::memfd_create(c"test-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on our fd.
+    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
+    fd
+}
+
+/// A shared mapping of an fd, unmapped on drop.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn new(fd: RawFd, offset: u64, len: usize) -> Mapping {
+        // SAFETY: a fresh shared mapping; the kernel picks the address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset as i64,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapping {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    pub fn write(&self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= self.len);
+        // SAFETY: in bounds of our live mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) }
+    }
+
+    pub fn read(&self, off: usize, len: usize) -> Vec<u8> {
+        assert!(off + len <= self.len);
+        let mut v = vec![0u8; len];
+        // SAFETY: in bounds of our live mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), v.as_mut_ptr(), len) }
+        v
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Wait until `fd` (an eventfd) is readable; returns its counter, or None on timeout.
+pub fn wait_eventfd(fd: RawFd, timeout: Duration) -> Option<u64> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    if n != 1 {
+        return None;
+    }
+    let mut v = [0u8; 8];
+    // SAFETY: reading 8 bytes into a local buffer from an eventfd.
+    let r = unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
+    (r == 8).then(|| u64::from_ne_bytes(v))
+}
+
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// --- raw vfio-user frames ----------------------------------------------------
+
+pub const CMD_VERSION: u16 = 1;
+pub const CMD_DMA_MAP: u16 = 2;
+pub const CMD_DEVICE_GET_INFO: u16 = 4;
+pub const CMD_REGION_READ: u16 = 9;
+pub const CMD_REGION_WRITE: u16 = 10;
+pub const FLAG_REPLY: u32 = 1;
+pub const FLAG_NO_REPLY: u32 = 1 << 4;
+pub const FLAG_ERROR: u32 = 1 << 5;
+
+/// A reply: (header fields, body).
+#[derive(Debug)]
+pub struct Reply {
+    pub id: u16,
+    pub cmd: u16,
+    pub size: u32,
+    pub flags: u32,
+    pub errno: u32,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn is_error(&self) -> bool {
+        self.flags & FLAG_ERROR != 0
+    }
+}
+
+/// A hand-framed vfio-user connection.
+pub struct Raw {
+    pub stream: UnixStream,
+    next_id: u16,
+}
+
+impl Raw {
+    pub fn connect(path: &Path) -> Raw {
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw { stream, next_id: 0 }
+    }
+
+    pub fn header(id: u16, cmd: u16, size: u32, flags: u32) -> Vec<u8> {
+        let mut h = Vec::with_capacity(16);
+        h.extend_from_slice(&id.to_le_bytes());
+        h.extend_from_slice(&cmd.to_le_bytes());
+        h.extend_from_slice(&size.to_le_bytes());
+        h.extend_from_slice(&flags.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h
+    }
+
+    /// Send a well-framed command.
+    pub fn send(&mut self, cmd: u16, body: &[u8]) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut m = Self::header(id, cmd, 16 + body.len() as u32, 0);
+        m.extend_from_slice(body);
+        self.stream.write_all(&m).unwrap();
+        id
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Reply {
+        let mut h = [0u8; 16];
+        self.stream.read_exact(&mut h).expect("reply header");
+        let size = le32(&h, 4);
+        let mut body = vec![0u8; (size as usize).saturating_sub(16)];
+        self.stream.read_exact(&mut body).expect("reply body");
+        Reply {
+            id: le16(&h, 0),
+            cmd: le16(&h, 2),
+            size,
+            flags: le32(&h, 8),
+            errno: le32(&h, 12),
+            body,
+        }
+    }
+
+    /// Send and wait for the reply.
+    pub fn call(&mut self, cmd: u16, body: &[u8]) -> Reply {
+        let id = self.send(cmd, body);
+        let r = self.recv();
+        assert_eq!(r.id, id, "reply to another message");
+        r
+    }
+
+    pub fn negotiate(&mut self) {
+        let json = br#"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576}}"#;
+        let mut body = Vec::new();
+        body.extend_from_slice(&0u16.to_le_bytes());
+        body.extend_from_slice(&1u16.to_le_bytes());
+        body.extend_from_slice(json);
+        body.push(0);
+        let r = self.call(CMD_VERSION, &body);
+        assert!(!r.is_error(), "VERSION refused: errno {}", r.errno);
+    }
+
+    /// REGION_READ body.
+    pub fn region_access(offset: u64, region: u32, count: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&offset.to_le_bytes());
+        b.extend_from_slice(&region.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b
+    }
+
+    pub fn read(&mut self, region: u32, offset: u64, count: u32) -> Reply {
+        self.call(CMD_REGION_READ, &Self::region_access(offset, region, count))
+    }
+
+    /// True when the peer closes the connection within a few seconds (an error reply
+    /// before the close is allowed).
+    pub fn closed_by_peer(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Page-aligned size of the mapping of `len` bytes.
+pub fn page_round(len: usize) -> usize {
+    len.div_ceil(4096) * 4096
+}
+
+/// Run the binary with `args` and collect (status, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
