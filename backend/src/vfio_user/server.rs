@@ -29,8 +29,7 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::protocol::{
-    self, Command, DmaMapRequest, DmaUnmapRequest, Header, IrqInfoRequest, RegionAccess,
-    RegionInfoRequest, SetIrqsRequest, VersionRequest, HEADER_SIZE, MAX_DRAIN_SIZE,
+    self, Command, Header, RegionAccess, Request, SetIrqsRequest, HEADER_SIZE, MAX_DRAIN_SIZE,
     MAX_MESSAGE_SIZE, MAX_MSG_FDS, REGION_ACCESS_SIZE, TYPE_COMMAND, TYPE_REPLY, VERSION_MAJOR,
 };
 use super::sys::{self, Ready};
@@ -574,18 +573,19 @@ impl Connection<'_> {
             log::warn!("vfio-user: {} before VERSION", Command::name(hdr.command));
             return Err(libc::EINVAL);
         }
-        let body = self.body.as_slice();
-        let bad = |e: protocol::ProtocolError| {
+        if cmd == Command::RegionWrite && hdr.no_reply() {
+            bump(&self.stats.posted_writes);
+        }
+        let req = Request::decode(cmd, &self.body).map_err(|e| {
             log::warn!("vfio-user: {e}");
             e.errno()
-        };
-        match cmd {
-            Command::Version => {
+        })?;
+        match req {
+            Request::Version(v) => {
                 if self.negotiated {
                     log::warn!("vfio-user: second VERSION");
                     return Err(libc::EINVAL);
                 }
-                let v = VersionRequest::decode(body).map_err(bad)?;
                 if v.major != VERSION_MAJOR {
                     log::warn!("vfio-user: client speaks version {}.{}", v.major, v.minor);
                     return Err(libc::ENOTSUP);
@@ -600,8 +600,7 @@ impl Connection<'_> {
                 protocol::encode_version_reply(v.minor, &mut self.out);
                 Ok(None)
             }
-            Command::DmaMap => {
-                let m = DmaMapRequest::decode(body).map_err(bad)?;
+            Request::DmaMap(m) => {
                 if self.fds.len() > 1 {
                     log::warn!("vfio-user: DMA_MAP with {} fds", self.fds.len());
                     return Err(libc::EINVAL);
@@ -616,8 +615,7 @@ impl Connection<'_> {
                 })?;
                 Ok(None)
             }
-            Command::DmaUnmap => {
-                let u = DmaUnmapRequest::decode(body).map_err(bad)?;
+            Request::DmaUnmap(u) => {
                 if u.all() {
                     dev.dma_unmap_all()?;
                 } else {
@@ -626,8 +624,7 @@ impl Connection<'_> {
                 u.encode_reply(&mut self.out);
                 Ok(None)
             }
-            Command::DeviceGetInfo => {
-                protocol::decode_device_get_info(body).map_err(bad)?;
+            Request::DeviceGetInfo => {
                 protocol::encode_device_info(
                     VFIO_DEVICE_FLAGS_RESET | VFIO_DEVICE_FLAGS_PCI,
                     dev.num_regions(),
@@ -636,8 +633,7 @@ impl Connection<'_> {
                 );
                 Ok(None)
             }
-            Command::DeviceGetRegionInfo => {
-                let req = RegionInfoRequest::decode(body).map_err(bad)?;
+            Request::RegionInfo(req) => {
                 if req.index >= dev.num_regions() {
                     return Err(libc::EINVAL);
                 }
@@ -656,11 +652,13 @@ impl Connection<'_> {
                     pass.is_some(),
                     &mut self.out,
                 )
-                .map_err(bad)?;
+                .map_err(|e| {
+                    log::error!("vfio-user: region {}: {e}", req.index);
+                    e.errno()
+                })?;
                 Ok(pass)
             }
-            Command::DeviceGetIrqInfo => {
-                let req = IrqInfoRequest::decode(body).map_err(bad)?;
+            Request::IrqInfo(req) => {
                 if req.index >= dev.num_irqs() {
                     return Err(libc::EINVAL);
                 }
@@ -668,14 +666,12 @@ impl Connection<'_> {
                 protocol::encode_irq_info(req.index, info.flags, info.count, &mut self.out);
                 Ok(None)
             }
-            Command::DeviceSetIrqs => {
-                let req = SetIrqsRequest::decode(body).map_err(bad)?;
+            Request::SetIrqs(req) => {
                 self.set_irqs(req, dev)?;
                 Ok(None)
             }
-            Command::RegionRead => {
-                let a = RegionAccess::decode_read(body).map_err(bad)?;
-                self.check_region(dev, &a, false)?;
+            Request::RegionRead(a) => {
+                check_region(&mut self.regions, dev, &a, false)?;
                 let start = self.out.len();
                 a.encode(&mut self.out);
                 let data_at = start + REGION_ACCESS_SIZE;
@@ -685,42 +681,22 @@ impl Connection<'_> {
                 dev.region_read(a.region, a.offset, data)?;
                 Ok(None)
             }
-            Command::RegionWrite => {
-                if hdr.no_reply() {
-                    bump(&self.stats.posted_writes);
-                }
-                let (a, data) = RegionAccess::decode_write(body).map_err(bad)?;
+            Request::RegionWrite(a, data) => {
                 check_region(&mut self.regions, dev, &a, true)?;
                 dev.region_write(a.region, a.offset, data)?;
                 a.encode(&mut self.out);
                 Ok(None)
             }
-            Command::DeviceReset => {
+            Request::DeviceReset => {
                 dev.reset()?;
                 self.regions.clear();
                 Ok(None)
             }
-            Command::DeviceGetRegionIoFds
-            | Command::DmaRead
-            | Command::DmaWrite
-            | Command::DirtyPages
-            | Command::RegionWriteMulti => {
-                log::warn!(
-                    "vfio-user: unsupported command {}",
-                    Command::name(hdr.command)
-                );
+            Request::Unsupported(cmd) => {
+                log::warn!("vfio-user: unsupported command {cmd:?}");
                 Err(libc::ENOTSUP)
             }
         }
-    }
-
-    fn check_region(
-        &mut self,
-        dev: &mut dyn VfioUserDevice,
-        a: &RegionAccess,
-        write: bool,
-    ) -> Result<(), Errno> {
-        check_region(&mut self.regions, dev, a, write)
     }
 
     fn set_irqs(&mut self, req: SetIrqsRequest, dev: &mut dyn VfioUserDevice) -> Result<(), Errno> {
