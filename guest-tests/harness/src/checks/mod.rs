@@ -1,0 +1,157 @@
+//! The checks a to i of issue 4, in order, sharing what each step found.
+
+use crate::cedt::{Cfmws, Chbs};
+use crate::config::Config;
+use crate::mmio::MmioMap;
+use crate::pcicfg::ConfigSpace;
+use crate::report::Reporter;
+use crate::sys::PCI_DEVICES;
+
+pub mod a_pci;
+pub mod b_firmware;
+pub mod c_kernel;
+pub mod d_dpa;
+pub mod e_region;
+pub mod f_mailbox;
+pub mod g_bar2;
+pub mod h_dma;
+pub mod i_cxlcli;
+
+/// Device-memory layout used by the data-path checks (DPA offsets). Kept apart so
+/// no check disturbs another's data:
+/// - BAR2 patterns at 0, 1 MiB and capacity - 4 KiB ([`g_bar2`]);
+/// - DMA target at 2 MiB ([`h_dma`]);
+/// - poison inject at 3 MiB ([`f_mailbox`]).
+pub const DMA_DPA: u64 = 2 << 20;
+pub const POISON_DPA: u64 = 3 << 20;
+
+/// What the checks learned so far. `None` means the step that finds it failed.
+#[derive(Default)]
+pub struct Ctx {
+    pub cfg: Config,
+    pub bdf: Option<String>,
+    pub cs: Option<ConfigSpace>,
+    pub dvsec_dev: Option<usize>,
+    pub dvsec_flex: Option<usize>,
+    pub dvsec_regloc: Option<usize>,
+    pub root_port: Option<String>,
+    pub port_number: Option<u8>,
+    /// ACPI _UID of the host bridge.
+    pub hb_uid: Option<u32>,
+    /// DPA capacity from DVSEC Range 1.
+    pub capacity: Option<u64>,
+    /// Register Locator entries (BIR, block id, offset).
+    pub blocks: Vec<(u8, u8, u64)>,
+    pub dsn: Option<u64>,
+    pub chbs: Option<Chbs>,
+    pub cfmws: Option<Cfmws>,
+    /// HPA base and size committed in the endpoint's decoder 0 (firmware step done).
+    pub committed: Option<(u64, u64)>,
+    pub cxl_modules: bool,
+    pub bound: bool,
+    pub memdev: Option<String>,
+    /// Endpoint port id N (port `endpointN`, decoders `decoderN.x`).
+    pub ep_id: Option<u32>,
+    pub region: Option<String>,
+    /// HPA range the module reports (start, size).
+    pub module_range: Option<(u64, u64)>,
+    pub bar0: Option<MmioMap>,
+    pub bar2: Option<MmioMap>,
+}
+
+/// A value a previous step should have found, or the reason it is missing.
+pub fn need<T: Clone>(v: &Option<T>, what: &str) -> Result<T, String> {
+    v.clone()
+        .ok_or_else(|| format!("prerequisite missing: {what}"))
+}
+
+impl Ctx {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    pub fn dev_path(&self) -> Result<String, String> {
+        Ok(format!(
+            "{PCI_DEVICES}/{}",
+            need(&self.bdf, "device (a.1)")?
+        ))
+    }
+
+    /// Size of the region the firmware step commits: half the capacity, in 256 MiB
+    /// units, at least one unit.
+    pub fn region_size(capacity: u64) -> u64 {
+        let g = cxl_regs::hdm::GRANULE;
+        ((capacity / 2) / g * g).max(g)
+    }
+
+    /// The component block's offset in BAR0 (Register Locator block id 1).
+    pub fn block_offset(&self, id: u8) -> Option<u64> {
+        self.blocks
+            .iter()
+            .find(|b| b.1 == id && b.0 == 0)
+            .map(|b| b.2)
+    }
+
+    /// BAR0 mapped through sysfs resource0 (kept for later checks).
+    pub fn bar0(&mut self) -> Result<&MmioMap, String> {
+        if self.bar0.is_none() {
+            let p = format!("{}/resource0", self.dev_path()?);
+            self.bar0 = Some(MmioMap::open_resource(&p)?);
+        }
+        Ok(self.bar0.as_ref().unwrap())
+    }
+
+    pub fn bar2(&mut self) -> Result<&MmioMap, String> {
+        if self.bar2.is_none() {
+            let p = format!("{}/resource2", self.dev_path()?);
+            self.bar2 = Some(MmioMap::open_resource(&p)?);
+        }
+        Ok(self.bar2.as_ref().unwrap())
+    }
+}
+
+/// Run every check of the test mode.
+pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
+    a_pci::run(ctx, rep);
+    b_firmware::run(ctx, rep);
+    c_kernel::run(ctx, rep);
+    d_dpa::run(ctx, rep);
+    e_region::run(ctx, rep);
+    f_mailbox::run(ctx, rep);
+    g_bar2::run(ctx, rep);
+    h_dma::run(ctx, rep);
+    i_cxlcli::run(ctx, rep);
+}
+
+/// The checks that bring the device up (shell mode): a to c.
+pub fn run_setup(ctx: &mut Ctx, rep: &mut Reporter) {
+    a_pci::run(ctx, rep);
+    b_firmware::run(ctx, rep);
+    c_kernel::run(ctx, rep);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_size_is_half_in_granules() {
+        assert_eq!(Ctx::region_size(512 << 20), 256 << 20);
+        assert_eq!(Ctx::region_size(1 << 30), 512 << 20);
+        assert_eq!(Ctx::region_size(768 << 20), 256 << 20);
+        assert_eq!(Ctx::region_size(256 << 20), 256 << 20);
+    }
+
+    #[test]
+    fn need_names_the_missing_step() {
+        let v: Option<u32> = None;
+        assert_eq!(
+            need(&v, "x (a.1)").unwrap_err(),
+            "prerequisite missing: x (a.1)"
+        );
+        assert_eq!(need(&Some(3), "x").unwrap(), 3);
+    }
+}

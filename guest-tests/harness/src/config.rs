@@ -1,0 +1,280 @@
+//! Run configuration: the `cxltest.*` keys of the kernel command line, overridden by
+//! command-line flags of the same names.
+
+use std::fmt;
+
+/// What the harness does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run checks a to i and print the verdict.
+    Test,
+    /// Firmware step and module load (checks a to c), then an interactive shell.
+    Shell,
+    /// Reserved for the benchmark run.
+    Bench,
+    /// Reserved for the fault-injection run.
+    Chaos,
+}
+
+/// Flit mode the backend was started with (`--flit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flit {
+    Flit256,
+    Flit68,
+}
+
+impl fmt::Display for Flit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flit::Flit256 => "256b",
+            Flit::Flit68 => "68b",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    pub flit: Flit,
+    pub mailbox: bool,
+    /// Device memory size in bytes.
+    pub size: u64,
+    /// Expected Device Serial Number; `None` = not checked against a fixed value.
+    pub serial: Option<u64>,
+    pub vendor: u16,
+    pub device: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Test,
+            flit: Flit::Flit256,
+            mailbox: true,
+            size: 512 << 20,
+            serial: None,
+            vendor: cxl_regs::layout::DEFAULT_VENDOR_ID,
+            device: cxl_regs::layout::DEFAULT_DEVICE_ID,
+        }
+    }
+}
+
+pub const USAGE: &str = "usage: cxl-guest-test [test|shell|bench|chaos] [options]
+
+Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
+  --mode test|shell|bench|chaos
+  --flit 256b|68b          flit mode the backend runs (default 256b)
+  --mailbox on|off         whether the backend exposes the mailbox (default on)
+  --size BYTES             device memory size, e.g. 0x20000000, 512M (default 512M)
+  --serial 0xHEX           expected Device Serial Number (default: not checked)
+  --vendor 0xHEX           PCI vendor id (default 0x1234)
+  --device 0xHEX           PCI device id (default 0xcc02)
+  --cmdline FILE           read the cxltest.* keys from FILE instead of /proc/cmdline
+  --no-cmdline             ignore the kernel command line
+  -h, --help";
+
+/// Parse an unsigned integer: decimal, 0x hex, with an optional K/M/G suffix
+/// (binary units).
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1u64 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1u64 << 30),
+        _ => (t, 1),
+    };
+    let v = if let Some(h) = num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16)
+    } else {
+        num.parse::<u64>()
+    }
+    .map_err(|e| format!("bad number {s:?}: {e}"))?;
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("number {s:?} overflows"))
+}
+
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let v = parse_u64(s)?;
+    u16::try_from(v).map_err(|_| format!("{s:?} does not fit 16 bits"))
+}
+
+impl Config {
+    /// Apply one `key=value` setting (keys without the `cxltest.` prefix).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "mode" => {
+                self.mode = match value {
+                    "test" => Mode::Test,
+                    "shell" => Mode::Shell,
+                    "bench" => Mode::Bench,
+                    "chaos" => Mode::Chaos,
+                    _ => {
+                        return Err(format!(
+                            "mode: expected test|shell|bench|chaos, got {value:?}"
+                        ))
+                    }
+                }
+            }
+            "flit" => {
+                self.flit = match value.to_ascii_lowercase().as_str() {
+                    "256b" | "256" => Flit::Flit256,
+                    "68b" | "68" => Flit::Flit68,
+                    _ => return Err(format!("flit: expected 256b|68b, got {value:?}")),
+                }
+            }
+            "mailbox" => {
+                self.mailbox = match value {
+                    "on" | "1" | "true" | "yes" => true,
+                    "off" | "0" | "false" | "no" => false,
+                    _ => return Err(format!("mailbox: expected on|off, got {value:?}")),
+                }
+            }
+            "size" => {
+                let size = parse_u64(value)?;
+                if size == 0 || size % (256 << 20) != 0 {
+                    return Err(format!(
+                        "size: {size:#x} is not a non-zero multiple of 256 MiB"
+                    ));
+                }
+                self.size = size;
+            }
+            "serial" => self.serial = Some(parse_u64(value)?),
+            "vendor" => self.vendor = parse_u16(value)?,
+            "device" => self.device = parse_u16(value)?,
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+        Ok(())
+    }
+
+    /// Apply the `cxltest.*` keys of a kernel command line. Other words are ignored;
+    /// a bad value of a `cxltest.` key is an error.
+    pub fn apply_cmdline(&mut self, cmdline: &str) -> Result<(), String> {
+        for word in cmdline.split_ascii_whitespace() {
+            let Some(kv) = word.strip_prefix("cxltest.") else {
+                continue;
+            };
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("kernel command line: {word:?} has no value"))?;
+            let v = v.trim_matches('"');
+            self.set(k, v)
+                .map_err(|e| format!("kernel command line: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What `parse_args` found besides the settings.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    pub settings: Vec<(String, String)>,
+    pub cmdline_file: Option<String>,
+    pub no_cmdline: bool,
+    pub help: bool,
+}
+
+/// Parse argv (without the program name). A bare first word is the mode.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut it = args.into_iter().peekable();
+    let mut first = true;
+    while let Some(a) = it.next() {
+        let is_first = std::mem::replace(&mut first, false);
+        if a == "-h" || a == "--help" {
+            out.help = true;
+            continue;
+        }
+        if a == "--no-cmdline" {
+            out.no_cmdline = true;
+            continue;
+        }
+        if let Some(flag) = a.strip_prefix("--") {
+            let (k, v) = match flag.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    let v = it.next().ok_or_else(|| format!("--{flag} needs a value"))?;
+                    (flag.to_string(), v)
+                }
+            };
+            if k == "cmdline" {
+                out.cmdline_file = Some(v);
+            } else {
+                out.settings.push((k, v));
+            }
+            continue;
+        }
+        if is_first {
+            out.settings.push(("mode".into(), a));
+            continue;
+        }
+        return Err(format!("unexpected argument {a:?}"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_u64("0x20000000").unwrap(), 0x2000_0000);
+        assert_eq!(parse_u64("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_u64("4096").unwrap(), 4096);
+        assert!(parse_u64("0xzz").is_err());
+        assert!(parse_u64("").is_err());
+        assert!(parse_u64("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn cmdline_keys() {
+        let mut c = Config::default();
+        c.apply_cmdline(
+            "BOOT_IMAGE=/vmlinuz console=ttyS0 cxltest.mode=shell cxltest.flit=68b \
+             cxltest.mailbox=off cxltest.size=1073741824 cxltest.serial=0xabc \
+             cxltest.vendor=0x1b36 cxltest.device=0x0001 quiet",
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Shell);
+        assert_eq!(c.flit, Flit::Flit68);
+        assert!(!c.mailbox);
+        assert_eq!(c.size, 1 << 30);
+        assert_eq!(c.serial, Some(0xabc));
+        assert_eq!((c.vendor, c.device), (0x1b36, 0x0001));
+    }
+
+    #[test]
+    fn cmdline_errors() {
+        let mut c = Config::default();
+        assert!(c.apply_cmdline("cxltest.flit=128b").is_err());
+        assert!(c.apply_cmdline("cxltest.size=100").is_err());
+        assert!(c.apply_cmdline("cxltest.bogus=1").is_err());
+        assert!(c.apply_cmdline("cxltest.mode").is_err());
+        // unrelated keys are fine
+        let mut d = Config::default();
+        d.apply_cmdline("cxl_core.dyndbg=+p cxltestx=1").unwrap();
+        assert_eq!(d, Config::default());
+    }
+
+    #[test]
+    fn argv() {
+        let a = parse_args(
+            ["shell", "--flit", "68b", "--mailbox=off", "--no-cmdline"].map(String::from),
+        )
+        .unwrap();
+        assert!(a.no_cmdline);
+        assert_eq!(
+            a.settings,
+            vec![
+                ("mode".into(), "shell".into()),
+                ("flit".into(), "68b".into()),
+                ("mailbox".into(), "off".into())
+            ]
+        );
+        assert!(parse_args(["test", "extra"].map(String::from)).is_err());
+        assert!(parse_args(["--flit"].map(String::from)).is_err());
+        let b = parse_args(["--cmdline", "/tmp/c"].map(String::from)).unwrap();
+        assert_eq!(b.cmdline_file.as_deref(), Some("/tmp/c"));
+    }
+}
