@@ -254,6 +254,10 @@ fn temp_dir() -> PathBuf {
 
 impl Harness {
     fn start(mock: Mock) -> Harness {
+        Harness::start_with_stall(mock, None)
+    }
+
+    fn start_with_stall(mock: Mock, stall: Option<Duration>) -> Harness {
         let dir = temp_dir();
         let path = dir.join("dev.sock");
         let stop = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -263,7 +267,10 @@ impl Harness {
         let (otx, orx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut mock = mock;
-            let server = Server::bind(&thread_path).unwrap();
+            let mut server = Server::bind(&thread_path).unwrap();
+            if let Some(stall) = stall {
+                server.set_stall_timeout(stall);
+            }
             tx.send(()).unwrap();
             let mut outcomes = Vec::new();
             while let Some(stream) = server.accept(&thread_stop).unwrap() {
@@ -1117,4 +1124,25 @@ mod stream_of_messages {
             prop_assert_eq!(stats.messages, msgs.len() as u64 + 1);
         }
     }
+}
+
+#[test]
+fn a_client_stalling_inside_a_message_is_dropped() {
+    let h = Harness::start_with_stall(Mock::new(), Some(Duration::from_millis(200)));
+    let mut r = Raw::connect(&h.path);
+    // Half a header, then silence (the socket stays open).
+    r.s.write_all(&[9, 0, 9, 0, 32, 0]).unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    r.assert_closed();
+    // Idle between messages is fine, however long.
+    let mut r2 = Raw::connect(&h.path);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(r2.region_read(0, 0, 4).errno(), None);
+    drop(r2);
+    assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+    let done = h.finish();
+    assert_eq!(done.stats.dropped_connections, 1);
+    assert_eq!(done.stats.protocol_errors, 1);
 }

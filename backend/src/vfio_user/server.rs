@@ -21,6 +21,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_DATA_BOOL,
@@ -34,6 +35,11 @@ use super::protocol::{
 };
 use super::sys::{self, Ready};
 use super::{DmaMapping, Errno, VfioUserDevice};
+
+/// Default for [`Server::set_stall_timeout`]: far above any pause of a live
+/// QEMU (which writes each message whole), short enough that a wedged peer
+/// does not keep the device from its next client for long.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +152,7 @@ pub struct Server {
     /// remove a file that someone else has put at the path since.
     file_id: (u64, u64),
     stats: Arc<ServerStats>,
+    stall_timeout: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -195,11 +202,19 @@ impl Server {
             path: path.to_path_buf(),
             file_id: (meta.dev(), meta.ino()),
             stats: Arc::new(ServerStats::default()),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How long a client may pause in the middle of a message, or leave a
+    /// reply unread, before the server drops it (default
+    /// [`DEFAULT_STALL_TIMEOUT`]). Between messages a client may idle forever.
+    pub fn set_stall_timeout(&mut self, timeout: Duration) {
+        self.stall_timeout = timeout;
     }
 
     /// A copy of the counters.
@@ -266,6 +281,7 @@ impl Server {
         let mut conn = Connection {
             stream: &stream,
             stop: stop.as_raw_fd(),
+            stall: self.stall_timeout,
             stats: &self.stats,
             body: Vec::new(),
             out: Vec::new(),
@@ -302,6 +318,9 @@ enum Exit {
         partial: bool,
     },
     Stopped,
+    /// The peer left a message half-sent, or stopped reading replies, for
+    /// longer than the stall timeout.
+    Stalled,
     Io(io::Error),
 }
 
@@ -332,6 +351,7 @@ const REGION_CACHE_LEN: usize = 16;
 struct Connection<'a> {
     stream: &'a UnixStream,
     stop: RawFd,
+    stall: Duration,
     stats: &'a ServerStats,
     /// The current message's body (reused; at most MAX_MESSAGE_SIZE).
     body: Vec<u8>,
@@ -377,6 +397,15 @@ impl Connection<'_> {
                     return Ok(ServeOutcome::Disconnected);
                 }
                 Err(Exit::Stopped) => return Ok(ServeOutcome::Stopped),
+                Err(Exit::Stalled) => {
+                    bump(&self.stats.protocol_errors);
+                    bump(&self.stats.dropped_connections);
+                    log::warn!(
+                        "vfio-user: client stalled for {:?} inside a message; dropping it",
+                        self.stall
+                    );
+                    return Ok(ServeOutcome::Disconnected);
+                }
                 Err(Exit::Io(e)) => return Err(ServerError::Io(e)),
             }
             timeout = dev.tick();
@@ -385,10 +414,12 @@ impl Connection<'_> {
 
     /// Reads exactly `buf.len()` bytes (collecting fds), waiting with poll
     /// when the socket has nothing yet. `started` says whether bytes of this
-    /// message were read before.
+    /// message were read before; once a message has started, the peer may not
+    /// pause for longer than `stall`.
     fn read_exact(
         stream: RawFd,
         stop: RawFd,
+        stall: Duration,
         buf: &mut [u8],
         fds: &mut Vec<OwnedFd>,
         started: bool,
@@ -403,9 +434,11 @@ impl Connection<'_> {
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match sys::poll(stream, libc::POLLIN, stop, None).map_err(Exit::Io)? {
+                    let timeout = (started || done > 0).then_some(stall);
+                    match sys::poll(stream, libc::POLLIN, stop, timeout).map_err(Exit::Io)? {
                         Ready::Stop => return Err(Exit::Stopped),
-                        Ready::Fd | Ready::Timeout => {}
+                        Ready::Timeout => return Err(Exit::Stalled),
+                        Ready::Fd => {}
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -426,7 +459,7 @@ impl Connection<'_> {
         while len > 0 {
             let n = len.min(scratch.len());
             let chunk = scratch.get_mut(..n).unwrap_or(&mut []);
-            Self::read_exact(self.fd(), self.stop, chunk, &mut self.fds, true)?;
+            Self::read_exact(self.fd(), self.stop, self.stall, chunk, &mut self.fds, true)?;
             self.fds.clear();
             len -= n;
         }
@@ -445,9 +478,12 @@ impl Connection<'_> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match sys::poll(self.fd(), libc::POLLOUT, self.stop, None).map_err(Exit::Io)? {
+                    match sys::poll(self.fd(), libc::POLLOUT, self.stop, Some(self.stall))
+                        .map_err(Exit::Io)?
+                    {
                         Ready::Stop => return Err(Exit::Stopped),
-                        Ready::Fd | Ready::Timeout => {}
+                        Ready::Timeout => return Err(Exit::Stalled),
+                        Ready::Fd => {}
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -472,7 +508,14 @@ impl Connection<'_> {
     /// longer be trusted and the connection must end.
     fn handle_message(&mut self, dev: &mut dyn VfioUserDevice) -> Flow<bool> {
         let mut raw = [0u8; HEADER_SIZE];
-        Self::read_exact(self.fd(), self.stop, &mut raw, &mut self.fds, false)?;
+        Self::read_exact(
+            self.fd(),
+            self.stop,
+            self.stall,
+            &mut raw,
+            &mut self.fds,
+            false,
+        )?;
         let hdr = Header::decode(&raw);
         self.stats.count_message(hdr.command);
 
@@ -508,7 +551,14 @@ impl Connection<'_> {
         // Bounded by MAX_MESSAGE_SIZE above.
         self.body.clear();
         self.body.resize(body_len as usize, 0);
-        Self::read_exact(self.fd(), self.stop, &mut self.body, &mut self.fds, true)?;
+        Self::read_exact(
+            self.fd(),
+            self.stop,
+            self.stall,
+            &mut self.body,
+            &mut self.fds,
+            true,
+        )?;
 
         match hdr.msg_type() {
             TYPE_COMMAND => {}
