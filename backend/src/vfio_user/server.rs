@@ -401,7 +401,7 @@ impl Connection<'_> {
                     bump(&self.stats.protocol_errors);
                     bump(&self.stats.dropped_connections);
                     log::warn!(
-                        "vfio-user: client stalled for {:?} inside a message; dropping it",
+                        "vfio-user: client stalled for {:?} (half-sent message or unread reply); dropping it",
                         self.stall
                     );
                     return Ok(ServeOutcome::Disconnected);
