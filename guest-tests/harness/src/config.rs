@@ -60,6 +60,7 @@ impl Default for Config {
 }
 
 pub const USAGE: &str = "usage: cxl-guest-test [test|shell|bench|chaos] [options]
+       cxl-guest-test verify-pattern --file MEMORY_FILE --size BYTES   (on the host)
 
 Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --mode test|shell|bench|chaos
@@ -97,6 +98,11 @@ fn parse_u16(s: &str) -> Result<u16, String> {
     let v = parse_u64(s)?;
     u16::try_from(v).map_err(|_| format!("{s:?} does not fit 16 bits"))
 }
+
+/// Keys understood by [`Config::set`].
+pub const KEYS: [&str; 7] = [
+    "mode", "flit", "mailbox", "size", "serial", "vendor", "device",
+];
 
 impl Config {
     /// Apply one `key=value` setting (keys without the `cxltest.` prefix).
@@ -147,8 +153,10 @@ impl Config {
     }
 
     /// Apply the `cxltest.*` keys of a kernel command line. Other words are ignored;
-    /// a bad value of a `cxltest.` key is an error.
-    pub fn apply_cmdline(&mut self, cmdline: &str) -> Result<(), String> {
+    /// a bad value of a known key is an error. `cxltest.args` belongs to /init (it
+    /// becomes argv); unknown keys are returned, for a warning.
+    pub fn apply_cmdline(&mut self, cmdline: &str) -> Result<Vec<String>, String> {
+        let mut unknown = Vec::new();
         for word in cmdline.split_ascii_whitespace() {
             let Some(kv) = word.strip_prefix("cxltest.") else {
                 continue;
@@ -157,10 +165,17 @@ impl Config {
                 .split_once('=')
                 .ok_or_else(|| format!("kernel command line: {word:?} has no value"))?;
             let v = v.trim_matches('"');
+            if k == "args" {
+                continue;
+            }
+            if !KEYS.contains(&k) {
+                unknown.push(word.to_string());
+                continue;
+            }
             self.set(k, v)
                 .map_err(|e| format!("kernel command line: {e}"))?;
         }
-        Ok(())
+        Ok(unknown)
     }
 }
 
@@ -249,11 +264,13 @@ mod tests {
         let mut c = Config::default();
         assert!(c.apply_cmdline("cxltest.flit=128b").is_err());
         assert!(c.apply_cmdline("cxltest.size=100").is_err());
-        assert!(c.apply_cmdline("cxltest.bogus=1").is_err());
         assert!(c.apply_cmdline("cxltest.mode").is_err());
-        // unrelated keys are fine
+        // unrelated words, /init's args key and unknown keys leave the config alone
         let mut d = Config::default();
-        d.apply_cmdline("cxl_core.dyndbg=+p cxltestx=1").unwrap();
+        let unknown = d
+            .apply_cmdline("cxl_core.dyndbg=+p cxltestx=1 cxltest.args=--x,1 cxltest.bogus=1")
+            .unwrap();
+        assert_eq!(unknown, vec!["cxltest.bogus=1".to_string()]);
         assert_eq!(d, Config::default());
     }
 

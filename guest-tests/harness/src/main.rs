@@ -20,26 +20,68 @@ mod sys;
 use config::{Config, Mode};
 use std::process::ExitCode;
 
-fn load_config() -> Result<Config, String> {
+fn load_config() -> Result<(Config, Vec<String>), String> {
     let args = config::parse_args(std::env::args().skip(1))?;
     if args.help {
         println!("{}", config::USAGE);
         std::process::exit(0);
     }
     let mut cfg = Config::default();
+    let mut unknown = Vec::new();
     if !args.no_cmdline {
         let path = args.cmdline_file.as_deref().unwrap_or("/proc/cmdline");
         let s = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-        cfg.apply_cmdline(&s)?;
+        unknown = cfg.apply_cmdline(&s)?;
     }
     for (k, v) in &args.settings {
         cfg.set(k, v).map_err(|e| format!("--{k}: {e}"))?;
     }
-    Ok(cfg)
+    Ok((cfg, unknown))
+}
+
+/// Host side: does the backend's memory file hold the pattern check g left?
+fn verify_pattern(args: &[String]) -> ExitCode {
+    let mut file = None;
+    let mut size = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--file", Some(f)) => file = Some(f.clone()),
+            ("--size", Some(s)) => match config::parse_u64(s) {
+                Ok(v) => size = Some(v),
+                Err(e) => {
+                    eprintln!("verify-pattern: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => {
+                eprintln!("usage: cxl-guest-test verify-pattern --file MEMORY_FILE --size BYTES");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(file), Some(size)) = (file, size) else {
+        eprintln!("usage: cxl-guest-test verify-pattern --file MEMORY_FILE --size BYTES");
+        return ExitCode::from(2);
+    };
+    match checks::g_bar2::verify_file(&file, size) {
+        Ok(msg) => {
+            println!("verify-pattern: {msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("verify-pattern: FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cfg = match load_config() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("verify-pattern") {
+        return verify_pattern(&argv[2..]);
+    }
+    let (cfg, unknown) = match load_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cxl-guest-test: {e}\n{}", config::USAGE);
@@ -61,6 +103,9 @@ fn main() -> ExitCode {
         cfg.vendor,
         cfg.device
     ));
+    for w in unknown {
+        rep.note(&format!("ignoring unknown kernel command line key {w}"));
+    }
     let mode = cfg.mode;
     let mut ctx = checks::Ctx::new(cfg);
     match mode {

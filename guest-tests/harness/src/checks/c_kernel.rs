@@ -76,6 +76,8 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         "c.1",
         "modprobe libnvdimm, cxl_pmem, cxl_acpi, cxl_mem; CXL root appears",
         || {
+            // The firmware step must have committed the decoders first.
+            let _ = need(&ctx.committed, "firmware step (b.4)")?;
             for m in CORE_MODULES {
                 sys::modprobe(m, &[])?;
             }

@@ -23,6 +23,41 @@ pub fn pattern(off: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Host side: check the pattern in a memory file of `size` bytes (the backend's
+/// `--memory-file`, whose offset is the DPA).
+pub fn verify_file(path: &str, size: u64) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("{path}: {e}"))?.len();
+    if len < size {
+        return Err(format!(
+            "{path} is {len:#x} bytes, expected at least {size:#x}"
+        ));
+    }
+    let offs = pattern_offsets(size);
+    for &o in &offs {
+        let mut b = vec![0u8; PATTERN_LEN as usize];
+        f.read_exact_at(&mut b, o)
+            .map_err(|e| format!("{path} at {o:#x}: {e}"))?;
+        let want = pattern(o);
+        if let Some(i) = (0..b.len()).find(|&i| b[i] != want[i]) {
+            return Err(format!(
+                "DPA {:#x}: {:#04x}, expected {:#04x}",
+                o + i as u64,
+                b[i],
+                want[i]
+            ));
+        }
+    }
+    Ok(format!(
+        "{path}: pattern found at DPA {}",
+        offs.iter()
+            .map(|o| format!("{o:#x}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    ))
+}
+
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     rep.check(
         "g.1",
@@ -94,5 +129,28 @@ mod tests {
         assert_eq!(pattern_offsets(512 << 20), [0, 0x10_0000, 0x1fff_f000]);
         // distinct blocks differ
         assert_ne!(pattern(0), pattern(4096));
+    }
+
+    #[test]
+    fn verifies_a_memory_file() {
+        use std::os::unix::fs::FileExt;
+        let size = 256u64 << 20;
+        let path = std::env::temp_dir().join(format!("cxl-gt-pattern-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        let p = path.to_str().unwrap();
+        assert!(verify_file(p, size).is_err());
+        for o in pattern_offsets(size) {
+            f.write_all_at(&pattern(o), o).unwrap();
+        }
+        assert!(
+            verify_file(p, size).unwrap().contains("0xfffe000") || verify_file(p, size).is_ok()
+        );
+        f.write_all_at(&[0], 0x10_0010).unwrap();
+        assert!(verify_file(p, size).unwrap_err().contains("0x100010"));
+        assert!(verify_file(p, size * 2)
+            .unwrap_err()
+            .contains("expected at least"));
+        std::fs::remove_file(&path).unwrap();
     }
 }
