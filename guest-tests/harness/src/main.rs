@@ -132,7 +132,7 @@ fn main() -> ExitCode {
 /// Replace this process with an interactive shell (shell mode).
 fn shell() {
     use std::os::unix::process::CommandExt;
-    println!("# device set up; starting /bin/sh (exit to power off)");
+    println!("# set-up checks done; starting /bin/sh (exit to power off)");
     let err = std::process::Command::new("/bin/sh").arg("-i").exec();
     eprintln!("cxl-guest-test: exec /bin/sh: {err}");
 }
