@@ -59,6 +59,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    #[error("firmware parameter {key}={value}: {reason}")]
+    FirmwareParam {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{0:?} is not KEY=VALUE")]
+    BadKeyValue(String),
     #[error("--socket and --control must be different paths")]
     SamePaths,
 }
@@ -187,9 +195,12 @@ pub struct DaemonArgs {
     /// PCI device id (hex, 0x optional) [default: cc02].
     #[arg(long, value_name = "HEX", value_parser = parse_hex)]
     pub device_id: Option<u64>,
-    /// Firmware behaviour model [default: default].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = firmware_help())]
     pub firmware: Option<String>,
+    /// Set a firmware parameter before power-on (repeatable), e.g. `base=0x110000000`
+    /// for the `bios` firmware's pre-committed decoder.
+    #[arg(long = "firmware-param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub firmware_params: Vec<(String, String)>,
     /// Serve a JSON-lines control socket at PATH (see the `ctl` subcommand).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -239,6 +250,8 @@ pub struct FileConfig {
     pub vendor_id: Option<NumOrString>,
     pub device_id: Option<NumOrString>,
     pub firmware: Option<String>,
+    /// `[firmware-params]` table: key = value.
+    pub firmware_params: Option<std::collections::BTreeMap<String, NumOrString>>,
     pub control: Option<PathBuf>,
     pub once: Option<bool>,
     pub seccomp: Option<BoolOrString>,
@@ -281,6 +294,8 @@ pub struct Config {
     pub vendor_id: u16,
     pub device_id: u16,
     pub firmware: String,
+    /// Applied in order to the firmware before power-on.
+    pub firmware_params: Vec<(String, String)>,
     pub control: Option<PathBuf>,
     pub once: bool,
     pub print_qemu_args: bool,
@@ -360,11 +375,33 @@ impl Config {
             .firmware
             .or(file.firmware)
             .unwrap_or_else(|| "default".into());
-        if crate::firmware::by_name(&firmware).is_none() {
+        if accel_type2::firmware::by_name(&firmware).is_none() {
             return Err(ConfigError::UnknownFirmware {
                 name: firmware,
-                available: crate::firmware::names().join(", "),
+                available: accel_type2::firmware::names().join(", "),
             });
+        }
+        let mut firmware_params: Vec<(String, String)> = file
+            .firmware_params
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| match v {
+                NumOrString::Num(n) => (k, n.to_string()),
+                NumOrString::Str(s) => (k, s),
+            })
+            .collect();
+        firmware_params.extend(args.firmware_params);
+        // Validated on a throwaway instance, so that a bad parameter stops the daemon
+        // before anything is created.
+        if let Some(mut fw) = accel_type2::firmware::by_name(&firmware) {
+            for (key, value) in &firmware_params {
+                fw.set_param(key, value)
+                    .map_err(|reason| ConfigError::FirmwareParam {
+                        key: key.clone(),
+                        value: value.clone(),
+                        reason,
+                    })?;
+            }
         }
         let seccomp = match (args.seccomp, file.seccomp) {
             (Some(v), _) => v.is_on(),
@@ -395,6 +432,7 @@ impl Config {
             vendor_id: narrow16("vendor id", vendor_id)?,
             device_id: narrow16("device id", device_id)?,
             firmware,
+            firmware_params,
             control,
             once: args.once || file.once.unwrap_or(false),
             print_qemu_args: args.print_qemu_args,
@@ -430,6 +468,7 @@ impl Config {
             "vendor_id": format!("{:#06x}", self.vendor_id),
             "device_id": format!("{:#06x}", self.device_id),
             "firmware": self.firmware,
+            "firmware_params": self.firmware_params,
             "control": self.control,
             "once": self.once,
         })
@@ -462,6 +501,13 @@ impl Config {
         ];
         lines.join(" \\\n") + "\n"
     }
+}
+
+fn firmware_help() -> String {
+    format!(
+        "Firmware behaviour model: {} [default: default]",
+        accel_type2::firmware::names().join(", ")
+    )
 }
 
 fn on_off(key: &'static str, v: BoolOrString) -> Result<bool, ConfigError> {
@@ -519,6 +565,14 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     }
     let n: u64 = digits.parse().map_err(|_| bad())?;
     n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Parse `KEY=VALUE`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), ConfigError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(ConfigError::BadKeyValue(s.to_string())),
+    }
 }
 
 /// Parse a decimal or `0x`-prefixed hexadecimal number.
@@ -677,6 +731,40 @@ mod tests {
             Config::merge(a, FileConfig::default()),
             Err(ConfigError::SamePaths)
         ));
+    }
+
+    #[test]
+    fn firmware_params_from_file_and_cli() {
+        let file = FileConfig::parse(
+            "socket = \"/s\"\nfirmware = \"bios\"\n[firmware-params]\nbase = \"0x110000000\"\nsize = 268435456\n",
+        )
+        .unwrap();
+        let a = DaemonArgs {
+            firmware_params: vec![("base".into(), "0x120000000".into())],
+            ..Default::default()
+        };
+        let c = Config::merge(a, file).unwrap();
+        assert_eq!(c.firmware, "bios");
+        // File first, command line last: the command line wins when applied in order.
+        assert_eq!(
+            c.firmware_params.last().unwrap(),
+            &("base".into(), "0x120000000".into())
+        );
+        assert!(c
+            .firmware_params
+            .contains(&("size".into(), "268435456".into())));
+
+        let mut a = args("/s");
+        a.firmware = Some("bios".into());
+        a.firmware_params = vec![("nonsense".into(), "1".into())];
+        let e = Config::merge(a, FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::FirmwareParam { .. }), "{e}");
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=1").is_err());
+        assert_eq!(
+            parse_key_value("a=b=c").unwrap(),
+            ("a".into(), "b=c".into())
+        );
     }
 
     #[test]

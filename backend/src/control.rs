@@ -8,7 +8,7 @@
 //! {"cmd":"inject-ras","uncorrectable":true,"bit":3}
 //! {"cmd":"inject-event","log":"warning","flags":0,"uuid":"...","data":"00ff.."}
 //! {"cmd":"inject-poison","dpa":4096,"len":64}
-//! {"cmd":"firmware","key":"commit-delay-ms","value":"5"}
+//! {"cmd":"firmware","key":"delay_ms","value":"5"}     (without "key": list parameters)
 //! ```
 //!
 //! Replies are `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A bad request gets
@@ -160,8 +160,9 @@ impl Handler {
                     .filter(|b| *b < 32)
                     .ok_or("\"bit\" must be 0..31")?;
                 let mut s = lock(&self.shared);
-                s.device.inject_ras(uncorrectable, bit);
+                let r = s.device.try_inject_ras(uncorrectable, bit, &[0; 16]);
                 s.deliver_interrupts();
+                r.map_err(|e| e.to_string())?;
             }
             "inject-event" => {
                 let log = match req
@@ -214,18 +215,27 @@ impl Handler {
                 s.deliver_interrupts();
             }
             "firmware" => {
-                let key = req
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .ok_or("missing \"key\"")?;
-                let value = match req.get("value") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(v) => v.to_string(),
-                    None => return Err("missing \"value\"".into()),
-                };
                 let mut s = lock(&self.shared);
-                s.device.firmware_mut().set_param(key, &value)?;
-                info!("firmware parameter {key} = {value}");
+                let fw = s.device.firmware_mut();
+                // With a key: set it. Without: report the parameters.
+                if let Some(key) = req.get("key") {
+                    let key = key.as_str().ok_or("\"key\" must be a string")?;
+                    let value = match req.get("value") {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Number(n)) => n.to_string(),
+                        Some(_) => return Err("\"value\" must be a string or a number".into()),
+                        None => return Err("missing \"value\"".into()),
+                    };
+                    fw.set_param(key, &value)?;
+                    info!("firmware {}: {key} = {value}", fw.name());
+                }
+                reply.insert("firmware".into(), Value::String(fw.name().to_string()));
+                let params: Map<String, Value> = fw
+                    .params()
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
+                reply.insert("params".into(), Value::Object(params));
             }
             other => {
                 return Err(format!(

@@ -10,7 +10,6 @@
 pub mod config;
 pub mod control;
 pub mod device;
-pub mod firmware;
 pub mod memory;
 pub mod vfio_user;
 
@@ -95,8 +94,14 @@ impl Daemon {
         };
         // Validated by Config, so the lookup cannot fail; fall back to the default
         // firmware rather than panic if it ever did.
-        let firmware = firmware::by_name(&config.firmware)
+        let mut firmware = accel_type2::firmware::by_name(&config.firmware)
             .unwrap_or_else(|| Box::new(accel_type2::DefaultFirmware));
+        for (key, value) in &config.firmware_params {
+            // Validated by Config as well; a refusal here is only logged.
+            if let Err(e) = firmware.set_param(key, value) {
+                warn!("firmware parameter {key}={value}: {e}");
+            }
+        }
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
         let device = AccelDevice::new(
             accel,

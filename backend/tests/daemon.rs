@@ -848,3 +848,173 @@ fn sigint_shuts_down_while_a_client_is_connected() {
     assert!(status.success(), "{status}");
     assert!(!b.socket.exists());
 }
+
+#[test]
+fn delayed_commit_completes_while_the_client_is_idle() {
+    // slow-commit firmware delays every commit; the daemon's tick must finish it
+    // with no further client traffic.
+    let b = Backend::start(&[
+        "--firmware",
+        "slow-commit",
+        "--firmware-param",
+        "delay_ms=150",
+    ]);
+    let mut c = b.client();
+    let v = program_decoder_no_wait(&mut c, 0, 0x2_0000_0000, 256 * MIB, hdm::CTRL_COMMIT);
+    assert_eq!(
+        v & (hdm::CTRL_COMMITTED | hdm::CTRL_ERROR_NOT_COMMITTED),
+        0,
+        "committed too early: {v:#x}"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let st = b.ctl(r#"{"cmd":"status"}"#);
+    assert_eq!(st["device"]["decoders"][0]["committed"], true, "{st}");
+    let v = read32(&mut c, BAR0, decoder_reg(0, hdm::DEC_CONTROL));
+    assert_ne!(v & hdm::CTRL_COMMITTED, 0, "{v:#x}");
+
+    // Parameters can be read and changed at run time.
+    let r = b.ctl(r#"{"cmd":"firmware"}"#);
+    assert_eq!(r["firmware"], "slow-commit", "{r}");
+    assert_eq!(r["params"]["delay_ms"], "150", "{r}");
+    let r = b.ctl(r#"{"cmd":"firmware","key":"delay_ms","value":0}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["params"]["delay_ms"], "0", "{r}");
+    let r = b.ctl(r#"{"cmd":"firmware","key":"delay_ms","value":"soon"}"#);
+    assert_eq!(r["ok"], false, "{r}");
+}
+
+fn program_decoder_no_wait(
+    c: &mut vfio_user::Client,
+    n: u32,
+    base: u64,
+    size: u64,
+    ctrl: u32,
+) -> u32 {
+    write32(c, BAR0, decoder_reg(n, hdm::DEC_BASE_LO), base as u32);
+    write32(
+        c,
+        BAR0,
+        decoder_reg(n, hdm::DEC_BASE_HI),
+        (base >> 32) as u32,
+    );
+    write32(c, BAR0, decoder_reg(n, hdm::DEC_SIZE_LO), size as u32);
+    write32(
+        c,
+        BAR0,
+        decoder_reg(n, hdm::DEC_SIZE_HI),
+        (size >> 32) as u32,
+    );
+    write32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL), ctrl);
+    read32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL))
+}
+
+#[test]
+fn bios_firmware_leaves_decoder_zero_committed() {
+    let b = Backend::start(&[
+        "--memory-size",
+        "1G",
+        "--firmware",
+        "bios",
+        "--firmware-param",
+        "base=0x110000000",
+        "--firmware-param",
+        "size=512M",
+    ]);
+    let st = b.ctl(r#"{"cmd":"status"}"#);
+    let d0 = &st["device"]["decoders"][0];
+    assert_eq!(d0["committed"], true, "{st}");
+    assert_eq!(d0["base"], 0x1_1000_0000u64, "{st}");
+    assert_eq!(d0["size"], 512 * MIB, "{st}");
+    let mut c = b.client();
+    assert_eq!(read32(&mut c, BAR0, decoder_reg(0, hdm::DEC_BASE_HI)), 1);
+    assert_eq!(
+        read32(&mut c, BAR0, decoder_reg(0, hdm::DEC_BASE_LO)),
+        0x1000_0000
+    );
+    assert_ne!(
+        read32(&mut c, BAR0, decoder_reg(0, hdm::DEC_CONTROL)) & hdm::CTRL_COMMITTED,
+        0
+    );
+
+    // A parameter the firmware does not know stops the daemon before it starts.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let (status, _, err) = run_cli(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--firmware",
+        "bios",
+        "--firmware-param",
+        "colour=blue",
+    ]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("colour"), "{err}");
+    assert!(!sock.exists());
+}
+
+#[test]
+fn injected_events_raise_the_event_vector_and_reach_the_log() {
+    let b = Backend::start(&[]);
+    let mut c = b.client();
+    enable_msix(&mut c);
+    let events = register_msix(&mut c, u32::from(layout::MSIX_VEC_EVENTS));
+    // Event interrupt policy: MSI/MSI-X for every log, message number = the event vector.
+    let policy = mbx::event_interrupt_policy::MODE_MSI
+        | (layout::MSIX_VEC_EVENTS as u8) << mbx::event_interrupt_policy::MSGNUM_SHIFT;
+    let (rc, _) = mailbox(&mut c, mbx::OP_SET_EVENT_INTERRUPT_POLICY, &[policy; 4]);
+    assert_eq!(rc, mbx::RC_SUCCESS);
+
+    let r = b.ctl(r#"{"cmd":"inject-event","log":"warning","flags":2,"data":"c0ffee"}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        wait_eventfd(events.as_raw_fd(), Duration::from_secs(2)).is_some(),
+        "event MSI-X"
+    );
+    let (rc, out) = mailbox(
+        &mut c,
+        mbx::OP_GET_EVENT_RECORDS,
+        &[mbx::get_event_records::LOG_WARNING],
+    );
+    assert_eq!(rc, mbx::RC_SUCCESS);
+    assert_eq!(
+        le16(&out, mbx::get_event_records::OUT_RECORD_COUNT),
+        1,
+        "{out:?}"
+    );
+    let rec = mbx::get_event_records::OUT_RECORDS;
+    assert_eq!(
+        &out[rec + mbx::event_record::DATA..rec + mbx::event_record::DATA + 3],
+        &[0xc0, 0xff, 0xee]
+    );
+
+    for bad in [
+        r#"{"cmd":"inject-event","log":"loud"}"#,
+        r#"{"cmd":"inject-event","data":"xyz"}"#,
+    ] {
+        assert_eq!(b.ctl(bad)["ok"], false, "{bad}");
+    }
+}
+
+#[test]
+fn injected_ras_errors_show_in_the_ras_capability() {
+    use cxl_regs::component::ras;
+    let b = Backend::start(&[]);
+    let mut c = b.client();
+    let r = b.ctl(r#"{"cmd":"inject-ras","uncorrectable":true,"bit":3}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = b.ctl(r#"{"cmd":"inject-ras","uncorrectable":false,"bit":1}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let ue = read32(
+        &mut c,
+        BAR0,
+        layout::RAS_OFFSET + u64::from(ras::UNCORRECTABLE_STATUS),
+    );
+    let ce = read32(
+        &mut c,
+        BAR0,
+        layout::RAS_OFFSET + u64::from(ras::CORRECTABLE_STATUS),
+    );
+    assert_ne!(ue & (1 << 3), 0, "{ue:#x}");
+    assert_ne!(ce & (1 << 1), 0, "{ce:#x}");
+    assert_eq!(b.ctl(r#"{"cmd":"inject-ras","bit":40}"#)["ok"], false);
+}
