@@ -10,6 +10,16 @@
 //! bar_read, bar_write, regions, irqs, reset, poll, take_interrupts, next_deadline,
 //! inject_ras, inject_event, inject_poison, status, firmware_mut}`, `GuestMemory`,
 //! `DeviceMemory`, `VecMemory`, `Clock`, `RegionDesc`, `IrqDesc`, `Firmware`.
+//! Extensions: `AccelDevice::{try_inject_ras, intx_asserted, firmware,
+//! set_firmware, hdm, mailbox, mailbox_mut, memory, memory_mut, config_space,
+//! bar2_size}`, `DeviceMemory::zero`, `firmware::{by_name, names,
+//! SlowCommitFirmware, BiosFirmware, parse_u64}`.
+//!
+//! Modules, one per register file: [`config_space`] (PCIe r6 §7.5, CXL r3.1 §8.1),
+//! [`component`] and [`ras`] (CXL r3.1 §8.2.4), [`device_regs`] (CXL r3.1 §8.2.8),
+//! [`engine`] (the DMA engine), [`msix`] (PCIe r6 §7.7.2). Every register file is a
+//! dword array with masked writes; [`access`] splits guest accesses of any width and
+//! alignment into those.
 
 pub mod access;
 pub mod component;
@@ -792,6 +802,13 @@ impl AccelDevice {
         }
     }
 
+    /// Whether the INTx line is asserted (Status.Interrupt Status, PCIe r6
+    /// §7.5.1.1.4). A transport that automasks INTx re-signals it on unmask while
+    /// this holds.
+    pub fn intx_asserted(&self) -> bool {
+        self.config.interrupt_status()
+    }
+
     /// Drain the interrupts raised since the last call.
     pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
         std::mem::take(&mut self.pending_irqs)
@@ -898,7 +915,10 @@ impl AccelDevice {
             config_writes: self.counters.config_writes,
             bar_reads: self.counters.bar_reads,
             bar_writes: self.counters.bar_writes,
-            mailbox_commands: self.device_regs.as_ref().map_or(0, |r| r.doorbells()),
+            mailbox_commands: self
+                .device_regs
+                .as_ref()
+                .map_or(0, |r| r.mailbox().commands_executed()),
             firmware: self.firmware.name().to_string(),
             dma_bytes: es.bytes,
             interrupts: self.counters.interrupts,
