@@ -481,19 +481,19 @@ impl Config {
         // A CXL fixed memory window must hold the device memory; QEMU wants a
         // multiple of 256 MiB. 4 GiB is what the known-good topology uses.
         let window = self.memory_size.max(4 << 30);
-        let device = serde_json::json!({
-            "driver": "vfio-user-pci",
-            "id": "cxlaccel0",
-            "bus": "rp0",
-            "socket": {"type": "unix", "path": socket},
-        });
+        // Written by hand to keep QEMU's conventional key order ("driver" first);
+        // the path is JSON-escaped.
+        let path = serde_json::Value::String(socket.to_string_lossy().into_owned());
+        let device = format!(
+            r#"{{"driver":"vfio-user-pci","id":"cxlaccel0","bus":"rp0","socket":{{"type":"unix","path":{path}}}}}"#
+        );
         let lines = [
             "-machine q35,cxl=on,memory-backend=ram0".to_string(),
             "-m 1G,maxmem=4G,slots=4".to_string(),
             "-object memory-backend-memfd,id=ram0,size=1G,share=on".to_string(),
             "-device pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1,hdm_for_passthrough=on".to_string(),
             "-device cxl-rp,port=0,bus=cxl.1,id=rp0,chassis=0,slot=2".to_string(),
-            format!("-device {}", shell_quote(&device.to_string())),
+            format!("-device {}", shell_quote(&device)),
             format!(
                 "-M cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size={}",
                 human_size(window)
@@ -774,6 +774,18 @@ mod tests {
         let c = Config::merge(a, FileConfig::default()).unwrap();
         let q = c.qemu_args();
         assert!(q.contains(r#""path":"/run/x.sock""#), "{q}");
+        let json = q.lines().find_map(|l| l.strip_prefix("-device '")).unwrap();
+        let json = json.trim_end_matches(" \\").trim_end_matches('\'');
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["driver"], "vfio-user-pci");
+        assert_eq!(v["bus"], "rp0");
+        // Quotes in a path survive JSON and shell quoting.
+        let c = Config::merge(args("/tmp/it's \"odd\".sock"), FileConfig::default()).unwrap();
+        assert!(
+            c.qemu_args().contains(r#"/tmp/it'\''s \"odd\".sock"#),
+            "{}",
+            c.qemu_args()
+        );
         assert!(q.contains("hdm_for_passthrough=on"));
         assert!(q.contains("cxl-fmw.0.size=8G"));
         assert!(q.contains("memory-backend-memfd,id=ram0,size=1G,share=on"));

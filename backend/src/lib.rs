@@ -128,13 +128,17 @@ impl Daemon {
         };
 
         info!(
-            "device memory: {:#x} bytes ({}), mailbox {}, flit {:?}, {} decoder(s), firmware {}",
+            "cxl-accel-backend {}: device memory {:#x} bytes ({}), mailbox {}, flit {}, {} decoder(s), firmware {}",
+            env!("CARGO_PKG_VERSION"),
             config.memory_size,
             devmem
                 .path()
                 .map_or_else(|| "memfd".to_string(), |p| p.display().to_string()),
             if config.mailbox { "on" } else { "off" },
-            config.flit,
+            match config.flit {
+                accel_type2::FlitMode::Flit256 => "256b",
+                accel_type2::FlitMode::Flit68 => "68b",
+            },
             config.decoders,
             config.firmware,
         );
