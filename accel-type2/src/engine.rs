@@ -7,7 +7,7 @@
 //! CONTROL_DIR_TO_GUEST, device memory -> guest RAM. Guest addresses are guest
 //! physical and go through the RAM the VMM shared (vfio-user DMA_MAP); device
 //! addresses are DPAs. On completion STATUS has DONE, or ERROR with a code in
-//! [15:8]; either way the DMA vector is raised when CONTROL_IRQ_ENABLE is set. No
+//! bits 15:8; either way the DMA vector is raised when CONTROL_IRQ_ENABLE is set. No
 //! input can make the engine panic: every range is checked before and during the
 //! copy, and a guest range that turns out unmapped part-way stops the transfer with
 //! ERR_GUEST_RANGE (bytes before the failing chunk have been copied).

@@ -12,8 +12,8 @@ pub const CACHEMEM_OFFSET: u32 = 0x1000;
 pub const BLOCK_SIZE: u32 = 0x1_0000;
 
 /// CXL.cache/mem Capability Header (§8.2.4.1), the first dword of the array:
-/// CXL_Capability_ID [15:0] = 1, CXL_Capability_Version [19:16] = 1,
-/// CXL_Cache_Mem_Version [23:20] = 1, Array_Size [31:24] = number of entries that
+/// CXL_Capability_ID \[15:0\] = 1, CXL_Capability_Version \[19:16\] = 1,
+/// CXL_Cache_Mem_Version \[23:20\] = 1, Array_Size \[31:24\] = number of entries that
 /// follow.
 pub const CAP_ID_ARRAY: u16 = 0x0001;
 pub const ARRAY_CAP_VERSION: u8 = 1;
@@ -31,8 +31,8 @@ pub const fn array_size(header: u32) -> u8 {
     (header >> 24) as u8
 }
 
-/// A capability array entry (§8.2.4.2 onwards): CXL_Capability_ID [15:0],
-/// CXL_Capability_Version [19:16], pointer [31:20] relative to the start of the
+/// A capability array entry (§8.2.4.2 onwards): CXL_Capability_ID \[15:0\],
+/// CXL_Capability_Version \[19:16\], pointer \[31:20\] relative to the start of the
 /// CXL.cache/mem registers.
 pub const fn entry(id: u16, version: u8, pointer: u32) -> u32 {
     (id as u32) | (((version & 0xf) as u32) << 16) | ((pointer & 0xfff) << 20)
@@ -78,21 +78,21 @@ pub mod ras {
     pub const HEADER_LOG: u32 = 0x18;
     pub const HEADER_LOG_LEN: u32 = 0x40;
 
-    /// The defined uncorrectable error bits: [11:0] (cache/mem data and address
+    /// The defined uncorrectable error bits: \[11:0\] (cache/mem data and address
     /// parity, BE parity, data ECC, REINIT/REJECT, receiver overflow, internal
-    /// error, CXL IDE tx/rx) and [16:14] (CXL.mem poison, poison received, receiver
+    /// error, CXL IDE tx/rx) and \[16:14\] (CXL.mem poison, poison received, receiver
     /// error). Bits 13:12 and 31:17 are reserved.
     pub const UNCORRECTABLE_BITS: u32 = (0b111 << 14) | 0xfff;
     /// Uncorrectable status bit 14: Memory Poison Received.
     pub const UE_MEM_POISON_RECEIVED: u32 = 1 << 14;
-    /// The defined correctable error bits [6:0]: cache data ECC, mem data ECC, CRC
+    /// The defined correctable error bits \[6:0\]: cache data ECC, mem data ECC, CRC
     /// threshold, retry threshold, cache poison received, mem poison received,
     /// physical layer error.
     pub const CORRECTABLE_BITS: u32 = 0x7f;
     /// Correctable status bit 1: Mem_Data_ECC.
     pub const CE_MEM_DATA_ECC: u32 = 1 << 1;
 
-    /// Error Capabilities and Control: First_Error_Pointer [5:0] (ROS), the bit
+    /// Error Capabilities and Control: First_Error_Pointer \[5:0\] (ROS), the bit
     /// index of the first uncorrectable error recorded.
     pub const FIRST_ERROR_POINTER_MASK: u32 = 0x3f;
     /// Multiple_Header_Recording_Capability, bit 9 (RO).
@@ -108,7 +108,7 @@ pub mod link {
 
     /// CXL Link Layer Capability (§8.2.4.19.1).
     pub const LL_CAPABILITY: u32 = 0x00;
-    /// CXL Link Version Supported [3:0] and CXL Link Version Received [7:4]:
+    /// CXL Link Version Supported \[3:0\] and CXL Link Version Received \[7:4\]:
     /// 0010b = CXL 2.0 and later.
     pub const LL_CAP_VERSION_SUPPORTED_MASK: u64 = 0xf;
     pub const LL_CAP_VERSION_RECEIVED_SHIFT: u32 = 4;

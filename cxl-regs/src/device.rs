@@ -6,12 +6,12 @@
 //! Locator block id 3).
 
 /// Device Capabilities Array Register (§8.2.8.1), 64-bit at +0:
-/// Capability ID [15:0] = 0, Version [23:16] = 1, Type [27:24],
-/// Capabilities Count [47:32].
+/// Capability ID \[15:0\] = 0, Version \[23:16\] = 1, Type \[27:24\],
+/// Capabilities Count \[47:32\].
 pub const CAP_ARRAY: u32 = 0x00;
 pub const CAP_ARRAY_ID: u16 = 0x0000;
 pub const CAP_ARRAY_VERSION: u8 = 1;
-/// Type [27:24] (§8.2.8.1): 0 = inferred from the PCI class code, 1 = Memory Device,
+/// Type \[27:24\] (§8.2.8.1): 0 = inferred from the PCI class code, 1 = Memory Device,
 /// 2 = Switch Mailbox CCI.
 pub const CAP_ARRAY_TYPE_INFERRED: u8 = 0;
 pub const CAP_ARRAY_TYPE_MEMORY_DEVICE: u8 = 1;
@@ -30,7 +30,7 @@ pub const fn cap_array_count(reg: u64) -> u16 {
 }
 
 /// Device Capability Header `k` (k >= 1) at 0x10·k (§8.2.8.2), 16 bytes:
-/// dword 0: Capability ID [15:0], Version [23:16]; dword 1: Offset (from the start
+/// dword 0: Capability ID \[15:0\], Version \[23:16\]; dword 1: Offset (from the start
 /// of the register block); dword 2: Length; dword 3: reserved.
 pub const CAP_HEADER_STRIDE: u32 = 0x10;
 pub const fn cap_header_offset(k: u32) -> u32 {
@@ -78,7 +78,7 @@ pub mod memdev {
     pub const STATUS_FATAL: u64 = 1 << 0;
     /// FW Halt, bit 1.
     pub const STATUS_FW_HALT: u64 = 1 << 1;
-    /// Media Status [3:2]: 00 not ready, 01 ready, 10 error, 11 disabled.
+    /// Media Status \[3:2\]: 00 not ready, 01 ready, 10 error, 11 disabled.
     pub const STATUS_MEDIA_SHIFT: u32 = 2;
     pub const STATUS_MEDIA_MASK: u64 = 0b11 << 2;
     pub const MEDIA_NOT_READY: u64 = 0b00;
@@ -87,7 +87,7 @@ pub mod memdev {
     pub const MEDIA_DISABLED: u64 = 0b11;
     /// Mailbox Interface Ready, bit 4.
     pub const STATUS_MAILBOX_READY: u64 = 1 << 4;
-    /// Reset Needed [7:5].
+    /// Reset Needed \[7:5\].
     pub const STATUS_RESET_NEEDED_SHIFT: u32 = 5;
     pub const STATUS_RESET_NEEDED_MASK: u64 = 0b111 << 5;
 

@@ -28,7 +28,7 @@ pub mod device {
     pub const CAP_IO_CAPABLE: u16 = 1 << 1;
     pub const CAP_MEM_CAPABLE: u16 = 1 << 2;
     pub const CAP_MEM_HWINIT_MODE: u16 = 1 << 3;
-    /// HDM_Count [5:4]: number of HDM ranges, 1 or 2.
+    /// HDM_Count \[5:4\]: number of HDM ranges, 1 or 2.
     pub const CAP_HDM_COUNT_SHIFT: u32 = 4;
     pub const CAP_HDM_COUNT_MASK: u16 = 0b11 << 4;
     pub const CAP_CACHE_WBI_CAPABLE: u16 = 1 << 6;
@@ -46,9 +46,9 @@ pub mod device {
     /// IO_Enable, bit 1: RO, always 1.
     pub const CTRL_IO_ENABLE: u16 = 1 << 1;
     pub const CTRL_MEM_ENABLE: u16 = 1 << 2;
-    /// Cache_SF_Coverage [7:3].
+    /// Cache_SF_Coverage \[7:3\].
     pub const CTRL_CACHE_SF_COVERAGE_MASK: u16 = 0x1f << 3;
-    /// Cache_SF_Granularity [10:8].
+    /// Cache_SF_Granularity \[10:8\].
     pub const CTRL_CACHE_SF_GRANULARITY_MASK: u16 = 0b111 << 8;
     pub const CTRL_CACHE_CLEAN_EVICTION: u16 = 1 << 11;
     pub const CTRL_VIRAL_ENABLE: u16 = 1 << 14;
@@ -81,7 +81,7 @@ pub mod device {
     pub const fn range_base_high(i: usize) -> usize {
         0x20 + 0x10 * i
     }
-    /// Range `i` Base Low, 32-bit: Memory_Base_Low [31:28] RWL.
+    /// Range `i` Base Low, 32-bit: Memory_Base_Low \[31:28\] RWL.
     pub const fn range_base_low(i: usize) -> usize {
         0x24 + 0x10 * i
     }
@@ -90,17 +90,17 @@ pub mod device {
     /// Range Size Low fields (§8.1.3.9).
     pub const RANGE_MEM_INFO_VALID: u32 = 1 << 0;
     pub const RANGE_MEM_ACTIVE: u32 = 1 << 1;
-    /// Media_Type [4:2]; 010b = characteristics are communicated through CDAT.
+    /// Media_Type \[4:2\]; 010b = characteristics are communicated through CDAT.
     pub const RANGE_MEDIA_TYPE_SHIFT: u32 = 2;
     pub const RANGE_MEDIA_TYPE_CDAT: u32 = 0b010 << 2;
-    /// Memory_Class [7:5]; 010b = characteristics are communicated through CDAT.
+    /// Memory_Class \[7:5\]; 010b = characteristics are communicated through CDAT.
     pub const RANGE_MEMORY_CLASS_SHIFT: u32 = 5;
     pub const RANGE_MEMORY_CLASS_CDAT: u32 = 0b010 << 5;
-    /// Desired_Interleave [12:8].
+    /// Desired_Interleave \[12:8\].
     pub const RANGE_DESIRED_INTERLEAVE_MASK: u32 = 0x1f << 8;
-    /// Memory_Active_Timeout [15:13].
+    /// Memory_Active_Timeout \[15:13\].
     pub const RANGE_MEM_ACTIVE_TIMEOUT_MASK: u32 = 0b111 << 13;
-    /// Memory_Size_Low [31:28] (and Memory_Base_Low [31:28] in the base register).
+    /// Memory_Size_Low \[31:28\] (and Memory_Base_Low \[31:28\] in the base register).
     pub const RANGE_ADDR_LOW_MASK: u32 = 0xf << 28;
     /// Ranges are 256 MiB granular.
     pub const RANGE_GRANULE: u64 = 1 << 28;
@@ -126,7 +126,7 @@ pub mod device {
 pub mod gpf_device {
     pub const REVISION: u8 = 0;
     pub const LENGTH: u16 = 0x10;
-    /// GPF Phase 2 Duration (§8.1.7.1), 16-bit: Base [3:0], Scale [11:8].
+    /// GPF Phase 2 Duration (§8.1.7.1), 16-bit: Base \[3:0\], Scale \[11:8\].
     pub const PHASE2_DURATION: usize = 0x0a;
     pub const PHASE2_DURATION_BASE_MASK: u16 = 0xf;
     pub const PHASE2_DURATION_SCALE_SHIFT: u32 = 8;
@@ -195,8 +195,8 @@ pub mod register_locator {
         (BLOCK1 + ENTRY_SIZE * entries) as u16
     }
 
-    /// Register Offset Low: Register BIR [2:0], Register Block Identifier [15:8],
-    /// Register Block Offset Low [31:16] (64 KiB aligned).
+    /// Register Offset Low: Register BIR \[2:0\], Register Block Identifier \[15:8\],
+    /// Register Block Offset Low \[31:16\] (64 KiB aligned).
     pub const BIR_MASK: u32 = 0x7;
     pub const BLOCK_ID_SHIFT: u32 = 8;
     pub const BLOCK_ID_MASK: u32 = 0xff << 8;

@@ -36,7 +36,7 @@ pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
 pub const SUBSYSTEM_ID: usize = 0x2e;
 /// Expansion ROM Base Address (PCIe r6 §7.5.1.2.4).
 pub const EXPANSION_ROM: usize = 0x30;
-/// Capabilities Pointer (PCIe r6 §7.5.1.1.11); bits [1:0] are reserved.
+/// Capabilities Pointer (PCIe r6 §7.5.1.1.11); bits \[1:0\] are reserved.
 pub const CAPABILITIES_POINTER: usize = 0x34;
 pub const INTERRUPT_LINE: usize = 0x3c;
 pub const INTERRUPT_PIN: usize = 0x3d;
@@ -76,14 +76,14 @@ pub const STS_RW1C: u16 = STS_MASTER_DATA_PARITY_ERROR
     | STS_SIGNALED_SYSTEM_ERROR
     | STS_DETECTED_PARITY_ERROR;
 
-/// Header Type (PCIe r6 §7.5.1.1.9): layout [6:0] 0 = type 0; bit 7 multi-function.
+/// Header Type (PCIe r6 §7.5.1.1.9): layout \[6:0\] 0 = type 0; bit 7 multi-function.
 pub const HEADER_TYPE_NORMAL: u8 = 0x00;
 pub const HEADER_TYPE_MULTIFUNCTION: u8 = 0x80;
 
 /// Memory BAR fields (PCIe r6 §7.5.1.2.1, Table 7-9).
 pub const BAR_MEM_SPACE: u32 = 0;
 pub const BAR_IO_SPACE: u32 = 1 << 0;
-/// Type [2:1]: 00 = 32-bit, 10 = 64-bit.
+/// Type \[2:1\]: 00 = 32-bit, 10 = 64-bit.
 pub const BAR_MEM_TYPE_32: u32 = 0b00 << 1;
 pub const BAR_MEM_TYPE_64: u32 = 0b10 << 1;
 pub const BAR_MEM_PREFETCHABLE: u32 = 1 << 3;
@@ -111,11 +111,11 @@ pub const CAP_ID_MSIX: u8 = 0x11;
 
 /// Power Management Capabilities (PMC, §7.5.2.1).
 pub const PM_PMC: usize = 0x02;
-/// PMC Version [2:0]: 011b = PCI PM Interface Specification r1.2.
+/// PMC Version \[2:0\]: 011b = PCI PM Interface Specification r1.2.
 pub const PM_PMC_VERSION_1_2: u16 = 0b011;
 /// Power Management Control/Status (PMCSR, §7.5.2.2).
 pub const PM_PMCSR: usize = 0x04;
-/// PowerState [1:0]: 00 = D0, 11 = D3hot.
+/// PowerState \[1:0\]: 00 = D0, 11 = D3hot.
 pub const PM_PMCSR_POWER_STATE_MASK: u16 = 0b11;
 pub const PM_PMCSR_D0: u16 = 0b00;
 pub const PM_PMCSR_D3HOT: u16 = 0b11;
@@ -130,20 +130,20 @@ pub const PM_CAP_LEN: usize = 8;
 
 /// PCI Express Capabilities register (§7.5.3.2).
 pub const EXP_FLAGS: usize = 0x02;
-/// Capability Version [3:0]: 2.
+/// Capability Version \[3:0\]: 2.
 pub const EXP_FLAGS_VERSION_2: u16 = 0x2;
-/// Device/Port Type [7:4]: 0000b = PCI Express Endpoint.
+/// Device/Port Type \[7:4\]: 0000b = PCI Express Endpoint.
 pub const EXP_FLAGS_TYPE_SHIFT: u32 = 4;
 pub const EXP_FLAGS_TYPE_ENDPOINT: u16 = 0x0 << 4;
 pub const EXP_FLAGS_SLOT: u16 = 1 << 8;
-/// Interrupt Message Number [13:9].
+/// Interrupt Message Number \[13:9\].
 pub const EXP_FLAGS_IRQ_SHIFT: u32 = 9;
 /// Flit Mode Supported, bit 15 (PCIe r6 §7.5.3.2).
 pub const EXP_FLAGS_FLIT_MODE_SUPPORTED: u16 = 1 << 15;
 
 /// Device Capabilities (§7.5.3.3).
 pub const EXP_DEVCAP: usize = 0x04;
-/// Max_Payload_Size Supported [2:0]: 001b = 256 bytes.
+/// Max_Payload_Size Supported \[2:0\]: 001b = 256 bytes.
 pub const EXP_DEVCAP_PAYLOAD_256: u32 = 0b001;
 pub const EXP_DEVCAP_EXT_TAG: u32 = 1 << 5;
 pub const EXP_DEVCAP_RBER: u32 = 1 << 15;
@@ -157,13 +157,13 @@ pub const EXP_DEVCTL_NFERE: u16 = 1 << 1;
 pub const EXP_DEVCTL_FERE: u16 = 1 << 2;
 pub const EXP_DEVCTL_URRE: u16 = 1 << 3;
 pub const EXP_DEVCTL_RELAX_EN: u16 = 1 << 4;
-/// Max_Payload_Size [7:5].
+/// Max_Payload_Size \[7:5\].
 pub const EXP_DEVCTL_PAYLOAD_MASK: u16 = 0b111 << 5;
 pub const EXP_DEVCTL_EXT_TAG: u16 = 1 << 8;
 pub const EXP_DEVCTL_PHANTOM: u16 = 1 << 9;
 pub const EXP_DEVCTL_AUX_PME: u16 = 1 << 10;
 pub const EXP_DEVCTL_NOSNOOP_EN: u16 = 1 << 11;
-/// Max_Read_Request_Size [14:12]; 010b = 512 bytes (the default).
+/// Max_Read_Request_Size \[14:12\]; 010b = 512 bytes (the default).
 pub const EXP_DEVCTL_READRQ_MASK: u16 = 0b111 << 12;
 pub const EXP_DEVCTL_READRQ_512: u16 = 0b010 << 12;
 /// Initiate Function Level Reset, bit 15: always reads 0.
@@ -182,15 +182,15 @@ pub const EXP_DEVSTA_RW1C: u16 = EXP_DEVSTA_CED | EXP_DEVSTA_NFED | EXP_DEVSTA_F
 
 /// Link Capabilities (§7.5.3.6).
 pub const EXP_LNKCAP: usize = 0x0c;
-/// Max Link Speed [3:0], an index into Supported Link Speeds Vector (1 = 2.5 GT/s ...
+/// Max Link Speed \[3:0\], an index into Supported Link Speeds Vector (1 = 2.5 GT/s ...
 /// 5 = 32 GT/s, 6 = 64 GT/s).
 pub const EXP_LNKCAP_SPEED_MASK: u32 = 0xf;
-/// Maximum Link Width [9:4].
+/// Maximum Link Width \[9:4\].
 pub const EXP_LNKCAP_WIDTH_SHIFT: u32 = 4;
 pub const EXP_LNKCAP_WIDTH_MASK: u32 = 0x3f << 4;
 /// ASPM Optionality Compliance, bit 22.
 pub const EXP_LNKCAP_ASPM_COMPLIANCE: u32 = 1 << 22;
-/// Port Number [31:24].
+/// Port Number \[31:24\].
 pub const EXP_LNKCAP_PORT_SHIFT: u32 = 24;
 
 /// Link speed encodings (Supported Link Speeds Vector bit positions, §7.5.3.18).
@@ -208,7 +208,7 @@ pub const EXP_LNKCTL_CCC: u16 = 1 << 6;
 pub const EXP_LNKCTL_ES: u16 = 1 << 7;
 pub const EXP_LNKCTL_HAWD: u16 = 1 << 9;
 
-/// Link Status (§7.5.3.8): Current Link Speed [3:0], Negotiated Link Width [9:4],
+/// Link Status (§7.5.3.8): Current Link Speed \[3:0\], Negotiated Link Width \[9:4\],
 /// Slot Clock Configuration bit 12.
 pub const EXP_LNKSTA: usize = 0x12;
 pub const EXP_LNKSTA_SPEED_MASK: u16 = 0xf;
@@ -222,14 +222,14 @@ pub const EXP_RTCTL: usize = 0x1c;
 
 /// Device Capabilities 2 (§7.5.3.15).
 pub const EXP_DEVCAP2: usize = 0x24;
-/// Completion Timeout Ranges Supported [3:0]: ranges A, B, C and D.
+/// Completion Timeout Ranges Supported \[3:0\]: ranges A, B, C and D.
 pub const EXP_DEVCAP2_COMP_TMOUT_RANGES: u32 = 0xf;
 pub const EXP_DEVCAP2_COMP_TMOUT_DIS: u32 = 1 << 4;
 pub const EXP_DEVCAP2_10BIT_TAG_COMP: u32 = 1 << 16;
 /// Extended Fmt Field Supported, bit 20.
 pub const EXP_DEVCAP2_EXT_FMT: u32 = 1 << 20;
 
-/// Device Control 2 (§7.5.3.16): Completion Timeout Value [3:0], Completion Timeout
+/// Device Control 2 (§7.5.3.16): Completion Timeout Value \[3:0\], Completion Timeout
 /// Disable bit 4.
 pub const EXP_DEVCTL2: usize = 0x28;
 pub const EXP_DEVCTL2_COMP_TIMEOUT_MASK: u16 = 0xf;
@@ -238,11 +238,11 @@ pub const EXP_DEVCTL2_COMP_TMOUT_DIS: u16 = 1 << 4;
 /// Device Status 2 (§7.5.3.17): reserved.
 pub const EXP_DEVSTA2: usize = 0x2a;
 
-/// Link Capabilities 2 (§7.5.3.18): Supported Link Speeds Vector [7:1].
+/// Link Capabilities 2 (§7.5.3.18): Supported Link Speeds Vector \[7:1\].
 pub const EXP_LNKCAP2: usize = 0x2c;
 pub const EXP_LNKCAP2_SLS_SHIFT: u32 = 1;
 
-/// Link Control 2 (§7.5.3.19): Target Link Speed [3:0] and the compliance fields.
+/// Link Control 2 (§7.5.3.19): Target Link Speed \[3:0\] and the compliance fields.
 pub const EXP_LNKCTL2: usize = 0x30;
 pub const EXP_LNKCTL2_TLS_MASK: u16 = 0xf;
 /// Selectable De-emphasis, bit 6: hardware-initialised for an Upstream Port.
@@ -262,13 +262,13 @@ pub const EXP_CAP_LEN: usize = 0x3c;
 
 // --- MSI-X capability (PCIe r6 §7.7.2) ------------------------------------
 
-/// Message Control (§7.7.2.2): Table Size [10:0] (N-1), Function Mask bit 14,
+/// Message Control (§7.7.2.2): Table Size \[10:0\] (N-1), Function Mask bit 14,
 /// MSI-X Enable bit 15.
 pub const MSIX_FLAGS: usize = 0x02;
 pub const MSIX_FLAGS_QSIZE_MASK: u16 = 0x7ff;
 pub const MSIX_FLAGS_MASKALL: u16 = 1 << 14;
 pub const MSIX_FLAGS_ENABLE: u16 = 1 << 15;
-/// Table Offset/Table BIR (§7.7.2.3): BIR [2:0], QWORD-aligned offset [31:3].
+/// Table Offset/Table BIR (§7.7.2.3): BIR \[2:0\], QWORD-aligned offset \[31:3\].
 pub const MSIX_TABLE: usize = 0x04;
 /// PBA Offset/PBA BIR (§7.7.2.4).
 pub const MSIX_PBA: usize = 0x08;
@@ -283,14 +283,14 @@ pub const MSIX_ENTRY_DATA: usize = 0x8;
 pub const MSIX_ENTRY_VECTOR_CTRL: usize = 0xc;
 /// Vector Control bit 0: Mask Bit (set at reset).
 pub const MSIX_ENTRY_CTRL_MASKBIT: u32 = 1 << 0;
-/// Message Address bits [1:0] are reserved: the address is dword-aligned.
+/// Message Address bits \[1:0\] are reserved: the address is dword-aligned.
 pub const MSIX_ENTRY_ADDR_LO_MASK: u32 = !0x3;
 
 // ---------------------------------------------------------------------------
 // Extended capabilities (PCIe r6 §7.6.3).
 // ---------------------------------------------------------------------------
 
-/// Extended capability header: ID [15:0], version [19:16], next offset [31:20].
+/// Extended capability header: ID \[15:0\], version \[19:16\], next offset \[31:20\].
 pub const fn ext_cap_header(id: u16, version: u8, next: u16) -> u32 {
     (id as u32) | (((version & 0xf) as u32) << 16) | (((next & 0xfff) as u32) << 20)
 }
@@ -319,8 +319,8 @@ pub const DSN_CAP_LEN: usize = 0x0c;
 pub const DSN_VERSION: u8 = 1;
 
 /// Designated Vendor-Specific Extended Capability (PCIe r6 §7.9.6): DVSEC Header 1
-/// at +4 (vendor ID [15:0], revision [19:16], length [31:20]) and DVSEC Header 2 at
-/// +8 (DVSEC ID [15:0]).
+/// at +4 (vendor ID \[15:0\], revision \[19:16\], length \[31:20\]) and DVSEC Header 2 at
+/// +8 (DVSEC ID \[15:0\]).
 pub const DVSEC_HEADER1: usize = 0x04;
 pub const DVSEC_HEADER2: usize = 0x08;
 pub const DVSEC_VERSION: u8 = 1;
