@@ -8,8 +8,8 @@
 
 pub mod component;
 pub mod device;
-pub mod hdm;
 pub mod dvsec;
+pub mod hdm;
 pub mod layout;
 pub mod mailbox;
 pub mod pci;
