@@ -47,11 +47,18 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             return Err(format!("{p}: {} bytes (not root?)", b.len()));
         }
         let cs = ConfigSpace::new(b);
+        // keep the snapshot even if a field below is wrong: later checks judge their
+        // own fields
+        ctx.dsn = cs.dsn();
+        ctx.cs = Some(cs.clone());
         if cs.vendor() != Some(v) || cs.device() != Some(d) {
             return Err(format!("ids in config {:?}:{:?}", cs.vendor(), cs.device()));
         }
         if cs.class() != Some(layout::CLASS_CODE) {
-            return Err(format!("class code in config {:?}", cs.class()));
+            return Err(format!(
+                "class code in config {:#08x}",
+                cs.class().unwrap_or(0)
+            ));
         }
         if cs.pcie_type() != Some(crate::pcicfg::PCIE_TYPE_ENDPOINT) {
             return Err(format!(
@@ -64,8 +71,6 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             .iter()
             .map(|c| format!("{:#x}@{:#x}", c.1, c.0))
             .collect();
-        ctx.dsn = cs.dsn();
-        ctx.cs = Some(cs);
         Ok(format!("extended caps {}", caps.join(" ")))
     });
 

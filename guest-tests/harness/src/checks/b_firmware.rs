@@ -161,11 +161,9 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         || {
             let w = need(&ctx.cfmws, "CFMWS (b.2)")?;
             let capacity = need(&ctx.capacity, "capacity (a.5)")?;
-            let comp = ctx
-                .block_offset(dvsec::register_locator::BLOCK_COMPONENT)
-                .ok_or("prerequisite missing: component block (a.7)")?;
+            let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
             let size = Ctx::region_size(capacity);
-            let bar0 = ctx.bar0()?;
+            let bar0 = ctx.bar(bir)?;
             let hdm = hdmprog::find_hdm(bar0, comp)?;
             let cap = hdmprog::read_cap(bar0, hdm)?;
             let p = Program {
@@ -180,7 +178,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let (o, st) = hdmprog::commit(bar0, hdm, 0, &p, &wait_1ms)?;
             ctx.committed = Some((st.base, st.size));
             Ok(format!(
-                "{} decoders at BAR0+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{}",
+                "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{}",
                 cap.decoders,
                 st.base,
                 st.size,
@@ -201,10 +199,8 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let (_, _) = need(&ctx.committed, "endpoint decoder commit (b.4)")?;
             let bdf = need(&ctx.bdf, "device (a.1)")?;
             let dv = need(&ctx.dvsec_dev, "DVSEC id 0 (a.4)")?;
-            let comp = ctx
-                .block_offset(dvsec::register_locator::BLOCK_COMPONENT)
-                .ok_or("component block")?;
-            let bar0 = ctx.bar0()?;
+            let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
+            let bar0 = ctx.bar(bir)?;
             let hdm = hdmprog::find_hdm(bar0, comp)?;
             let g = hdmprog::global_enable(bar0, hdm)?;
             let ctrl_off = (dv + dvsec::device::CTRL) as u64;

@@ -70,7 +70,7 @@ pub fn port_decoders(port: u32) -> Vec<String> {
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     // The CXL core will claim HDM/RAS in BAR0, which revokes existing user mappings
     // of those pages; map again afterwards.
-    ctx.bar0 = None;
+    ctx.bars = Default::default();
 
     rep.check(
         "c.1",
@@ -128,31 +128,54 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         ))
     });
 
-    rep.check("c.3", "memdev for the device (serial = DSN, ram size = capacity)", || {
-        if !ctx.bound {
-            return Err("prerequisite missing: module bound (c.2)".into());
-        }
-        let dev = sys::canonical(ctx.dev_path()?).ok_or("realpath")?;
-        let dsn = need(&ctx.dsn, "DSN (a.2)")?;
-        let cap = need(&ctx.capacity, "capacity (a.5)")?;
-        let mem = sys::list_dir(CXL_DEVICES)
-            .into_iter()
-            .filter(|d| d.starts_with("mem"))
-            .find(|d| {
-                sys::canonical(format!("{CXL_DEVICES}/{d}"))
-                    .and_then(|p| p.parent().map(|q| q.to_path_buf()))
-                    .as_deref()
-                    == Some(dev.as_path())
-            })
-            .ok_or("no memN whose parent is the device")?;
-        ctx.memdev = Some(mem.clone());
-        let serial = num(&mem, "serial")?;
-        let ram = num(&mem, "ram/size")?;
-        if serial != dsn || ram != cap {
-            return Err(format!("{mem}: serial {serial:#x} (DSN {dsn:#x}), ram/size {ram:#x} (capacity {cap:#x})"));
-        }
-        Ok(format!("{mem}: serial {serial:#x}, ram/size {ram:#x}"))
-    });
+    rep.check(
+        "c.3",
+        "memdev of the device, bound to cxl_mem; module reports capacity and serial",
+        || {
+            if !ctx.bound {
+                return Err("prerequisite missing: module bound (c.2)".into());
+            }
+            let dev = sys::canonical(ctx.dev_path()?).ok_or("realpath")?;
+            let dsn = need(&ctx.dsn, "DSN (a.2)")?;
+            let cap = need(&ctx.capacity, "capacity (a.5)")?;
+            let mem = sys::list_dir(CXL_DEVICES)
+                .into_iter()
+                .filter(|d| d.starts_with("mem"))
+                .find(|d| {
+                    sys::canonical(format!("{CXL_DEVICES}/{d}"))
+                        .and_then(|p| p.parent().map(|q| q.to_path_buf()))
+                        .as_deref()
+                        == Some(dev.as_path())
+                })
+                .ok_or("no memN whose parent is the device")?;
+            ctx.memdev = Some(mem.clone());
+            let drv = sys::link_name(format!("{CXL_DEVICES}/{mem}/driver"));
+            if drv.as_deref() != Some("cxl_mem") {
+                return Err(format!("{mem}: driver {drv:?}, expected cxl_mem"));
+            }
+            let devp = ctx.dev_path()?;
+            let mcap = sys::read_num(format!("{devp}/cxl_capacity"))?;
+            let mser = sys::read_num(format!("{devp}/cxl_serial"))?;
+            if mcap != cap || mser != dsn {
+                return Err(format!(
+                    "module: capacity {mcap:#x} (DVSEC {cap:#x}), serial {mser:#x} (DSN {dsn:#x})"
+                ));
+            }
+            // A DEVMEM memdev (7.3's cxl_memdev_type) has no serial or ram/size
+            // attributes; a class memdev has them, and then they must agree.
+            let mut extra = String::from("no memdev attributes (DEVMEM)");
+            if let Ok(serial) = num(&mem, "serial") {
+                let ram = num(&mem, "ram/size")?;
+                if serial != dsn || ram != cap {
+                    return Err(format!(
+                        "{mem}: serial {serial:#x} (DSN {dsn:#x}), ram/size {ram:#x} (capacity {cap:#x})"
+                    ));
+                }
+                extra = format!("serial {serial:#x}, ram/size {ram:#x}");
+            }
+            Ok(format!("{mem} (cxl_mem); module: capacity {mcap:#x}, serial {mser:#x}; {extra}"))
+        },
+    );
 
     rep.check("c.4", "endpoint port of the memdev", || {
         let mem = need(&ctx.memdev, "memdev (c.3)")?;

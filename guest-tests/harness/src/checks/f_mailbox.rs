@@ -42,24 +42,22 @@ fn wait() {
 }
 
 /// Offset of the primary mailbox in BAR0, and the memory-device status register.
-fn locate(ctx: &mut Ctx) -> Result<(u64, Option<u64>), String> {
-    let blk = ctx
-        .block_offset(rl::BLOCK_MEMORY_DEVICE)
-        .ok_or("prerequisite missing: memory-device block in BAR0 (a.7)")?;
-    let bar0 = ctx.bar0()?;
+fn locate(ctx: &mut Ctx) -> Result<(u8, u64, Option<u64>), String> {
+    let (bir, blk) = ctx.block(rl::BLOCK_MEMORY_DEVICE)?;
+    let bar0 = ctx.bar(bir)?;
     let caps = mbox::device_caps(bar0, blk)?;
     let m = caps
         .mailbox
         .ok_or_else(|| format!("no primary mailbox capability: {caps:x?}"))?;
-    Ok((m, caps.memdev))
+    Ok((bir, m, caps.memdev))
 }
 
 fn with_mailbox<T>(
     ctx: &mut Ctx,
     f: impl FnOnce(&Mailbox<'_, crate::mmio::MmioMap>) -> Result<T, String>,
 ) -> Result<T, String> {
-    let (m, _) = locate(ctx)?;
-    let bar0 = ctx.bar0()?;
+    let (bir, m, _) = locate(ctx)?;
+    let bar0 = ctx.bar(bir)?;
     let mb = Mailbox::new(bar0, m, &wait)?;
     f(&mb)
 }
@@ -71,9 +69,9 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             "mailbox off: no memory-device register block",
             || {
                 let _ = need(&ctx.dvsec_regloc, "Register Locator (a.4)")?;
-                match ctx.block_offset(rl::BLOCK_MEMORY_DEVICE) {
-                    None => Ok("Register Locator lists no block id 3".into()),
-                    Some(o) => Err(format!("block id 3 at BAR0+{o:#x}")),
+                match ctx.block(rl::BLOCK_MEMORY_DEVICE) {
+                    Err(_) => Ok("Register Locator lists no block id 3".into()),
+                    Ok((b, o)) => Err(format!("block id 3 at BAR{b}+{o:#x}")),
                 }
             },
         );
@@ -84,9 +82,9 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         "f.1",
         "mailbox found via the device capabilities; media and mailbox ready",
         || {
-            let (m, memdev) = locate(ctx)?;
+            let (bir, m, memdev) = locate(ctx)?;
             let memdev = memdev.ok_or("no memory-device status capability (id 0x4000)")?;
-            let bar0 = ctx.bar0()?;
+            let bar0 = ctx.bar(bir)?;
             let st = bar0.read64(memdev + device::memdev::STATUS as u64);
             let media = device::memdev::media_status(st);
             if media != device::memdev::MEDIA_READY
@@ -99,7 +97,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             }
             let mbx = Mailbox::new(bar0, m, &wait)?;
             Ok(format!(
-                "mailbox at BAR0+{m:#x}, payload {} bytes, memdev status {st:#x}",
+                "mailbox at BAR{bir}+{m:#x}, payload {} bytes, memdev status {st:#x}",
                 mbx.payload_size
             ))
         },
@@ -133,13 +131,16 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     let serial = ctx.cfg.serial;
     rep.check(
         "f.3",
-        "serial: DSN = memdev serial = module report (Identify carries none)",
+        "serial: DSN = module report (= memdev serial if exported); Identify carries none",
         || {
             let dsn = need(&ctx.dsn, "DSN (a.2)")?;
-            let mem = need(&ctx.memdev, "memdev (c.3)")?;
-            let memser = sys::read_num(format!("{}/{mem}/serial", sys::CXL_DEVICES))?;
             let modser = sys::read_num(format!("{}/cxl_serial", ctx.dev_path()?))?;
-            let mut vals = vec![("DSN", dsn), ("memdev", memser), ("module", modser)];
+            let mut vals = vec![("DSN", dsn), ("module", modser)];
+            if let Some(mem) = &ctx.memdev {
+                if let Ok(s) = sys::read_num(format!("{}/{mem}/serial", sys::CXL_DEVICES)) {
+                    vals.push(("memdev", s));
+                }
+            }
             if let Some(s) = serial {
                 vals.push(("configured", s));
             }

@@ -55,8 +55,8 @@ pub struct Ctx {
     pub region: Option<String>,
     /// HPA range the module reports (start, size).
     pub module_range: Option<(u64, u64)>,
-    pub bar0: Option<MmioMap>,
-    pub bar2: Option<MmioMap>,
+    /// Mappings of the device's BARs through sysfs resourceN, made on first use.
+    pub bars: [Option<MmioMap>; 6],
 }
 
 /// A value a previous step should have found, or the reason it is missing.
@@ -87,29 +87,31 @@ impl Ctx {
         ((capacity / 2) / g * g).max(g)
     }
 
-    /// The component block's offset in BAR0 (Register Locator block id 1).
-    pub fn block_offset(&self, id: u8) -> Option<u64> {
+    /// BAR and offset of the register block `id` per the Register Locator (a.7).
+    pub fn block(&self, id: u8) -> Result<(u8, u64), String> {
         self.blocks
             .iter()
-            .find(|b| b.1 == id && b.0 == 0)
-            .map(|b| b.2)
+            .find(|b| b.1 == id)
+            .map(|b| (b.0, b.2))
+            .ok_or_else(|| format!("prerequisite missing: register block id {id} (a.7)"))
     }
 
-    /// BAR0 mapped through sysfs resource0 (kept for later checks).
-    pub fn bar0(&mut self) -> Result<&MmioMap, String> {
-        if self.bar0.is_none() {
-            let p = format!("{}/resource0", self.dev_path()?);
-            self.bar0 = Some(MmioMap::open_resource(&p)?);
+    /// BAR `n` mapped through sysfs resourceN (kept for later checks).
+    pub fn bar(&mut self, n: u8) -> Result<&MmioMap, String> {
+        let i = n as usize;
+        if i >= self.bars.len() {
+            return Err(format!("no BAR {n}"));
         }
-        Ok(self.bar0.as_ref().unwrap())
+        if self.bars[i].is_none() {
+            let p = format!("{}/resource{n}", self.dev_path()?);
+            self.bars[i] = Some(MmioMap::open_resource(&p)?);
+        }
+        Ok(self.bars[i].as_ref().unwrap())
     }
 
+    /// Device memory, BAR2.
     pub fn bar2(&mut self) -> Result<&MmioMap, String> {
-        if self.bar2.is_none() {
-            let p = format!("{}/resource2", self.dev_path()?);
-            self.bar2 = Some(MmioMap::open_resource(&p)?);
-        }
-        Ok(self.bar2.as_ref().unwrap())
+        self.bar(cxl_regs::layout::BAR_MEM)
     }
 }
 
