@@ -137,6 +137,7 @@ fn collect_decoders<'a>(j: &'a Json, out: &mut Vec<&'a Json>) {
 }
 
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
+    let mut listing = None;
     rep.check(
         "i.1",
         "`cxl list -M -D -R` shows memdev, decoders and region, agreeing with sysfs",
@@ -149,6 +150,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let serial = need(&ctx.dsn, "DSN (a.2)")?;
             let cap = need(&ctx.capacity, "capacity (a.5)")?;
             let out = sys::run("cxl", &["list", "-M", "-D", "-R"])?;
+            listing = Some(out.clone());
             let j = json::parse(&out)
                 .map_err(|e| format!("cxl list output is not JSON ({e}): {out}"))?;
             verify(
@@ -164,6 +166,13 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             )
         },
     );
+    // For the record (README): what cxl-cli showed.
+    if let Some(out) = listing {
+        rep.note("cxl list -M -D -R:");
+        for l in out.lines() {
+            rep.note(l);
+        }
+    }
 }
 
 #[cfg(test)]
