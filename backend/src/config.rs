@@ -213,8 +213,9 @@ pub struct DaemonArgs {
     /// Read options from this TOML file; command-line options override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Reserved: confine the process with a seccomp filter (not implemented yet;
-    /// `on` is refused).
+    /// Confine each thread with a seccomp filter that allows only the system calls it
+    /// makes once the sockets and memory are set up (see backend/SECCOMP.md); any other
+    /// call ends the process with status 159 [default: off].
     #[arg(long, value_name = "on|off")]
     pub seccomp: Option<OnOff>,
 }
@@ -299,6 +300,8 @@ pub struct Config {
     pub control: Option<PathBuf>,
     pub once: bool,
     pub print_qemu_args: bool,
+    /// Confine the threads with seccomp filters (`--seccomp on`).
+    pub seccomp: bool,
 }
 
 impl Config {
@@ -408,13 +411,6 @@ impl Config {
             (None, Some(v)) => on_off("seccomp", v)?,
             (None, None) => false,
         };
-        if seccomp {
-            return Err(ConfigError::BadValue {
-                key: "seccomp",
-                value: "on".into(),
-                expected: "off (seccomp confinement is reserved, not implemented yet)",
-            });
-        }
         let control = args.control.or(file.control);
         if control.as_deref() == Some(socket.as_path()) {
             return Err(ConfigError::SamePaths);
@@ -436,6 +432,7 @@ impl Config {
             control,
             once: args.once || file.once.unwrap_or(false),
             print_qemu_args: args.print_qemu_args,
+            seccomp,
         })
     }
 
@@ -471,6 +468,7 @@ impl Config {
             "firmware_params": self.firmware_params,
             "control": self.control,
             "once": self.once,
+            "seccomp": self.seccomp,
         })
     }
 
@@ -731,6 +729,24 @@ mod tests {
             Config::merge(a, FileConfig::default()),
             Err(ConfigError::SamePaths)
         ));
+    }
+
+    #[test]
+    fn seccomp_is_off_by_default_and_set_from_cli_or_file() {
+        let c = Config::merge(args("/s"), FileConfig::default()).unwrap();
+        assert!(!c.seccomp);
+        assert_eq!(c.to_json()["seccomp"], false);
+        let mut a = args("/s");
+        a.seccomp = Some(OnOff::On);
+        assert!(Config::merge(a, FileConfig::default()).unwrap().seccomp);
+        let file = FileConfig::parse("seccomp = true").unwrap();
+        assert!(Config::merge(args("/s"), file).unwrap().seccomp);
+        let file = FileConfig::parse("seccomp = \"on\"").unwrap();
+        let mut a = args("/s");
+        a.seccomp = Some(OnOff::Off);
+        assert!(!Config::merge(a, file).unwrap().seccomp);
+        let file = FileConfig::parse("seccomp = \"sometimes\"").unwrap();
+        assert!(Config::merge(args("/s"), file).is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{lock, Shared};
+use crate::seccomp::{self, Role};
 use crate::vfio_user::server::ServerStats;
 
 /// Longest accepted request line.
@@ -60,6 +61,8 @@ pub enum ControlError {
     BadArgs(String),
     #[error("the backend sent an invalid reply: {0}")]
     BadReply(String),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Bind a UNIX socket at `path` with mode 0600. A stale socket (nobody listening) is
@@ -236,6 +239,22 @@ impl Handler {
                     .map(|(k, v)| (k, Value::String(v)))
                     .collect();
                 reply.insert("params".into(), Value::Object(params));
+            }
+            // Debug builds only (the integration tests): make a system call that no
+            // seccomp filter allows, opening a network socket, to show that
+            // `--seccomp on` stops it. Without the filter, it succeeds and is closed.
+            #[cfg(debug_assertions)]
+            "debug-forbidden-syscall" => {
+                // SAFETY: socket(2) with constant arguments; a valid fd is closed at once.
+                let fd = unsafe {
+                    libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+                };
+                if fd < 0 {
+                    return Err(format!("socket: {}", io::Error::last_os_error()));
+                }
+                // SAFETY: `fd` is ours and open.
+                unsafe { libc::close(fd) };
+                reply.insert("socket".into(), Value::Bool(true));
             }
             other => {
                 return Err(format!(
@@ -459,26 +478,46 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Bind `path` and serve it in a new thread until `stop` fires.
-    pub fn spawn(path: &Path, handler: Handler, stop: &EventFd) -> Result<Self, ControlError> {
+    /// Bind `path` and serve it in a new thread until `stop` fires. With `confine`,
+    /// the thread installs that seccomp filter once its event loop is built, and
+    /// this returns only when it has.
+    pub fn spawn(
+        path: &Path,
+        handler: Handler,
+        stop: &EventFd,
+        confine: Option<Role>,
+    ) -> Result<Self, ControlError> {
         let listener = bind_socket(path)?;
         listener.set_nonblocking(true).map_err(ControlError::Io)?;
         let stop = stop.try_clone().map_err(ControlError::Io)?;
         let handler = Arc::new(handler);
         let thread_path = path.to_path_buf();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                if let Err(e) = run_loop(listener, stop, handler) {
+                if let Err(e) = run_loop(listener, stop, handler, confine, ready_tx) {
                     warn!("control socket {} stopped: {e}", thread_path.display());
                 }
             })
             .map_err(ControlError::Thread)?;
-        info!("control socket at {}", path.display());
-        Ok(Self {
+        let server = Self {
             path: path.to_path_buf(),
             thread: Some(thread),
-        })
+        };
+        // On error, dropping `server` joins the thread (which has returned) and
+        // removes the socket.
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ControlError::EventManager(
+                    "the control thread ended before it started".into(),
+                ))
+            }
+        }
+        info!("control socket at {}", path.display());
+        Ok(server)
     }
 
     /// Wait for the thread (after the stop eventfd fired) and remove the socket.
@@ -500,19 +539,43 @@ impl Drop for ControlServer {
     }
 }
 
+/// Reports the control thread's setup (event loop and seccomp filter) to `spawn`.
+type Ready = std::sync::mpsc::Sender<Result<(), ControlError>>;
+
 fn run_loop(
     listener: UnixListener,
     stop: EventFd,
     handler: Arc<Handler>,
+    confine: Option<Role>,
+    ready: Ready,
 ) -> Result<(), ControlError> {
     let em_err = |e: event_manager::Error| ControlError::EventManager(format!("{e:?}"));
-    let mut em: EventManager<Box<dyn MutEventSubscriber>> = EventManager::new().map_err(em_err)?;
-    let state = Rc::new(LoopState::default());
-    em.add_subscriber(Box::new(ListenerSubscriber {
-        listener,
-        stop,
-        state: state.clone(),
-    }));
+    let setup = || -> Result<_, ControlError> {
+        let mut em: EventManager<Box<dyn MutEventSubscriber>> =
+            EventManager::new().map_err(em_err)?;
+        let state = Rc::new(LoopState::default());
+        em.add_subscriber(Box::new(ListenerSubscriber {
+            listener,
+            stop,
+            state: state.clone(),
+        }));
+        if let Some(role) = confine {
+            seccomp::install(role)?;
+        }
+        Ok((em, state))
+    };
+    // `spawn` waits for this message, so the send cannot fail; if it did, the
+    // thread would simply serve on.
+    let (mut em, state) = match setup() {
+        Ok(v) => {
+            let _ = ready.send(Ok(()));
+            v
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
     let mut connections = Vec::new();
     while !state.stopping.get() {
         em.run().map_err(em_err)?;

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod device;
 pub mod memory;
+pub mod seccomp;
 pub mod vfio_user;
 
 use std::os::unix::fs::FileTypeExt;
@@ -48,6 +49,8 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// Refuse early, before anything is created, if a non-socket sits at a socket path.
@@ -73,7 +76,27 @@ pub struct Daemon {
 
 impl Daemon {
     /// Build everything from `config`. `stop` ends [`run`](Daemon::run) when written.
+    /// On error, nothing is left behind: no socket, and no memory or LSA file that
+    /// this call created.
     pub fn new(config: Config, stop: EventFd) -> Result<Self, Error> {
+        let fresh: Vec<PathBuf> = [&config.memory_file, &config.lsa_file]
+            .into_iter()
+            .flatten()
+            .filter(|p| std::fs::symlink_metadata(p).is_err())
+            .cloned()
+            .collect();
+        let result = Self::build(config, stop);
+        if result.is_err() {
+            for path in fresh {
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        result
+    }
+
+    fn build(config: Config, stop: EventFd) -> Result<Self, Error> {
         check_socket_path(&config.socket)?;
         if let Some(c) = &config.control {
             check_socket_path(c)?;
@@ -122,7 +145,8 @@ impl Daemon {
                     Some(server.stats_handle()),
                 );
                 // On error, dropping `server` removes its socket.
-                Some(ControlServer::spawn(path, handler, &control_stop)?)
+                let confine = config.seccomp.then_some(seccomp::Role::Control);
+                Some(ControlServer::spawn(path, handler, &control_stop, confine)?)
             }
             None => None,
         };
@@ -226,8 +250,9 @@ pub struct SignalWatcher {
 
 impl SignalWatcher {
     /// Block SIGINT/SIGTERM in the calling thread (call it before spawning other
-    /// threads) and start the watcher, which writes `stop` on a signal.
-    pub fn start(stop: &EventFd) -> Result<Self, Error> {
+    /// threads) and start the watcher, which writes `stop` on a signal. With
+    /// `confine`, the watcher installs its seccomp filter before it waits.
+    pub fn start(stop: &EventFd, confine: bool) -> Result<Self, Error> {
         let set = termination_set();
         // SAFETY: `set` is an initialized sigset; the old mask is not requested.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -237,9 +262,21 @@ impl SignalWatcher {
         let stop = stop.try_clone().map_err(Error::EventFd)?;
         let done = Arc::new(AtomicBool::new(false));
         let thread_done = done.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
+                let confined = if confine {
+                    seccomp::install(seccomp::Role::Signals)
+                } else {
+                    Ok(())
+                };
+                let failed = confined.is_err();
+                // The receiver waits for this message; it cannot be gone.
+                let _ = ready_tx.send(confined);
+                if failed {
+                    return;
+                }
                 let timeout = libc::timespec {
                     tv_sec: 0,
                     tv_nsec: 200_000_000,
@@ -264,10 +301,17 @@ impl SignalWatcher {
                 }
             })
             .map_err(Error::Signals)?;
-        Ok(Self {
+        let watcher = Self {
             done,
             thread: Some(thread),
-        })
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(watcher),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Signals(std::io::Error::other(
+                "the signal thread ended before it started watching",
+            ))),
+        }
     }
 }
 
@@ -295,8 +339,18 @@ fn termination_set() -> libc::sigset_t {
 
 /// Run the daemon for `config` until SIGINT/SIGTERM (or `--once`).
 pub fn run(config: Config) -> Result<(), Error> {
+    // A file-size limit (RLIMIT_FSIZE) must show as an error (EFBIG) when device memory
+    // is reserved, not kill the process.
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-    let _signals = SignalWatcher::start(&stop)?;
+    let _signals = SignalWatcher::start(&stop, config.seccomp)?;
+    let confine = config.seccomp;
     let daemon = Daemon::new(config, stop)?;
+    // Everything is set up: sockets bound, memory mapped, threads started. On error,
+    // dropping `daemon` removes the sockets and stops the control thread.
+    if confine {
+        seccomp::install(seccomp::Role::Main)?;
+    }
     daemon.run()
 }

@@ -43,6 +43,15 @@ pub enum StorageError {
     },
     #[error("{path} is in use by another cxl-accel-backend")]
     Locked { path: PathBuf },
+    #[error(
+        "cannot reserve {size:#x} bytes for {path} (the file system must hold all of device \
+         memory): {source}"
+    )]
+    Reserve {
+        path: PathBuf,
+        size: u64,
+        source: io::Error,
+    },
     #[error("cannot size {what} to {size:#x} bytes: {source}")]
     Resize {
         what: String,
@@ -80,8 +89,9 @@ impl FileLock {
 }
 
 /// Open (creating if needed) a regular file for persistent storage, lock it against a
-/// second daemon, and make it `size` bytes long. A longer file is refused rather than
-/// silently truncated.
+/// second daemon, and make it `size` bytes long with its blocks reserved. A longer
+/// file is refused rather than silently truncated. A file this call created is
+/// removed again if any step fails, so a failed start leaves nothing behind.
 fn open_sized(path: &Path, size: u64) -> Result<(File, FileLock), StorageError> {
     let open_err = |source| StorageError::Open {
         path: path.into(),
@@ -93,34 +103,79 @@ fn open_sized(path: &Path, size: u64) -> Result<(File, FileLock), StorageError> 
             return Err(StorageError::NotRegular { path: path.into() });
         }
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(open_err)?;
-    let meta = file.metadata().map_err(open_err)?;
-    if !meta.is_file() {
-        return Err(StorageError::NotRegular { path: path.into() });
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    let (file, created) = match options.clone().create_new(true).open(path) {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            (options.open(path).map_err(open_err)?, false)
+        }
+        Err(e) => return Err(open_err(e)),
+    };
+    let prepare = || {
+        let meta = file.metadata().map_err(open_err)?;
+        if !meta.is_file() {
+            return Err(StorageError::NotRegular { path: path.into() });
+        }
+        let lock = FileLock::acquire(path)?;
+        if meta.len() > size {
+            return Err(StorageError::TooLarge {
+                path: path.into(),
+                actual: meta.len(),
+                expected: size,
+            });
+        }
+        reserve(&file, path, size)?;
+        Ok(lock)
+    };
+    match prepare() {
+        Ok(lock) => Ok((file, lock)),
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
     }
-    let lock = FileLock::acquire(path)?;
-    if meta.len() > size {
-        return Err(StorageError::TooLarge {
-            path: path.into(),
-            actual: meta.len(),
-            expected: size,
-        });
+}
+
+/// Make `file` `size` bytes long with every block allocated, so that a full file
+/// system shows now, as an error, and not later as a SIGBUS when the guest writes to
+/// a hole of the shared mapping. Data already in the file is kept. Where the file
+/// system cannot allocate ahead (no fallocate), the file is only extended, sparse.
+fn reserve(file: &File, path: &Path, size: u64) -> Result<(), StorageError> {
+    let err = |source| StorageError::Reserve {
+        path: path.into(),
+        size,
+        source,
+    };
+    let len = i64::try_from(size).map_err(|_| err(io::Error::from_raw_os_error(libc::EFBIG)))?;
+    if len == 0 {
+        return Ok(());
     }
-    if meta.len() < size {
-        file.set_len(size).map_err(|source| StorageError::Resize {
-            what: path.display().to_string(),
-            size,
-            source,
-        })?;
+    loop {
+        // SAFETY: fallocate on an fd we own; it does not touch our memory.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                log::warn!(
+                    "{}: the file system cannot reserve space ({e}); the file stays sparse, \
+                     and a full file system would stop the daemon later",
+                    path.display()
+                );
+                return file.set_len(size).map_err(|source| StorageError::Resize {
+                    what: path.display().to_string(),
+                    size,
+                    source,
+                });
+            }
+            _ => return Err(err(e)),
+        }
     }
-    Ok((file, lock))
 }
 
 /// The device's local memory: one shared mapping of a memfd or a file.

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use cxl_regs::{dvsec, hdm, layout, mailbox as mbx, pci};
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MIB: u64 = 1 << 20;
 
@@ -317,63 +316,6 @@ fn hdm_decoder_commit_error_and_lock() {
     assert!(st["device"]["hdm_global_enable"].as_bool().unwrap());
 }
 
-/// Enable MSI-X and bus mastering as a guest driver would.
-fn enable_msix(c: &mut vfio_user::Client) {
-    let cfg = config_space(c);
-    let cmd = le16(&cfg, pci::COMMAND) | pci::CMD_MEMORY_SPACE | pci::CMD_BUS_MASTER;
-    write16(c, CONFIG, pci::COMMAND as u64, cmd);
-    let msix = find_cap(&cfg, pci::CAP_ID_MSIX).expect("MSI-X capability");
-    let flags = le16(&cfg, msix + pci::MSIX_FLAGS);
-    write16(
-        c,
-        CONFIG,
-        (msix + pci::MSIX_FLAGS) as u64,
-        (flags | pci::MSIX_FLAGS_ENABLE) & !pci::MSIX_FLAGS_MASKALL,
-    );
-    for v in 0..u64::from(layout::MSIX_VECTORS) {
-        let entry = u64::from(layout::MSIX_TABLE_OFFSET) + v * 16;
-        write32(c, BAR4, entry, 0xfee0_0000);
-        write32(c, BAR4, entry + 8, 0x40 + v as u32);
-        write32(c, BAR4, entry + 12, 0);
-    }
-}
-
-fn register_msix(c: &mut vfio_user::Client, vector: u32) -> EventFd {
-    let e = EventFd::new(EFD_NONBLOCK).unwrap();
-    c.set_irqs(
-        2,
-        VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD,
-        vector,
-        1,
-        &[e.as_raw_fd()],
-    )
-    .unwrap();
-    e
-}
-
-fn dma(c: &mut vfio_user::Client, src: u64, dst: u64, len: u64, to_guest: bool) -> u32 {
-    use layout::engine::*;
-    write32(c, BAR4, STATUS, STATUS_DONE | STATUS_ERROR);
-    write64(c, BAR4, SRC, src);
-    write64(c, BAR4, DST, dst);
-    write64(c, BAR4, LEN, len);
-    let dir = if to_guest { CONTROL_DIR_TO_GUEST } else { 0 };
-    write32(c, BAR4, CONTROL, dir | CONTROL_IRQ_ENABLE);
-    write32(c, BAR4, DOORBELL, 1);
-    let start = Instant::now();
-    loop {
-        let s = read32(c, BAR4, STATUS);
-        if s & STATUS_BUSY == 0 && s & (STATUS_DONE | STATUS_ERROR) != 0 {
-            return s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "DMA never finished: {s:#x}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn dma_engine_copies_both_ways_and_survives_bad_addresses() {
     use layout::engine::*;
@@ -447,25 +389,9 @@ fn dma_engine_copies_both_ways_and_survives_bad_addresses() {
     );
 }
 
-fn set_lsa(c: &mut vfio_user::Client, offset: u32, data: &[u8]) {
-    let mut input = offset.to_le_bytes().to_vec();
-    input.extend_from_slice(&[0; 4]);
-    input.extend_from_slice(data);
-    let (rc, _) = mailbox(c, mbx::OP_SET_LSA, &input);
-    assert_eq!(rc, mbx::RC_SUCCESS);
-}
-
-fn get_lsa(c: &mut vfio_user::Client, offset: u32, len: u32) -> Vec<u8> {
-    let mut input = offset.to_le_bytes().to_vec();
-    input.extend_from_slice(&len.to_le_bytes());
-    let (rc, out) = mailbox(c, mbx::OP_GET_LSA, &input);
-    assert_eq!(rc, mbx::RC_SUCCESS);
-    out
-}
-
 #[test]
 fn state_survives_a_disconnect_in_mid_traffic() {
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let dir = std::sync::Arc::new(test_dir());
     let lsa = dir.path().join("lsa.bin");
     let b = Backend::start_in(dir.clone(), &["--lsa-file", lsa.to_str().unwrap()]);
     let data = pattern(3, 4096);
@@ -503,7 +429,7 @@ fn state_survives_a_disconnect_in_mid_traffic() {
 
 #[test]
 fn memory_file_and_lsa_file_persist_across_a_restart() {
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let dir = std::sync::Arc::new(test_dir());
     let mem = dir.path().join("devmem.img");
     let lsa = dir.path().join("lsa.img");
     let args = [
@@ -720,7 +646,7 @@ fn control_socket_status_poison_and_bad_requests() {
 
 #[test]
 fn cli_errors_exit_nonzero_and_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let sock = dir.path().join("s.sock");
     let mem = dir.path().join("mem.img");
 
@@ -817,7 +743,7 @@ fn cli_errors_exit_nonzero_and_leave_nothing_behind() {
 
 #[test]
 fn stale_socket_is_replaced_and_once_exits_after_one_client() {
-    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let dir = std::sync::Arc::new(test_dir());
     // Leave stale sockets behind: bound, then the listener dropped.
     for name in ["vfio.sock", "control.sock"] {
         drop(std::os::unix::net::UnixListener::bind(dir.path().join(name)).unwrap());
@@ -937,7 +863,7 @@ fn bios_firmware_leaves_decoder_zero_committed() {
     );
 
     // A parameter the firmware does not know stops the daemon before it starts.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let sock = dir.path().join("s");
     let (status, _, err) = run_cli(&[
         "--socket",

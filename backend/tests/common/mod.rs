@@ -1,20 +1,30 @@
 //! Shared helpers of the integration tests: spawn the real daemon, talk to it with
 //! the `vfio_user` crate's `Client` (the stand-in for QEMU), with raw frames for the
 //! malformed cases, and with its control socket.
+//!
+//! The daemon needs no privileges (DESIGN §7), and the tests show it: when they run
+//! as root (as CI does), every daemon they start drops to uid/gid 65534
+//! (nobody/nogroup) with no supplementary groups before it execs, and works in a
+//! directory owned by that user ([`test_dir`]). The test process itself stays root,
+//! which changes nothing for it (QEMU also connects as root).
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cxl_regs::layout;
+use cxl_regs::{layout, mailbox as mbx, pci};
+use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
 use vfio_user::Client;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cxl-accel-backend");
 
@@ -27,26 +37,115 @@ pub const CONFIG: u32 = 7;
 /// into a failure).
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-/// A running daemon in its own temporary directory.
+/// The unprivileged user and group the daemon runs as when the tests run as root.
+pub const DAEMON_ID: u32 = 65534;
+
+/// True when the tests run as root, so that daemons drop to [`DAEMON_ID`].
+pub fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A fresh temporary directory the daemon's user owns (the sockets, memory and LSA
+/// files of a test go there).
+pub fn test_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    if as_root() {
+        std::os::unix::fs::chown(dir.path(), Some(DAEMON_ID), Some(DAEMON_ID)).unwrap();
+    }
+    dir
+}
+
+/// True when `uid` `DAEMON_ID` (not in root's group) may execute `path`: each folder
+/// on the way is searchable by others, and the file executable by others.
+fn reachable_by_others(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let mode = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+    mode(&path) & 0o001 != 0 && path.ancestors().skip(1).all(|d| mode(d) & 0o001 != 0)
+}
+
+/// The daemon binary, as the unprivileged user can run it: the built one, or (when
+/// the checkout sits in a folder others cannot enter, such as /root) a copy in a
+/// world-readable temporary folder.
+fn daemon_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if !as_root() || reachable_by_others(Path::new(BIN)) {
+            return PathBuf::from(BIN);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("cxl-accel-test-bin")
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("cxl-accel-backend");
+        std::fs::copy(BIN, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+}
+
+/// A command that runs the daemon binary, as [`DAEMON_ID`] when the tests are root.
+pub fn daemon_command() -> Command {
+    let mut cmd = Command::new(daemon_binary());
+    if as_root() {
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls (setgroups, setgid, setuid), with no
+        // allocation. Groups and gid go first, while the process may still change them.
+        unsafe {
+            cmd.pre_exec(|| {
+                let id = DAEMON_ID;
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(id) != 0
+                    || libc::setuid(id) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+/// A running daemon in its own temporary directory. Its stderr goes to
+/// `backend.log` there (see [`Backend::log`]), and is printed when a test fails.
 pub struct Backend {
     child: Option<Child>,
     pub dir: Arc<tempfile::TempDir>,
     pub socket: PathBuf,
     pub control: PathBuf,
+    pub log_path: PathBuf,
     done: Arc<AtomicBool>,
 }
 
 impl Backend {
     /// Start the daemon with `--socket`, `--control` in a fresh directory, plus `args`.
     pub fn start(args: &[&str]) -> Backend {
-        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), args)
+        Self::start_in(Arc::new(test_dir()), args)
     }
 
     /// Start the daemon in `dir` (to restart one over the same files).
     pub fn start_in(dir: Arc<tempfile::TempDir>, args: &[&str]) -> Backend {
+        let mut b = Self::spawn_in(dir, args);
+        b.wait_ready();
+        b
+    }
+
+    /// Start the daemon in `dir` without waiting for its sockets.
+    pub fn spawn_in(dir: Arc<tempfile::TempDir>, args: &[&str]) -> Backend {
         let socket = dir.path().join("vfio.sock");
         let control = dir.path().join("control.sock");
-        let child = Command::new(BIN)
+        let log_path = dir.path().join("backend.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = daemon_command()
             .arg("--socket")
             .arg(&socket)
             .arg("--control")
@@ -54,9 +153,10 @@ impl Backend {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn cxl-accel-backend");
         let done = Arc::new(AtomicBool::new(false));
@@ -74,22 +174,26 @@ impl Backend {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         });
-        let mut b = Backend {
+        Backend {
             child: Some(child),
             dir,
             socket,
             control,
+            log_path,
             done,
-        };
-        b.wait_ready();
-        b
+        }
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     fn wait_ready(&mut self) {
         let start = Instant::now();
         while !(self.socket.exists() && self.control.exists()) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("backend exited early: {status}");
+                panic!("backend exited early: {status}\n{}", self.log());
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -143,6 +247,15 @@ impl Backend {
         self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
+    /// SIGKILL, and reap it: a crash, with no chance to clean up.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        self.done.store(true, Ordering::Relaxed);
+        status
+    }
+
     /// SIGTERM, then wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("already stopped");
@@ -187,6 +300,13 @@ impl Drop for Backend {
             let _ = child.wait();
         }
         self.done.store(true, Ordering::Relaxed);
+        if std::thread::panicking() {
+            eprintln!(
+                "--- backend log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
     }
 }
 
@@ -341,6 +461,81 @@ pub fn mailbox(c: &mut Client, opcode: u16, input: &[u8]) -> (u16, Vec<u8>) {
             .unwrap();
     }
     (rc, out)
+}
+
+// --- interrupts, DMA engine, LSA -------------------------------------------
+
+/// Enable MSI-X and bus mastering as a guest driver would.
+pub fn enable_msix(c: &mut vfio_user::Client) {
+    let cfg = config_space(c);
+    let cmd = le16(&cfg, pci::COMMAND) | pci::CMD_MEMORY_SPACE | pci::CMD_BUS_MASTER;
+    write16(c, CONFIG, pci::COMMAND as u64, cmd);
+    let msix = find_cap(&cfg, pci::CAP_ID_MSIX).expect("MSI-X capability");
+    let flags = le16(&cfg, msix + pci::MSIX_FLAGS);
+    write16(
+        c,
+        CONFIG,
+        (msix + pci::MSIX_FLAGS) as u64,
+        (flags | pci::MSIX_FLAGS_ENABLE) & !pci::MSIX_FLAGS_MASKALL,
+    );
+    for v in 0..u64::from(layout::MSIX_VECTORS) {
+        let entry = u64::from(layout::MSIX_TABLE_OFFSET) + v * 16;
+        write32(c, BAR4, entry, 0xfee0_0000);
+        write32(c, BAR4, entry + 8, 0x40 + v as u32);
+        write32(c, BAR4, entry + 12, 0);
+    }
+}
+
+pub fn register_msix(c: &mut vfio_user::Client, vector: u32) -> EventFd {
+    let e = EventFd::new(EFD_NONBLOCK).unwrap();
+    c.set_irqs(
+        2,
+        VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD,
+        vector,
+        1,
+        &[e.as_raw_fd()],
+    )
+    .unwrap();
+    e
+}
+
+pub fn dma(c: &mut vfio_user::Client, src: u64, dst: u64, len: u64, to_guest: bool) -> u32 {
+    use layout::engine::*;
+    write32(c, BAR4, STATUS, STATUS_DONE | STATUS_ERROR);
+    write64(c, BAR4, SRC, src);
+    write64(c, BAR4, DST, dst);
+    write64(c, BAR4, LEN, len);
+    let dir = if to_guest { CONTROL_DIR_TO_GUEST } else { 0 };
+    write32(c, BAR4, CONTROL, dir | CONTROL_IRQ_ENABLE);
+    write32(c, BAR4, DOORBELL, 1);
+    let start = Instant::now();
+    loop {
+        let s = read32(c, BAR4, STATUS);
+        if s & STATUS_BUSY == 0 && s & (STATUS_DONE | STATUS_ERROR) != 0 {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "DMA never finished: {s:#x}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+pub fn set_lsa(c: &mut vfio_user::Client, offset: u32, data: &[u8]) {
+    let mut input = offset.to_le_bytes().to_vec();
+    input.extend_from_slice(&[0; 4]);
+    input.extend_from_slice(data);
+    let (rc, _) = mailbox(c, mbx::OP_SET_LSA, &input);
+    assert_eq!(rc, mbx::RC_SUCCESS);
+}
+
+pub fn get_lsa(c: &mut vfio_user::Client, offset: u32, len: u32) -> Vec<u8> {
+    let mut input = offset.to_le_bytes().to_vec();
+    input.extend_from_slice(&len.to_le_bytes());
+    let (rc, out) = mailbox(c, mbx::OP_GET_LSA, &input);
+    assert_eq!(rc, mbx::RC_SUCCESS);
+    out
 }
 
 // --- memfds and mappings ------------------------------------------------------
@@ -586,7 +781,7 @@ pub fn page_round(len: usize) -> usize {
 
 /// Run the binary with `args` and collect (status, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(BIN)
+    let out = daemon_command()
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
