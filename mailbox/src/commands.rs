@@ -308,6 +308,13 @@ impl Mailbox {
         if opcode >= mb::OP_VENDOR_FIRST {
             return match hooks.vendor_command(opcode, input, out) {
                 mb::RC_SUCCESS => Ok(Done::Success),
+                // Status may only carry a return code of Table 8-34, and a vendor
+                // command cannot start a background operation (no Background
+                // Command Status would ever complete): report the hook's fault.
+                rc if rc == mb::RC_BACKGROUND_STARTED || rc > mb::RC_INVALID_LOG => {
+                    log::warn!("mailbox: vendor opcode {opcode:#06x} returned rc {rc:#x}");
+                    Err(CmdError::Internal)
+                }
                 rc => Err(CmdError::Code(rc)),
             };
         }

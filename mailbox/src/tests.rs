@@ -38,6 +38,10 @@ impl VendorHooks for Hooks {
                 output.resize(1 << 20, 0);
                 mb::RC_SUCCESS
             }
+            // A hook that returns what no vendor command may: Background Command
+            // Started, or a value outside Table 8-34 (the input's first byte).
+            0xc003 => mb::RC_BACKGROUND_STARTED,
+            0xc004 => 0xe700 | u16::from(input.first().copied().unwrap_or(0)),
             _ => mb::RC_UNSUPPORTED,
         }
     }
@@ -945,6 +949,25 @@ fn vendor_commands_go_to_hooks() {
         run_at(&mut m, &mut NoVendorHooks, 0xc001, &[1], 0).0,
         mb::RC_UNSUPPORTED
     );
+}
+
+#[test]
+fn vendor_return_codes_outside_the_table_become_internal_error() {
+    // Found by the mailbox_cmd fuzz target: the hook's code went straight into
+    // Status, so the register showed 0xe74a, or Background Command Started with no
+    // background operation running (Status bit 0 clear, nothing ever completes).
+    let mut m = mbx();
+    let mut h = Hooks::default();
+    for (opcode, input) in [(0xc003, &[][..]), (0xc004, &[0x4a][..])] {
+        assert_eq!(
+            run_at(&mut m, &mut h, opcode, input, 0),
+            (mb::RC_INTERNAL_ERROR, vec![])
+        );
+        assert_eq!(m.read(mb::STATUS, 0) & 1, 0);
+        assert!(!m.background_busy());
+    }
+    // Spec codes other than Success still pass through.
+    assert_eq!(run_at(&mut m, &mut h, 0xc005, &[], 0).0, mb::RC_UNSUPPORTED);
 }
 
 // ---- sanitize / background ----
