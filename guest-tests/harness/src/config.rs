@@ -12,7 +12,7 @@ pub enum Mode {
     Shell,
     /// Reserved for the benchmark run.
     Bench,
-    /// Reserved for the fault-injection run.
+    /// Hostile guest: random register writes, a reset, then checks a to i.
     Chaos,
 }
 
@@ -43,6 +43,10 @@ pub struct Config {
     pub serial: Option<u64>,
     pub vendor: u16,
     pub device: u16,
+    /// Chaos mode: how long the random accesses last.
+    pub seconds: u64,
+    /// Chaos mode: the random seed (`None`: from the clock, printed).
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -55,6 +59,8 @@ impl Default for Config {
             serial: None,
             vendor: cxl_regs::layout::DEFAULT_VENDOR_ID,
             device: cxl_regs::layout::DEFAULT_DEVICE_ID,
+            seconds: 30,
+            seed: None,
         }
     }
 }
@@ -70,6 +76,8 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --serial 0xHEX           expected Device Serial Number (default: not checked)
   --vendor 0xHEX           PCI vendor id (default 0x1234)
   --device 0xHEX           PCI device id (default 0xcc02)
+  --seconds N              chaos mode: seconds of random accesses (default 30)
+  --seed N                 chaos mode: random seed (default: from the clock)
   --cmdline FILE           read the cxltest.* keys from FILE instead of /proc/cmdline
   --no-cmdline             ignore the kernel command line
   -h, --help";
@@ -100,8 +108,8 @@ fn parse_u16(s: &str) -> Result<u16, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 7] = [
-    "mode", "flit", "mailbox", "size", "serial", "vendor", "device",
+pub const KEYS: [&str; 9] = [
+    "mode", "flit", "mailbox", "size", "serial", "vendor", "device", "seconds", "seed",
 ];
 
 impl Config {
@@ -147,6 +155,8 @@ impl Config {
             "serial" => self.serial = Some(parse_u64(value)?),
             "vendor" => self.vendor = parse_u16(value)?,
             "device" => self.device = parse_u16(value)?,
+            "seconds" => self.seconds = parse_u64(value)?,
+            "seed" => self.seed = Some(parse_u64(value)?),
             _ => return Err(format!("unknown key {key:?}")),
         }
         Ok(())
@@ -218,8 +228,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Strin
             }
             continue;
         }
-        if is_first {
+        if is_first && !a.contains('=') {
             out.settings.push(("mode".into(), a));
+            continue;
+        }
+        // `key=value` as /init passes cxltest.args words, e.g. `seconds=30`.
+        if let Some((k, v)) = a.split_once('=').filter(|(k, _)| KEYS.contains(k)) {
+            out.settings.push((k.to_string(), v.to_string()));
             continue;
         }
         return Err(format!("unexpected argument {a:?}"));
@@ -293,5 +308,24 @@ mod tests {
         assert!(parse_args(["--flit"].map(String::from)).is_err());
         let b = parse_args(["--cmdline", "/tmp/c"].map(String::from)).unwrap();
         assert_eq!(b.cmdline_file.as_deref(), Some("/tmp/c"));
+        // chaos settings, as flags or as bare key=value words
+        let c = parse_args(["chaos", "seconds=30", "--seed=0x5"].map(String::from)).unwrap();
+        assert_eq!(
+            c.settings,
+            vec![
+                ("mode".into(), "chaos".into()),
+                ("seconds".into(), "30".into()),
+                ("seed".into(), "0x5".into())
+            ]
+        );
+        assert!(parse_args(["chaos", "bogus=1"].map(String::from)).is_err());
+        let mut cfg = Config::default();
+        for (k, v) in &c.settings {
+            cfg.set(k, v).unwrap();
+        }
+        assert_eq!(
+            (cfg.mode, cfg.seconds, cfg.seed),
+            (Mode::Chaos, 30, Some(5))
+        );
     }
 }

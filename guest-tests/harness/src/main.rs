@@ -7,6 +7,7 @@
 //! nothing failed.
 
 mod cedt;
+mod chaos;
 mod checks;
 mod config;
 mod hdmprog;
@@ -111,7 +112,11 @@ fn main() -> ExitCode {
     match mode {
         Mode::Test => checks::run_all(&mut ctx, &mut rep),
         Mode::Shell => checks::run_setup(&mut ctx, &mut rep),
-        Mode::Bench | Mode::Chaos => {
+        Mode::Chaos => {
+            chaos::run(&ctx.cfg, &mut rep);
+            checks::run_all(&mut ctx, &mut rep);
+        }
+        Mode::Bench => {
             rep.check("mode", &format!("{mode:?}"), || {
                 Err("not implemented by this harness yet".into())
             });
