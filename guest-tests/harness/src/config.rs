@@ -10,10 +10,20 @@ pub enum Mode {
     Test,
     /// Firmware step and module load (checks a to c), then an interactive shell.
     Shell,
-    /// Reserved for the benchmark run.
+    /// The benchmark against QEMU's cxl-type3 (see `bench.rs`).
     Bench,
     /// Hostile guest: random register writes, a reset, then checks a to i.
     Chaos,
+}
+
+/// What bench mode does (`--bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BenchJob {
+    /// Every in-guest figure, backend against cxl-type3.
+    #[default]
+    All,
+    /// Bring the VM's one device up to an assembled region, for the host's timing.
+    Ready,
 }
 
 /// Flit mode the backend was started with (`--flit`).
@@ -47,6 +57,8 @@ pub struct Config {
     pub seconds: u64,
     /// Chaos mode: the random seed (`None`: from the clock, printed).
     pub seed: Option<u64>,
+    /// Bench mode: which job.
+    pub bench: BenchJob,
 }
 
 impl Default for Config {
@@ -61,6 +73,7 @@ impl Default for Config {
             device: cxl_regs::layout::DEFAULT_DEVICE_ID,
             seconds: 30,
             seed: None,
+            bench: BenchJob::All,
         }
     }
 }
@@ -78,6 +91,7 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --device 0xHEX           PCI device id (default 0xcc02)
   --seconds N              chaos mode: seconds of random accesses (default 30)
   --seed N                 chaos mode: random seed (default: from the clock)
+  --bench all|ready        bench mode: every figure, or bring-up time only
   --cmdline FILE           read the cxltest.* keys from FILE instead of /proc/cmdline
   --no-cmdline             ignore the kernel command line
   -h, --help";
@@ -108,8 +122,8 @@ fn parse_u16(s: &str) -> Result<u16, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 9] = [
-    "mode", "flit", "mailbox", "size", "serial", "vendor", "device", "seconds", "seed",
+pub const KEYS: [&str; 10] = [
+    "mode", "flit", "mailbox", "size", "serial", "vendor", "device", "seconds", "seed", "bench",
 ];
 
 impl Config {
@@ -157,6 +171,13 @@ impl Config {
             "device" => self.device = parse_u16(value)?,
             "seconds" => self.seconds = parse_u64(value)?,
             "seed" => self.seed = Some(parse_u64(value)?),
+            "bench" => {
+                self.bench = match value {
+                    "all" => BenchJob::All,
+                    "ready" => BenchJob::Ready,
+                    _ => return Err(format!("bench: expected all|ready, got {value:?}")),
+                }
+            }
             _ => return Err(format!("unknown key {key:?}")),
         }
         Ok(())
@@ -319,6 +340,17 @@ mod tests {
             ]
         );
         assert!(parse_args(["chaos", "bogus=1"].map(String::from)).is_err());
+        // bench jobs
+        let mut b = Config::default();
+        assert_eq!(b.bench, BenchJob::All);
+        for (k, v) in &parse_args(["bench", "bench=ready"].map(String::from))
+            .unwrap()
+            .settings
+        {
+            b.set(k, v).unwrap();
+        }
+        assert_eq!((b.mode, b.bench), (Mode::Bench, BenchJob::Ready));
+        assert!(b.set("bench", "fast").is_err());
         let mut cfg = Config::default();
         for (k, v) in &c.settings {
             cfg.set(k, v).unwrap();

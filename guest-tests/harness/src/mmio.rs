@@ -80,6 +80,11 @@ impl MmioMap {
         self.len
     }
 
+    /// The start of the mapping, for bulk volatile accesses (bandwidth figures).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
     fn check(&self, off: u64, width: u64) -> usize {
         assert!(
             off.is_multiple_of(width)

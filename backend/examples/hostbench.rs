@@ -1,0 +1,739 @@
+//! The host side of `scripts/bench` (issue 5, DESIGN §6): figures measured outside
+//! the guest, and the report that puts every figure beside its anchor.
+//!
+//! ```text
+//! hostbench pingpong [--iters N]          raw UNIX-socket round trip, two processes
+//! hostbench daemon --backend PATH [--runs N]
+//!                                         backend startup (spawn to socket ready), idle RSS
+//!                                         at 512 MiB and 64 GiB of device memory
+//! hostbench client --backend PATH [--iters N]
+//!                                         REGION_READ/WRITE round trips to a backend from
+//!                                         this process (no QEMU): the backend's own share
+//! hostbench rss --pid PID                 RSS of a running backend, and how much of
+//!                                         its device-memory memfd is allocated
+//! hostbench report --dir DIR              DIR/{console.log,host.json,ready.txt,
+//!                                         status-*.json,rss-*.json} -> DIR/../results.json
+//!                                         (or --out FILE) and a table on stdout
+//! ```
+//! Every subcommand but `report` prints one JSON object on stdout.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+type Res<T> = Result<T, String>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("pingpong") => pingpong(&args[1..]),
+        Some("daemon") => daemon(&args[1..]),
+        Some("rss") => rss_cmd(&args[1..]),
+        Some("client") => client(&args[1..]),
+        Some("report") => report(&args[1..]),
+        _ => Err("usage: hostbench pingpong|daemon|rss|report [options]".into()),
+    };
+    if let Err(e) = r {
+        eprintln!("hostbench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The value of `--name` in `args`.
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn opt_num(args: &[String], name: &str, default: u64) -> Res<u64> {
+    match opt(args, name) {
+        Some(v) => v.parse().map_err(|e| format!("{name} {v}: {e}")),
+        None => Ok(default),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+// --- ping-pong ---------------------------------------------------------------------
+
+/// Sizes of a vfio-user REGION_READ of 4 bytes: the request (16-byte header and
+/// 16-byte access header) and the reply (the same, and the data).
+const REQ: usize = 32;
+const REPLY: usize = 36;
+
+/// Blocking read of exactly `buf.len()` bytes with read(2); false at end of stream.
+fn raw_read_exact(fd: i32, buf: &mut [u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
+        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+        if n <= 0 {
+            return false;
+        }
+        done += n as usize;
+    }
+    true
+}
+
+fn raw_write_all(fd: i32, buf: &[u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unsent rest of `buf`.
+        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        if n <= 0 {
+            return false;
+        }
+        done += n as usize;
+    }
+    true
+}
+
+/// A request/reply round trip over a UNIX stream socket between this process and a
+/// forked child that echoes, with blocking read/write: the floor under any trapped
+/// access of an out-of-process device.
+fn pingpong(args: &[String]) -> Res<()> {
+    let iters = opt_num(args, "--iters", 20_000)? as usize;
+    let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    // SAFETY: this process has one thread; the child only calls read, write and
+    // _exit, which are async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(a);
+        let fd = b.as_raw_fd();
+        let mut req = [0u8; REQ];
+        let reply = [0u8; REPLY];
+        while raw_read_exact(fd, &mut req) && raw_write_all(fd, &reply) {}
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    drop(b);
+    let fd = a.as_raw_fd();
+    let req = [1u8; REQ];
+    let mut reply = [0u8; REPLY];
+    let mut rtt = Vec::with_capacity(iters);
+    for i in 0..iters + 1000 {
+        let t = Instant::now();
+        if !raw_write_all(fd, &req) || !raw_read_exact(fd, &mut reply) {
+            return Err("the echo child went away".into());
+        }
+        if i >= 1000 {
+            rtt.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    drop(a);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let med = median(&mut rtt);
+    let p10 = percentile(&mut rtt, 0.1);
+    let p90 = percentile(&mut rtt, 0.9);
+    println!(
+        "{}",
+        json!({"pingpong_ns": med, "pingpong_p10_ns": p10, "pingpong_p90_ns": p90,
+               "iters": iters, "request_bytes": REQ, "reply_bytes": REPLY})
+    );
+    Ok(())
+}
+
+// --- the daemon: startup and RSS --------------------------------------------------------
+
+/// Fields of /proc/PID/status, in KiB.
+fn proc_status(pid: u32) -> Res<BTreeMap<String, u64>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    Ok(s.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            if !k.starts_with("Rss") && k != "VmRSS" && k != "VmHWM" {
+                return None;
+            }
+            let kb = v.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            Some((k.to_string(), kb))
+        })
+        .collect())
+}
+
+/// Bytes allocated to the backend's device-memory memfd (found among its fds).
+fn memfd_allocated(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let target = std::fs::read_link(e.path()).ok()?;
+        if target.to_string_lossy().contains("memfd:cxl-accel-devmem") {
+            return std::fs::metadata(e.path()).ok().map(|m| m.blocks() * 512);
+        }
+    }
+    None
+}
+
+fn rss_json(pid: u32) -> Res<Value> {
+    let st = proc_status(pid)?;
+    let mut m = Map::new();
+    for (k, v) in st {
+        m.insert(format!("{k}_kib"), json!(v));
+    }
+    if let Some(b) = memfd_allocated(pid) {
+        m.insert("devmem_allocated_bytes".into(), json!(b));
+    }
+    Ok(Value::Object(m))
+}
+
+fn rss_cmd(args: &[String]) -> Res<()> {
+    let pid: u32 = opt(args, "--pid")
+        .ok_or("--pid needed")?
+        .parse()
+        .map_err(|e| format!("--pid: {e}"))?;
+    println!("{}", rss_json(pid)?);
+    Ok(())
+}
+
+/// Spawn the backend, time until its socket accepts a connection, then let it idle
+/// and read its RSS. Returns (startup ms, status fields).
+fn one_daemon(backend: &Path, dir: &Path, size: &str) -> Res<(f64, Value)> {
+    let sock = dir.join("bench.sock");
+    let _ = std::fs::remove_file(&sock);
+    let t = Instant::now();
+    let mut child = Command::new(backend)
+        .args(["--socket".as_ref(), sock.as_os_str()])
+        .args(["--memory-size", size])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", backend.display()))?;
+    let ready = loop {
+        if UnixStream::connect(&sock).is_ok() {
+            break t.elapsed();
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "the backend exited with {st} before its socket was ready"
+            ));
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            return Err("the backend's socket was not ready after 10 s".into());
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    };
+    // Idle: let it settle after the probe connection.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_json(child.id());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok((ready.as_secs_f64() * 1e3, rss?))
+}
+
+fn daemon(args: &[String]) -> Res<()> {
+    let backend = PathBuf::from(opt(args, "--backend").ok_or("--backend needed")?);
+    let runs = opt_num(args, "--runs", 9)?.max(1) as usize;
+    let dir = std::env::temp_dir().join(format!("cxl-accel-hostbench.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Map::new();
+    for (label, size, n) in [("512m", "512M", runs), ("64g", "64G", runs.div_ceil(3))] {
+        let mut startup = Vec::new();
+        let mut rss = Vec::new();
+        let mut last = Value::Null;
+        for _ in 0..n {
+            let (ms, st) = one_daemon(&backend, &dir, size)?;
+            startup.push(ms);
+            rss.push(st.get("VmRSS_kib").and_then(Value::as_u64).unwrap_or(0) as f64);
+            last = st;
+        }
+        out.insert(format!("startup_ms_{label}"), json!(median(&mut startup)));
+        out.insert(format!("rss_idle_kib_{label}"), json!(median(&mut rss)));
+        out.insert(format!("status_{label}"), last);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", Value::Object(out));
+    Ok(())
+}
+
+// --- a vfio-user client of our own ------------------------------------------------------
+
+const CMD_VERSION: u16 = 1;
+const CMD_REGION_READ: u16 = 9;
+const CMD_REGION_WRITE: u16 = 10;
+
+/// Send one command and read its reply into `reply` (header included); returns the
+/// reply's length.
+fn transact(s: &mut UnixStream, id: u16, cmd: u16, body: &[u8], reply: &mut Vec<u8>) -> Res<usize> {
+    use std::io::Read;
+    let mut msg = Vec::with_capacity(16 + body.len());
+    msg.extend_from_slice(&id.to_le_bytes());
+    msg.extend_from_slice(&cmd.to_le_bytes());
+    msg.extend_from_slice(&((16 + body.len()) as u32).to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    msg.extend_from_slice(body);
+    s.write_all(&msg).map_err(|e| format!("send: {e}"))?;
+    reply.resize(16, 0);
+    s.read_exact(&mut reply[..16])
+        .map_err(|e| format!("reply header: {e}"))?;
+    let size = u32::from_le_bytes(reply[4..8].try_into().unwrap_or_default()) as usize;
+    let flags = u32::from_le_bytes(reply[8..12].try_into().unwrap_or_default());
+    if !(16..=1 << 20).contains(&size) {
+        return Err(format!("reply size {size}"));
+    }
+    reply.resize(size, 0);
+    s.read_exact(&mut reply[16..])
+        .map_err(|e| format!("reply body: {e}"))?;
+    if flags & (1 << 5) != 0 {
+        return Err(format!("error reply to command {cmd}"));
+    }
+    Ok(size)
+}
+
+/// REGION_READ and REGION_WRITE of HDM decoder 1 Base Low in BAR0, straight to the
+/// backend: how much of a trapped access is the backend's own.
+fn client(args: &[String]) -> Res<()> {
+    let backend = PathBuf::from(opt(args, "--backend").ok_or("--backend needed")?);
+    let iters = opt_num(args, "--iters", 20_000)? as usize;
+    let dir = std::env::temp_dir().join(format!("cxl-accel-hostbench-c.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let sock = dir.join("client.sock");
+    let mut child = Command::new(&backend)
+        .args(["--socket".as_ref(), sock.as_os_str()])
+        .arg("--once")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", backend.display()))?;
+    let t = Instant::now();
+    let mut s = loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            return Err("backend socket not ready".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let mut reply = Vec::new();
+    let mut v = Vec::new();
+    v.extend_from_slice(&0u16.to_le_bytes());
+    v.extend_from_slice(&0u16.to_le_bytes());
+    v.extend_from_slice(b"{}\0");
+    transact(&mut s, 0, CMD_VERSION, &v, &mut reply)?;
+    let reg = cxl_regs::layout::HDM_OFFSET
+        + u64::from(cxl_regs::hdm::decoder_offset(1) + cxl_regs::hdm::DEC_BASE_LO);
+    let access = |count: u32| {
+        let mut b = Vec::new();
+        b.extend_from_slice(&reg.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b
+    };
+    let read = access(4);
+    let mut write = access(4);
+    write.extend_from_slice(&0x1000_0000u32.to_le_bytes());
+    let mut rd = Vec::with_capacity(iters);
+    let mut wr = Vec::with_capacity(iters);
+    for i in 0..iters + 500 {
+        let id = i as u16;
+        let t = Instant::now();
+        transact(&mut s, id, CMD_REGION_READ, &read, &mut reply)?;
+        let r = t.elapsed().as_nanos() as f64;
+        let t = Instant::now();
+        transact(&mut s, id, CMD_REGION_WRITE, &write, &mut reply)?;
+        let w = t.elapsed().as_nanos() as f64;
+        if i >= 500 {
+            rd.push(r);
+            wr.push(w);
+        }
+    }
+    drop(s);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{}",
+        json!({"backend_direct_read_ns": median(&mut rd), "backend_direct_write_ns": median(&mut wr),
+               "backend_direct_read_p90_ns": percentile(&mut rd, 0.9), "iters": iters})
+    );
+    Ok(())
+}
+
+// --- the report ----------------------------------------------------------------------------
+
+/// `bench: <name> <value> <unit>` lines of the guest console.
+fn guest_figures(console: &str) -> BTreeMap<String, f64> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim_end_matches('\r').split("bench: ").nth(1)?;
+            let mut w = rest.split_whitespace();
+            let name = w.next()?.to_string();
+            let v: f64 = w.next()?.parse().ok()?;
+            Some((name, v))
+        })
+        .collect()
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    let s = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+/// vfio-user messages of `command` in a `ctl status` reply.
+fn messages(status: &Value, command: &str) -> Option<f64> {
+    status
+        .pointer(&format!("/vfio_user/by_command/{command}"))
+        .and_then(Value::as_f64)
+        .or(Some(0.0))
+        .filter(|_| status.get("vfio_user").is_some())
+}
+
+/// One row of the report.
+struct Row {
+    name: &'static str,
+    value: Option<f64>,
+    unit: &'static str,
+    anchor_name: &'static str,
+    anchor: Option<f64>,
+    /// (ratio limit, true if the ratio must be at most the limit)
+    target: Option<(f64, bool)>,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        match (self.value, self.anchor) {
+            (Some(v), Some(a)) if a != 0.0 => Some(v / a),
+            _ => None,
+        }
+    }
+    fn holds(&self) -> Option<bool> {
+        let (limit, at_most) = self.target?;
+        let r = self.ratio()?;
+        Some(if at_most { r <= limit } else { r >= limit })
+    }
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "anchor": self.anchor_name,
+            "anchor_value": self.anchor,
+            "ratio": self.ratio(),
+            "target": self.target.map(|(l, at_most)| format!("{}{l}", if at_most { "<=" } else { ">=" })),
+            "holds": self.holds(),
+            "note": self.note,
+        })
+    }
+}
+
+fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+fn report(args: &[String]) -> Res<()> {
+    let dir = PathBuf::from(opt(args, "--dir").ok_or("--dir needed")?);
+    let out_path = match opt(args, "--out") {
+        Some(o) => PathBuf::from(o),
+        None => dir
+            .parent()
+            .map(|p| p.join("results.json"))
+            .unwrap_or_else(|| PathBuf::from("results.json")),
+    };
+    let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let g = guest_figures(&console);
+    let gf = |k: &str| g.get(k).copied();
+    let host = read_json(&dir.join("host.json")).unwrap_or(Value::Null);
+    let hf = |k: &str| host.get(k).and_then(Value::as_f64);
+    let ready: BTreeMap<String, f64> = std::fs::read_to_string(dir.join("ready.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect();
+    let rss = |tag: &str| read_json(&dir.join(format!("rss-{tag}.json")));
+    let status = |tag: &str| read_json(&dir.join(format!("status-{tag}.json")));
+
+    // Backend messages per operation, from the control socket's counters.
+    let per_op = |phase: &str, ops: &str| -> Option<f64> {
+        let (a, b) = (
+            status(&format!("count-{phase}-start"))?,
+            status(&format!("count-{phase}-end"))?,
+        );
+        let n = gf(ops)?;
+        let total = |s: &Value| -> Option<f64> {
+            Some(messages(s, "region_read")? + messages(s, "region_write")?)
+        };
+        Some((total(&b)? - total(&a)?) / n)
+    };
+    let msgs_read = per_op("read", "ops.read");
+    let msgs_write = per_op("write", "ops.write");
+    let msgs_identify = per_op("identify", "ops.identify");
+    let posted = status("end").and_then(|s| {
+        s.pointer("/vfio_user/posted_writes")
+            .and_then(Value::as_f64)
+    });
+
+    let kib = |v: Option<f64>| v.map(|k| k / 1024.0);
+    let rss_touched = rss("touched");
+    let rss_val =
+        |v: &Option<Value>, k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(Value::as_f64);
+    let rss_dma = rss("after-dma");
+
+    let rows = vec![
+        Row {
+            name: "trapped read, backend",
+            value: gf("reg_read.backend"),
+            unit: "ns",
+            anchor_name: "raw UNIX-socket ping-pong (host)",
+            anchor: hf("pingpong_ns"),
+            target: Some((1.5, true)),
+            note: format!("{} backend messages per read", fmt_num(msgs_read)),
+        },
+        Row {
+            name: "trapped read, backend vs type3",
+            value: gf("reg_read.backend"),
+            unit: "ns",
+            anchor_name: "cxl-type3 read",
+            anchor: gf("reg_read.type3"),
+            target: None,
+            note: "HDM decoder 1 Base Low".into(),
+        },
+        Row {
+            name: "trapped write+read back",
+            value: gf("reg_write.backend"),
+            unit: "ns",
+            anchor_name: "cxl-type3 write+read back",
+            anchor: gf("reg_write.type3"),
+            target: None,
+            note: format!(
+                "{} backend messages per write+read; posted writes seen: {}",
+                fmt_num(msgs_write),
+                fmt_num(posted)
+            ),
+        },
+        Row {
+            name: "write+read back, backend vs ping-pong",
+            value: gf("reg_write.backend"),
+            unit: "ns",
+            anchor_name: "2 x raw ping-pong (host)",
+            anchor: hf("pingpong_ns").map(|p| 2.0 * p),
+            target: None,
+            note: String::new(),
+        },
+        Row {
+            name: "mailbox Identify",
+            value: gf("mbox_identify.backend"),
+            unit: "ns",
+            anchor_name: "cxl-type3 Identify",
+            anchor: gf("mbox_identify.type3"),
+            target: Some((2.0, true)),
+            note: format!("{} backend messages per Identify", fmt_num(msgs_identify)),
+        },
+        Row {
+            name: "BAR2 write bandwidth",
+            value: gf("bw_write.bar2"),
+            unit: "MB/s",
+            anchor_name: "guest RAM write",
+            anchor: gf("bw_write.ram"),
+            target: Some((0.8, false)),
+            note: "64 MiB, 64-bit stores".into(),
+        },
+        Row {
+            name: "BAR2 read bandwidth",
+            value: gf("bw_read.bar2"),
+            unit: "MB/s",
+            anchor_name: "guest RAM read",
+            anchor: gf("bw_read.ram"),
+            target: Some((0.8, false)),
+            note: "64 MiB, 64-bit loads".into(),
+        },
+        Row {
+            name: "DMA guest RAM -> device",
+            value: gf("dma_bw.backend"),
+            unit: "MB/s",
+            anchor_name: "guest CPU copy RAM -> BAR2",
+            anchor: gf("dma_bw.cpu_copy"),
+            target: None,
+            note: format!("64 MiB in {} descriptor(s)", fmt_num(gf("dma_descriptors.backend"))),
+        },
+        Row {
+            name: "time to ready",
+            value: ready.get("backend").copied(),
+            unit: "ms",
+            anchor_name: "cxl-type3-only VM",
+            anchor: ready.get("type3").copied(),
+            target: Some((1.2, true)),
+            note: "QEMU start to region assembled (host clock)".into(),
+        },
+        Row {
+            name: "backend startup",
+            value: hf("startup_ms_512m"),
+            unit: "ms",
+            anchor_name: "target 50 ms",
+            anchor: Some(50.0),
+            target: Some((1.0, true)),
+            note: format!("spawn to socket accepting; 64 GiB: {} ms", fmt_num(hf("startup_ms_64g"))),
+        },
+        Row {
+            name: "RSS idle, 512 MiB",
+            value: kib(hf("rss_idle_kib_512m")),
+            unit: "MiB",
+            anchor_name: "target 16 MiB",
+            anchor: Some(16.0),
+            target: Some((1.0, true)),
+            note: String::new(),
+        },
+        Row {
+            name: "RSS idle, 64 GiB sparse",
+            value: kib(hf("rss_idle_kib_64g")),
+            unit: "MiB",
+            anchor_name: "target 16 MiB",
+            anchor: Some(16.0),
+            target: Some((1.0, true)),
+            note: String::new(),
+        },
+        Row {
+            name: "RSS after guest touched 64 MiB",
+            value: kib(rss_val(&rss_touched, "VmRSS_kib")),
+            unit: "MiB",
+            anchor_name: "RSS idle, 512 MiB",
+            anchor: kib(hf("rss_idle_kib_512m")),
+            target: None,
+            note: format!(
+                "via BAR2 (QEMU's mapping); device memory allocated {} MiB; after DMA of 64 MiB: RSS {} MiB",
+                fmt_num(rss_val(&rss_touched, "devmem_allocated_bytes").map(|b| b / 1048576.0)),
+                fmt_num(kib(rss_val(&rss_dma, "VmRSS_kib")))
+            ),
+        },
+    ];
+
+    let mut table = String::new();
+    table.push_str(&format!(
+        "{:<38} {:>10} {:<5} {:<34} {:>10} {:>7} {:>7} {:>5}\n",
+        "figure", "value", "unit", "anchor", "anchor", "ratio", "target", "holds"
+    ));
+    for r in &rows {
+        let target = r
+            .target
+            .map(|(l, m)| format!("{}{l}", if m { "<=" } else { ">=" }))
+            .unwrap_or_else(|| "-".into());
+        let holds = match r.holds() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        table.push_str(&format!(
+            "{:<38} {:>10} {:<5} {:<34} {:>10} {:>7} {:>7} {:>5}\n",
+            r.name,
+            fmt_num(r.value),
+            r.unit,
+            r.anchor_name,
+            fmt_num(r.anchor),
+            r.ratio()
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+            target,
+            holds
+        ));
+        if !r.note.is_empty() {
+            table.push_str(&format!("{:<38} {}\n", "", r.note));
+        }
+    }
+    print!("{table}");
+    let mut raw = Map::new();
+    for (k, v) in &g {
+        raw.insert(k.clone(), json!(v));
+    }
+    let machine = std::fs::read_to_string(dir.join("machine.txt")).unwrap_or_default();
+    let results = json!({
+        "machine": machine.lines().collect::<Vec<_>>(),
+        "figures": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "guest": raw,
+        "host": host,
+        "ready_ms": ready,
+        "messages_per_op": {"read": msgs_read, "write_read_back": msgs_write, "identify": msgs_identify},
+        "posted_writes": posted,
+    });
+    let mut f =
+        std::fs::File::create(&out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
+    f.write_all(
+        serde_json::to_string_pretty(&results)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .map_err(|e| format!("{}: {e}", out_path.display()))?;
+    eprintln!("hostbench: wrote {}", out_path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_lines() {
+        let g = guest_figures("x\nbench: reg_read.backend 1234.5 ns\r\n[  1.0] bench: bw_write.ram 300.0 MB/s\nbench-sync x\n");
+        assert_eq!(g.get("reg_read.backend"), Some(&1234.5));
+        assert_eq!(g.get("bw_write.ram"), Some(&300.0));
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn rows_judge_ratios() {
+        let r = Row {
+            name: "x",
+            value: Some(3.0),
+            unit: "ns",
+            anchor_name: "y",
+            anchor: Some(2.0),
+            target: Some((1.5, true)),
+            note: String::new(),
+        };
+        assert_eq!(r.ratio(), Some(1.5));
+        assert_eq!(r.holds(), Some(true));
+        let r = Row {
+            target: Some((0.8, false)),
+            value: Some(1.0),
+            ..r
+        };
+        assert_eq!(r.holds(), Some(false));
+    }
+}
