@@ -1,0 +1,60 @@
+# VM-level fault tests for scripts/e2e (issue 6). Source it after common.sh; each
+# function returns 0 when the fault is survived as DESIGN §7 says, and logs why not.
+# The daemon-level faults (a backend SIGKILL and restart, full or unwritable storage,
+# paths in the way, bad configuration) are backend integration tests (backend/tests/).
+# shellcheck shell=bash
+
+# True once the backend log FILE has a line matching PATTERN (within 5 s).
+fault_wait_log() {
+    local pattern=$1 file=$2
+    for _ in $(seq 50); do grep -q -- "$pattern" "$file" && return 0; sleep 0.1; done
+    return 1
+}
+
+# QEMU killed with SIGKILL in mid-run: the backend logs the disconnect, keeps device
+# memory, and serves the next QEMU, whose harness passes; the pattern the first guest
+# wrote through BAR2 (check g) is in the --memory-file before and after that boot.
+# usage: fault_qemu_sigkill WORKDIR   (console logs and the backend log go there)
+fault_qemu_sigkill() {
+    local work=$1 dir rc=0 bpid size=$((512 << 20))
+    local verify=("$REPO/target/$HOST_TARGET/release/cxl-guest-test" verify-pattern --size "$size")
+    # On the VM root's file system, so that run-vm can link the socket for QEMU;
+    # owned by nobody, as whom the backend runs (with seccomp on).
+    dir=$(mktemp -d "$VM_ROOT/run/cxl-accel-fault.XXXXXX")
+    cp "$REPO/target/release/cxl-accel-backend" "$dir/"
+    chown 65534:65534 "$dir"
+    (cd "$dir" && RUST_LOG=info exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+        ./cxl-accel-backend --socket accel.sock --control control.sock \
+        --memory-file devmem.img --seccomp on) 2> "$dir/backend.log" &
+    bpid=$!
+    for _ in $(seq 100); do [[ -S $dir/accel.sock ]] && break; sleep 0.05; done
+
+    log "=== fault: QEMU SIGKILLed in mid-run (after check g), then a second boot"
+    if ! "$REPO/scripts/run-vm" --no-build --backend-socket "$dir/accel.sock" \
+        --kill-on '^ok g\.2 ' --log "$work/fault-kill.console" > "$work/fault-kill.out" 2>&1; then
+        log "fault: the first boot was not killed as planned:"; tail -n 20 "$work/fault-kill.out" >&2
+        rc=1
+    elif ! kill -0 "$bpid" 2>/dev/null; then
+        log "fault: the backend died with QEMU"; rc=1
+    elif ! fault_wait_log 'client disconnected' "$dir/backend.log"; then
+        log "fault: the backend did not log the disconnect"; rc=1
+    elif ! "${verify[@]}" --file "$dir/devmem.img"; then
+        log "fault: the first guest's BAR2 pattern is not in the memory file after the kill"; rc=1
+    elif ! "$REPO/scripts/run-vm" --no-build --backend-socket "$dir/accel.sock" \
+        --log "$work/fault-next.console" > "$work/fault-next.out" 2>&1; then
+        log "fault: the next QEMU's harness failed:"; tail -n 30 "$work/fault-next.out" >&2
+        rc=1
+    fi
+    kill -TERM "$bpid" 2>/dev/null
+    if ! wait "$bpid"; then
+        log "fault: the backend did not shut down cleanly"; rc=1
+    fi
+    if [[ $rc -eq 0 ]] && ! "${verify[@]}" --file "$dir/devmem.img"; then
+        log "fault: the pattern is gone after the second boot"; rc=1
+    fi
+    if grep -q 'seccomp: system call' "$dir/backend.log"; then rc=1; fi
+    [[ $rc -eq 0 ]] || tail -n 30 "$dir/backend.log" >&2
+    cp "$dir/backend.log" "$work/fault-backend.log"
+    rm -rf "$dir"
+    return "$rc"
+}
