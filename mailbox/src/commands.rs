@@ -268,19 +268,25 @@ impl Mailbox {
         now_ns: u64,
         hooks: &mut dyn VendorHooks,
     ) -> (u16, usize) {
-        let payload = std::mem::take(&mut self.payload);
+        // The input is copied out once, before anything parses it: the payload may
+        // be memory the guest changes at any time (see `PayloadBuf`).
+        let mut input = std::mem::take(&mut self.input);
+        input.clear();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let res = match payload.get(..len) {
-            None => Err(CmdError::PayloadLength),
-            Some(input) => self.dispatch(opcode, input, &mut out, now_ns, hooks),
+        let res = if len <= self.payload.len() {
+            input.resize(len, 0);
+            if self.payload.read(0, &mut input) {
+                self.dispatch(opcode, &input, &mut out, now_ns, hooks)
+            } else {
+                Err(CmdError::PayloadLength)
+            }
+        } else {
+            Err(CmdError::PayloadLength)
         };
-        self.payload = payload;
+        self.input = input;
         let (rc, out_len) = match res {
-            Ok(done) if out.len() <= self.payload.len() => {
-                if let Some(dst) = self.payload.get_mut(..out.len()) {
-                    dst.copy_from_slice(&out);
-                }
+            Ok(done) if out.len() <= self.payload.len() && self.payload.write(0, &out) => {
                 let rc = match done {
                     Done::Success => mb::RC_SUCCESS,
                     Done::BackgroundStarted => mb::RC_BACKGROUND_STARTED,

@@ -20,16 +20,25 @@
 //!   the completion. Call `poll` whenever [`Mailbox::next_deadline`] passes, and
 //!   before serving mailbox reads; until then a read shows at most 99 %.
 //!
+//! Payload storage: the payload registers live behind [`PayloadBuf`], a `Vec<u8>` by
+//! default. A transport can swap in memory the guest maps directly
+//! ([`Mailbox::set_payload_buf`]), so that payload accesses never reach it; only
+//! Capabilities, Control, Command, Status and Background Command Status trap.
+//!
 //! API CONTRACT (other crates build against this; extend, do not break):
 //! `MailboxConfig`, `LsaStorage`, `MemLsa`, `VendorHooks`, `MailboxEvent`,
 //! `Mailbox::{new, read, write, poll, reset, block_len, payload, payload_mut,
 //! inject_event, inject_poison, poison_list, next_deadline}`, `EventRecord`, `EventLog`.
+//! Extensions: `PayloadBuf`, `Mailbox::set_payload_buf`. Since the payload may be
+//! shared memory, `payload` returns a copy (`Vec<u8>`) and `payload_mut` the
+//! `PayloadBuf`; callers that index or take the length compile unchanged.
 
 mod commands;
 mod events;
 mod firmware;
 mod le;
 mod lsa;
+mod payload;
 mod poison;
 
 use cxl_regs::mailbox as mb;
@@ -38,6 +47,7 @@ pub use commands::{implemented_commands, CommandInfo};
 pub use events::{EventError, EventLog, EventRecord};
 pub use firmware::{FwError, MAX_PACKAGE};
 pub use lsa::{LsaError, LsaStorage, MemLsa};
+pub use payload::PayloadBuf;
 pub use poison::{PoisonError, PoisonRecord};
 
 use events::EventLogs;
@@ -193,7 +203,10 @@ struct BgDone {
 pub struct Mailbox {
     cfg: MailboxConfig,
     lsa: Box<dyn LsaStorage>,
-    payload: Vec<u8>,
+    /// The payload registers.
+    payload: Box<dyn PayloadBuf>,
+    /// The running command's input, copied out of the payload (reused).
+    input: Vec<u8>,
     /// Output of the running command, reused.
     out: Vec<u8>,
     /// Control register: only Background Command Complete Interrupt Enable is
@@ -221,7 +234,7 @@ impl Mailbox {
         cfg.payload_log2 = cfg
             .payload_log2
             .clamp(mb::PAYLOAD_LOG2_MIN, mb::PAYLOAD_LOG2_MAX);
-        let payload = vec![0; 1usize << cfg.payload_log2];
+        let payload: Box<dyn PayloadBuf> = Box::new(vec![0u8; 1usize << cfg.payload_log2]);
         let events = EventLogs::new(cfg.event_log_capacity, cfg.event_irq_msgnum);
         let poison = PoisonList::new(cfg.capacity, cfg.poison_list_max, cfg.inject_poison_limit);
         let fw = Firmware::new(cfg.fw_slots, &cfg.fw_revision);
@@ -229,6 +242,7 @@ impl Mailbox {
             cfg,
             lsa,
             payload,
+            input: Vec::new(),
             out: Vec::new(),
             control: 0,
             command: 0,
@@ -257,11 +271,32 @@ impl Mailbox {
     pub fn lsa_mut(&mut self) -> &mut dyn LsaStorage {
         self.lsa.as_mut()
     }
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
+    /// A copy of the payload registers.
+    pub fn payload(&self) -> Vec<u8> {
+        let mut v = vec![0; self.payload.len()];
+        self.payload.read(0, &mut v);
+        v
     }
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        &mut self.payload
+    /// The payload registers' storage.
+    pub fn payload_mut(&mut self) -> &mut dyn PayloadBuf {
+        self.payload.as_mut()
+    }
+    /// Move the payload registers into `buf` (for instance memory the guest maps
+    /// directly), carrying their current contents over. `buf` must be exactly the
+    /// payload size; otherwise it is handed back and nothing changes.
+    pub fn set_payload_buf(
+        &mut self,
+        mut buf: Box<dyn PayloadBuf>,
+    ) -> Result<(), Box<dyn PayloadBuf>> {
+        if buf.len() != self.payload.len() {
+            return Err(buf);
+        }
+        let current = self.payload();
+        if !buf.write(0, &current) {
+            return Err(buf);
+        }
+        self.payload = buf;
+        Ok(())
     }
     pub fn stats(&self) -> MailboxStats {
         self.stats
@@ -338,10 +373,10 @@ impl Mailbox {
             o if o == mb::STATUS + 4 => hi(self.status()),
             o if o == mb::BG_CMD_STATUS => lo(self.bg_status(now_ns)),
             o if o == mb::BG_CMD_STATUS + 4 => hi(self.bg_status(now_ns)),
-            o if o >= mb::PAYLOAD => {
-                let i = (o - mb::PAYLOAD) as usize;
-                le::u32_at(&self.payload, i).unwrap_or(0)
-            }
+            o if o >= mb::PAYLOAD => self
+                .payload
+                .read_u32((o - mb::PAYLOAD) as usize)
+                .unwrap_or(0),
             _ => 0,
         }
     }
@@ -383,11 +418,8 @@ impl Mailbox {
             }
             o if o >= mb::PAYLOAD => {
                 let i = (o - mb::PAYLOAD) as usize;
-                if let Some(old) = le::u32_at(&self.payload, i) {
-                    let bytes = merge(old).to_le_bytes();
-                    if let Some(dst) = self.payload.get_mut(i..i + 4) {
-                        dst.copy_from_slice(&bytes);
-                    }
+                if let Some(old) = self.payload.read_u32(i) {
+                    self.payload.write_u32(i, merge(old));
                 }
             }
             // Capabilities, Status and Background Command Status are read-only.
@@ -462,7 +494,7 @@ impl Mailbox {
         self.control = 0;
         self.command = 0;
         self.last_rc = 0;
-        self.payload.fill(0);
+        self.payload.zero();
         self.fw.abort_transfer();
         self.events.reset_policy();
     }

@@ -84,7 +84,7 @@ fn run_at(
     let c = u64::from(m.read(mb::COMMAND, now)) | (u64::from(m.read(mb::COMMAND + 4, now)) << 32);
     assert_eq!(c & mb::CMD_OPCODE_MASK, u64::from(opcode));
     let len = ((c & mb::CMD_LEN_MASK) >> mb::CMD_LEN_SHIFT) as usize;
-    let out = (0..len).map(|i| m.payload()[i]).collect();
+    let out = m.payload()[..len].to_vec();
     (rc, out)
 }
 
@@ -107,6 +107,136 @@ fn u16le(b: &[u8], off: usize) -> u16 {
 }
 
 // ---- registers ----
+
+/// Payload storage the test shares with the mailbox, as the backend shares a page
+/// with the guest: bytes written here never pass through `Mailbox::write`.
+#[derive(Clone, Default)]
+struct SharedPage(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedPage {
+    fn new(len: usize) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(vec![0; len])))
+    }
+    fn poke(&self, offset: usize, data: &[u8]) {
+        self.0.lock().unwrap()[offset..offset + data.len()].copy_from_slice(data);
+    }
+    fn peek(&self, offset: usize, len: usize) -> Vec<u8> {
+        self.0.lock().unwrap()[offset..offset + len].to_vec()
+    }
+}
+
+impl PayloadBuf for SharedPage {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        self.0.lock().unwrap().read(offset, buf)
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) -> bool {
+        self.0.lock().unwrap().write(offset, data)
+    }
+}
+
+#[test]
+fn payload_in_shared_storage() {
+    let mut m = mbx();
+    let mut h = Hooks::default();
+    // Contents written through the registers before the swap are carried over.
+    m.write(mb::PAYLOAD + 8, 0x1122_3344, !0, 0, &mut h);
+    let page = SharedPage::new(4096);
+    assert!(m.set_payload_buf(Box::new(page.clone())).is_ok());
+    assert_eq!(page.peek(8, 4), [0x44, 0x33, 0x22, 0x11]);
+    // The "guest" writes the input straight into the page; only Command and the
+    // doorbell go through the registers.
+    page.poke(0, b"abcdef");
+    let cmd = 0xc001u64 | (6 << mb::CMD_LEN_SHIFT);
+    m.write(mb::COMMAND, cmd as u32, !0, 0, &mut h);
+    m.write(mb::COMMAND + 4, (cmd >> 32) as u32, !0, 0, &mut h);
+    m.write(mb::CONTROL, mb::CTRL_DOORBELL, !0, 0, &mut h);
+    assert_eq!(
+        m.read(mb::STATUS + 4, 0) & 0xffff,
+        u32::from(mb::RC_SUCCESS)
+    );
+    // The output is in the page, and register reads of the payload see the page.
+    assert_eq!(page.peek(0, 6), b"fedcba");
+    assert_eq!(m.read(mb::PAYLOAD, 0), u32::from_le_bytes(*b"fedc"));
+    page.poke(4, &[1, 2, 3, 4]);
+    assert_eq!(m.read(mb::PAYLOAD + 4, 0), 0x0403_0201);
+    // A masked register write merges into the page.
+    m.write(mb::PAYLOAD + 4, 0xff00, 0xff00, 0, &mut h);
+    assert_eq!(page.peek(4, 4), [1, 0xff, 3, 4]);
+    // Identify through the page.
+    let cmd = u64::from(mb::OP_IDENTIFY_MEMORY_DEVICE);
+    m.write(mb::COMMAND, cmd as u32, !0, 0, &mut h);
+    m.write(mb::COMMAND + 4, 0, !0, 0, &mut h);
+    m.write(mb::CONTROL, mb::CTRL_DOORBELL, !0, 0, &mut h);
+    let out = page.peek(0, mb::IDENTIFY_OUTPUT_LEN);
+    assert_eq!(u64le(&out, mb::identify::TOTAL_CAPACITY), 4);
+    // Reset zeroes the page.
+    m.reset();
+    assert!(page.peek(0, 4096).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn payload_buffer_of_the_wrong_size_is_refused() {
+    let mut m = mbx();
+    let back = m.set_payload_buf(Box::new(vec![0u8; 256])).unwrap_err();
+    assert_eq!(back.len(), 256);
+    assert_eq!(m.payload().len(), 4096);
+    // A buffer that refuses the carried-over contents is handed back too.
+    struct Refusing;
+    impl PayloadBuf for Refusing {
+        fn len(&self) -> usize {
+            4096
+        }
+        fn read(&self, _: usize, _: &mut [u8]) -> bool {
+            false
+        }
+        fn write(&mut self, _: usize, _: &[u8]) -> bool {
+            false
+        }
+    }
+    assert!(m.set_payload_buf(Box::new(Refusing)).is_err());
+    assert_eq!(
+        rc(&mut m, mb::OP_IDENTIFY_MEMORY_DEVICE, &[]),
+        mb::RC_SUCCESS
+    );
+}
+
+/// A payload whose reads fail makes every command fail with Invalid Payload Length
+/// and report no output, rather than run on garbage.
+#[test]
+fn unreadable_payload_fails_commands() {
+    struct Broken;
+    impl PayloadBuf for Broken {
+        fn len(&self) -> usize {
+            4096
+        }
+        fn read(&self, _: usize, _: &mut [u8]) -> bool {
+            false
+        }
+        fn write(&mut self, _: usize, _: &[u8]) -> bool {
+            true
+        }
+    }
+    let mut m = mbx();
+    let mut h = Hooks::default();
+    m.payload = Box::new(Broken);
+    m.write(
+        mb::COMMAND,
+        u32::from(mb::OP_IDENTIFY_MEMORY_DEVICE),
+        !0,
+        0,
+        &mut h,
+    );
+    m.write(mb::CONTROL, mb::CTRL_DOORBELL, !0, 0, &mut h);
+    assert_eq!(
+        m.read(mb::STATUS + 4, 0) & 0xffff,
+        u32::from(mb::RC_INVALID_PAYLOAD_LENGTH)
+    );
+    assert_eq!(m.read(mb::COMMAND, 0) >> 16, 0);
+    assert_eq!(m.read(mb::PAYLOAD, 0), 0);
+}
 
 #[test]
 fn capabilities_register() {
