@@ -23,7 +23,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
 };
 
-use crate::memory::{DeviceMemoryFile, GuestRam};
+use crate::memory::{DeviceMemoryFile, GuestRam, PayloadPage, SharedPayload, StorageError};
 use crate::vfio_user::{DmaMapping, Errno, IrqInfo, RegionInfo, VfioUserDevice};
 
 /// Monotonic nanoseconds since the daemon started.
@@ -124,6 +124,9 @@ pub struct Shared {
     pub irqs: IrqTable,
     pub counters: Counters,
     pub connection: ConnectionState,
+    /// The mailbox payload page, when it is shared memory that QEMU maps as a sparse
+    /// area of BAR0 (see [`Shared::share_mailbox_payload`]).
+    pub payload: Option<Arc<PayloadPage>>,
 }
 
 impl Shared {
@@ -135,7 +138,34 @@ impl Shared {
             irqs,
             counters: Counters::default(),
             connection: ConnectionState::default(),
+            payload: None,
         }
+    }
+
+    /// Move the mailbox payload registers into a memfd page that BAR0's region info
+    /// offers as a sparse mmap area, so that the guest reads and writes the payload
+    /// without a message per dword; only the other mailbox registers still trap.
+    /// Returns false (nothing changed) without a mailbox, or when the payload does not
+    /// sit on whole pages of BAR0.
+    pub fn share_mailbox_payload(&mut self) -> Result<bool, StorageError> {
+        let Some(mb) = self.device.mailbox_mut() else {
+            return Ok(false);
+        };
+        let len = 1usize << mb.config().payload_log2;
+        let offset = cxl_regs::layout::MAILBOX_PAYLOAD_OFFSET;
+        let page = crate::memory::page_size();
+        if !offset.is_multiple_of(page) || !(len as u64).is_multiple_of(page) {
+            return Ok(false);
+        }
+        let shared = PayloadPage::memfd(offset, len)?;
+        if mb
+            .set_payload_buf(Box::new(SharedPayload(shared.clone())))
+            .is_err()
+        {
+            return Ok(false);
+        }
+        self.payload = Some(shared);
+        Ok(true)
     }
 
     /// Deliver the interrupts the device raised since the last call.
@@ -262,6 +292,16 @@ impl VfioUserDevice for VfioDevice {
             writable: r.writable,
             ..RegionInfo::default()
         };
+        if index == u32::from(cxl_regs::layout::BAR_REGS) {
+            // BAR0 traps, except the mailbox payload when it is shared memory: one
+            // sparse area over it, with BAR0's region fd (file offset = BAR offset).
+            if let Some(p) = &lock(&self.shared).payload {
+                info.mmappable = true;
+                info.sparse_mmap = vec![p.area()];
+                info.fd = Some(p.fd());
+                info.fd_offset = 0;
+            }
+        }
         if r.backing == RegionBacking::DeviceMemory {
             // The whole BAR is the device-memory fd. One sparse area covering it
             // makes every client pass the fd on and mmap it (DESIGN §1).
@@ -535,6 +575,57 @@ mod tests {
         assert_eq!(lock(&shared).counters.errors, 5);
         assert!(d.region_info(NUM_REGIONS).is_err());
         assert!(d.irq_info(NUM_IRQS).is_err());
+    }
+
+    #[test]
+    fn shared_payload_is_a_sparse_area_of_bar0() {
+        use cxl_regs::layout::{BAR_REGS, MAILBOX_PAYLOAD_OFFSET as PL, MAILBOX_PAYLOAD_SIZE};
+        use cxl_regs::mailbox as mb;
+        let (mut d, shared) = fixture();
+        let bar0 = u32::from(BAR_REGS);
+        let before = d.region_info(bar0).unwrap();
+        assert!(!before.mmappable && before.fd.is_none() && before.sparse_mmap.is_empty());
+        assert!(lock(&shared).share_mailbox_payload().unwrap());
+        let info = d.region_info(bar0).unwrap();
+        assert!(info.mmappable);
+        assert_eq!(
+            info.sparse_mmap,
+            vec![(PL, u64::from(MAILBOX_PAYLOAD_SIZE))]
+        );
+        assert_eq!(info.fd_offset, 0);
+        let fd = info.fd.expect("BAR0 fd");
+        // The guest's view (QEMU maps the fd at the area's offset): an Identify
+        // issued through the trapped registers leaves its output in the shared page.
+        let mbox = cxl_regs::layout::MAILBOX_OFFSET;
+        d.region_write(
+            bar0,
+            mbox + u64::from(mb::COMMAND),
+            &u64::from(mb::OP_IDENTIFY_MEMORY_DEVICE).to_le_bytes(),
+        )
+        .unwrap();
+        d.region_write(
+            bar0,
+            mbox + u64::from(mb::CONTROL),
+            &mb::CTRL_DOORBELL.to_le_bytes(),
+        )
+        .unwrap();
+        let mut out = [0u8; 8];
+        // SAFETY: `fd` stays open while `shared` holds the page; the File is leaked
+        // back into a raw fd below, so it is not closed here.
+        let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        std::os::unix::fs::FileExt::read_exact_at(
+            &f,
+            &mut out,
+            PL + mb::identify::TOTAL_CAPACITY as u64,
+        )
+        .unwrap();
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(f);
+        assert_eq!(u64::from_le_bytes(out), 1, "256 MiB in 256 MiB units");
+        // Trapped reads of the payload still work, from the same page.
+        let mut b = [0u8; 8];
+        d.region_read(bar0, PL + mb::identify::TOTAL_CAPACITY as u64, &mut b)
+            .unwrap();
+        assert_eq!(b, out);
     }
 
     #[test]

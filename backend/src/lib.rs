@@ -134,6 +134,14 @@ impl Daemon {
             clock.clone(),
         )?;
         let shared = Arc::new(Mutex::new(Shared::new(device)));
+        // The mailbox payload in shared memory (a sparse area of BAR0): created here,
+        // before any seccomp filter, like the other memory.
+        if lock(&shared).share_mailbox_payload()? {
+            info!(
+                "mailbox payload: shared page at BAR0 {:#x}",
+                cxl_regs::layout::MAILBOX_PAYLOAD_OFFSET
+            );
+        }
 
         let server = Server::bind(&config.socket)?;
         let control_stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;

@@ -6,6 +6,8 @@
 //! - [`GuestRam`]: guest RAM as QEMU shares it with DMA_MAP (an fd per range), for the
 //!   DMA engine. Every access is bounds- and permission-checked; a bad address is an
 //!   error, never a fault.
+//! - [`PayloadPage`]: the mailbox payload registers in a memfd, which QEMU maps into
+//!   BAR0 as a sparse area, so that the guest's payload accesses never trap.
 //! - [`FileLsa`]: the Label Storage Area kept in a file.
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use accel_type2::{DeviceMemory, GuestMemory, MemoryError};
-use mailbox::{LsaError, LsaStorage};
+use mailbox::{LsaError, LsaStorage, PayloadBuf};
 use thiserror::Error;
 use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
 
@@ -365,6 +367,103 @@ impl DeviceMemoryFile {
     }
 }
 
+/// The mailbox payload registers in shared memory: a sparse memfd as long as BAR0's
+/// offset of the payload plus its size, of which only the payload's own pages are
+/// mapped (here, and by QEMU into the guest as a sparse mmap area of BAR0). The fd is
+/// BAR0's region fd at file offset 0, so file offsets equal BAR0 offsets; the pages
+/// before the payload are never mapped and never allocated.
+pub struct PayloadPage {
+    file: File,
+    map: MmapRegion,
+    /// BAR0 offset (= file offset) of the payload.
+    offset: u64,
+}
+
+impl std::fmt::Debug for PayloadPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadPage")
+            .field("fd", &self.file.as_raw_fd())
+            .field("offset", &self.offset)
+            .field("len", &self.map.size())
+            .finish()
+    }
+}
+
+impl PayloadPage {
+    /// A zeroed payload of `len` bytes at BAR0 offset `offset` (page aligned).
+    pub fn memfd(offset: u64, len: usize) -> Result<Arc<Self>, StorageError> {
+        // SAFETY: the name is a valid NUL-terminated string; the returned fd, if valid,
+        // is owned by nobody else and is wrapped into an OwnedFd at once.
+        let fd =
+            unsafe { libc::memfd_create(c"cxl-accel-mbox-payload".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(StorageError::Memfd(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh, valid fd that we own exclusively.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let size = offset
+            .checked_add(len as u64)
+            .ok_or(StorageError::TooBig(offset))?;
+        file.set_len(size).map_err(|source| StorageError::Resize {
+            what: "mailbox payload memfd".into(),
+            size,
+            source,
+        })?;
+        let dup = file.try_clone().map_err(|source| StorageError::Open {
+            path: "memfd".into(),
+            source,
+        })?;
+        let map =
+            MmapRegion::from_file(FileOffset::new(dup, offset), len).map_err(StorageError::Mmap)?;
+        Ok(Arc::new(Self { file, map, offset }))
+    }
+
+    /// The fd QEMU maps (BAR0's region fd, offset 0).
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// BAR0 offset and length of the payload: the sparse mmap area.
+    pub fn area(&self) -> (u64, u64) {
+        (self.offset, self.map.size() as u64)
+    }
+}
+
+/// The mailbox's handle on a [`PayloadPage`]. Every access is a volatile copy of a
+/// checked range (`vm_memory`'s `VolatileSlice`), because the guest writes the same
+/// page through its own mapping at any time.
+#[derive(Debug, Clone)]
+pub struct SharedPayload(pub Arc<PayloadPage>);
+
+impl PayloadBuf for SharedPayload {
+    fn len(&self) -> usize {
+        self.0.map.size()
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        mailbox_range(offset, buf.len(), self.len()).is_some()
+            && self
+                .0
+                .map
+                .as_volatile_slice()
+                .read_slice(buf, offset)
+                .is_ok()
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) -> bool {
+        mailbox_range(offset, data.len(), self.len()).is_some()
+            && self
+                .0
+                .map
+                .as_volatile_slice()
+                .write_slice(data, offset)
+                .is_ok()
+    }
+}
+
+/// `offset..offset + len` within `size`.
+fn mailbox_range(offset: usize, len: usize, size: usize) -> Option<()> {
+    (offset.checked_add(len)? <= size).then_some(())
+}
+
 /// A handle on device memory for the device model, which owns a `Box<dyn DeviceMemory>`
 /// while the daemon keeps the fd and flushes it.
 #[derive(Debug, Clone)]
@@ -414,7 +513,8 @@ impl std::fmt::Debug for GuestRam {
     }
 }
 
-fn page_size() -> u64 {
+/// The system page size.
+pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {
@@ -680,6 +780,34 @@ mod tests {
             writable: true,
             fd,
         }
+    }
+
+    #[test]
+    fn payload_page_is_shared_through_its_fd() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let layout_off = cxl_regs::layout::MAILBOX_PAYLOAD_OFFSET;
+        let page = PayloadPage::memfd(layout_off, 4096).unwrap();
+        assert_eq!(page.area(), (layout_off, 4096));
+        assert_eq!(page.file.metadata().unwrap().len(), layout_off + 4096);
+        let mut p = SharedPayload(page.clone());
+        assert_eq!(PayloadBuf::len(&p), 4096);
+        assert!(p.write(4092, b"wxyz"));
+        assert!(!p.write(4093, b"wxyz"));
+        assert!(!p.write(usize::MAX, b"w"));
+        // What QEMU (the guest) sees through the fd at the area's offset, and the
+        // other way round.
+        let mut b = [0u8; 4];
+        page.file.read_exact_at(&mut b, layout_off + 4092).unwrap();
+        assert_eq!(&b, b"wxyz");
+        page.file.write_all_at(b"from guest", layout_off).unwrap();
+        let mut got = [0u8; 10];
+        assert!(p.read(0, &mut got));
+        assert_eq!(&got, b"from guest");
+        assert!(!p.read(4090, &mut got));
+        p.zero();
+        assert_eq!(p.read_u32(0), Some(0));
+        // Only the payload's pages are ever allocated.
+        assert!(page.file.metadata().unwrap().blocks() * 512 <= 2 * 4096);
     }
 
     #[test]

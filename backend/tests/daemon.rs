@@ -26,7 +26,50 @@ fn regions_irqs_and_bar2_fd_mapping_are_coherent() {
     let bar0 = c.region(0).expect("BAR0");
     assert_eq!(bar0.size, layout::BAR0_SIZE);
     assert_eq!(bar0.flags & rw, rw);
-    assert!(bar0.file_offset.is_none(), "BAR0 is trapped");
+    // BAR0 traps but for the mailbox payload: one sparse area, shared memory.
+    assert_ne!(bar0.flags & VFIO_REGION_INFO_FLAG_MMAP, 0);
+    assert_eq!(bar0.sparse_areas.len(), 1);
+    let pl = layout::MAILBOX_PAYLOAD_OFFSET;
+    let pl_len = u64::from(layout::MAILBOX_PAYLOAD_SIZE);
+    assert_eq!(
+        (bar0.sparse_areas[0].offset, bar0.sparse_areas[0].size),
+        (pl, pl_len)
+    );
+    let fo0 = bar0.file_offset.as_ref().expect("BAR0 comes with an fd");
+    let payload = Mapping::new(fo0.file().as_raw_fd(), fo0.start() + pl, pl_len as usize);
+    // The guest's side: the input goes straight into the page, the registers trap.
+    payload.write(0, &[0u8; 8]);
+    let mbox = layout::MAILBOX_OFFSET;
+    c.region_write(
+        BAR0,
+        mbox + u64::from(mbx::COMMAND),
+        &u64::from(mbx::OP_IDENTIFY_MEMORY_DEVICE).to_le_bytes(),
+    )
+    .unwrap();
+    c.region_write(
+        BAR0,
+        mbox + u64::from(mbx::CONTROL),
+        &mbx::CTRL_DOORBELL.to_le_bytes(),
+    )
+    .unwrap();
+    let out = payload.read(mbx::identify::TOTAL_CAPACITY, 8);
+    assert_eq!(
+        u64::from_le_bytes(out.try_into().unwrap()),
+        2,
+        "512 MiB in 256 MiB units"
+    );
+    let mut trapped = [0u8; 8];
+    c.region_read(
+        BAR0,
+        pl + mbx::identify::TOTAL_CAPACITY as u64,
+        &mut trapped,
+    )
+    .unwrap();
+    assert_eq!(
+        u64::from_le_bytes(trapped),
+        2,
+        "trapped payload reads see the page"
+    );
     let bar4 = c.region(4).expect("BAR4");
     assert_eq!(bar4.size, layout::BAR4_SIZE);
     assert!(bar4.file_offset.is_none(), "BAR4 is trapped");
@@ -192,6 +235,9 @@ fn mailbox_off_hides_device_registers() {
     c.region_read(BAR0, layout::MAILBOX_OFFSET, &mut mb)
         .unwrap();
     assert!(mb.iter().all(|&b| b == 0));
+    // No mailbox, no shared payload page: BAR0 is wholly trapped.
+    let bar0 = c.region(0).expect("BAR0");
+    assert!(bar0.file_offset.is_none() && bar0.sparse_areas.is_empty());
 }
 
 #[test]
