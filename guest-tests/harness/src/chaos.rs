@@ -4,10 +4,12 @@
 //! HDM registers commit random decoders; the reset must clear them), random values at
 //! random widths (1/2/4/8 bytes) go to random offsets of all of BAR0 and BAR4
 //! (resource0/resource4, mmapped) and of config space (the sysfs `config` file,
-//! pwrite), interleaved with reads, for N seconds. Half the offsets are uniform over
-//! the whole range, half fall on the live register files (HDM, RAS, mailbox, DMA
-//! engine, MSI-X, the PCI header and capabilities). Some accesses are whole mailbox
-//! commands and DMA transfers with random contents.
+//! pwrite), interleaved with reads, for N seconds. Half the offsets fall on the live
+//! register files (HDM, RAS, mailbox, DMA engine, MSI-X, the PCI header and
+//! capabilities); the other half of the writes sweep each range in order, 8 bytes at
+//! a time, until every byte has been written once (about 20 s for BAR0), then land
+//! uniformly, as the reads do. One access in eight is unaligned. Some accesses are
+//! whole mailbox commands and DMA transfers with random contents.
 //!
 //! The guest itself must survive, so a few bits are held back, and the header is
 //! healed when the device stops answering through its BARs:
@@ -102,18 +104,34 @@ impl Rng {
     }
 }
 
-/// A `width`-aligned offset in `[0, len)`: half the time uniform, half the time in
-/// one of the `hot` windows (clipped to `len`). `len` must be at least `width`.
-pub fn pick_offset(rng: &mut Rng, len: u64, width: usize, hot: &[(u64, u64)]) -> u64 {
-    let w = width as u64;
-    let raw = match hot.len() {
-        n if n > 0 && rng.chance(50) => {
-            let (start, end) = hot[rng.below(n as u64) as usize];
-            start + rng.below(end.saturating_sub(start).max(1))
+/// A `width`-aligned offset in `[0, len)`: half the time in one of the `hot`
+/// windows (clipped to `len`), otherwise the next offset of a sweep from `cursor`
+/// while one is given and not past the end (so that every byte gets written; its
+/// accesses are 8 bytes wide, to finish sooner), else uniform. `len` must be at
+/// least 8. Returns the offset, the width to use, and whether it came from the sweep.
+pub fn pick_offset(
+    rng: &mut Rng,
+    len: u64,
+    width: usize,
+    hot: &[(u64, u64)],
+    cursor: Option<&mut u64>,
+) -> (u64, usize, bool) {
+    let align = |o: u64, w: usize| o.min(len - w as u64) & !(w as u64 - 1);
+    if !hot.is_empty() && rng.chance(50) {
+        let (start, end) = hot[rng.below(hot.len() as u64) as usize];
+        let o = start + rng.below(end.saturating_sub(start).max(1));
+        return (align(o, width), width, false);
+    }
+    match cursor {
+        Some(c) if *c < len => {
+            // Aligned down, so [off, off + w) always covers *c: no byte is skipped.
+            let w = 8;
+            let off = align(*c, w);
+            *c = off + w as u64;
+            (off, w, true)
         }
-        _ => rng.below(len),
-    };
-    (raw.min(len - w)) & !(w - 1)
+        _ => (align(rng.below(len), width), width, false),
+    }
 }
 
 // --- guarding the guest --------------------------------------------------------------
@@ -711,6 +729,8 @@ struct Chaos<'a> {
     policy: Policy,
     /// Slowest single access (duration, what).
     slowest: (Duration, String),
+    /// Write sweeps through BAR0, BAR4 and config space: the next offset of each.
+    sweep: [u64; 3],
 }
 
 impl Chaos<'_> {
@@ -730,9 +750,14 @@ impl Chaos<'_> {
         } else {
             (&self.t.bar0, &self.t.hot0)
         };
-        let mut off = pick_offset(&mut self.rng, bar.len as u64, w, hot);
-        // One access in eight is unaligned.
-        if w > 1 && self.rng.chance(12) {
+        let cursor = match (write, four) {
+            (false, _) => None,
+            (true, false) => Some(&mut self.sweep[0]),
+            (true, true) => Some(&mut self.sweep[1]),
+        };
+        let (mut off, w, swept) = pick_offset(&mut self.rng, bar.len as u64, w, hot, cursor);
+        // One access in eight is unaligned (never in the sweep, which must be gapless).
+        if w > 1 && !swept && self.rng.chance(12) {
             off = (off + 1 + self.rng.below(w as u64 - 1)).min(bar.len as u64 - w as u64);
         }
         let name = if four { 4 } else { 0 };
@@ -768,9 +793,17 @@ impl Chaos<'_> {
     fn cfg_op(&mut self, write: bool) -> Result<(), String> {
         let w = self.rng.width();
         let hot = [(0, self.t.ext_end as u64)];
-        let mut off = pick_offset(&mut self.rng, pci::CONFIG_SPACE_SIZE as u64, w, &hot) as usize;
+        let cursor = write.then_some(&mut self.sweep[2]);
+        let (off, w, swept) = pick_offset(
+            &mut self.rng,
+            pci::CONFIG_SPACE_SIZE as u64,
+            w,
+            &hot,
+            cursor,
+        );
+        let mut off = off as usize;
         // One access in eight is unaligned (the kernel splits it into smaller ones).
-        if self.rng.chance(12) {
+        if !swept && self.rng.chance(12) {
             off = (off + 1 + self.rng.below(w as u64) as usize).min(pci::CONFIG_SPACE_SIZE - w);
         }
         if write {
@@ -908,7 +941,14 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
         n: Counts::default(),
         policy: Policy { bus_master: false },
         slowest: (Duration::ZERO, String::new()),
+        sweep: [0; 3],
     };
+    let sweep_len = [
+        t.bar0.len as u64,
+        t.bar4.len as u64,
+        pci::CONFIG_SPACE_SIZE as u64,
+    ];
+    let mut swept_at: [Option<f64>; 3] = [None; 3];
     let start = Instant::now();
     let end = start + Duration::from_secs(cfg.seconds);
     let mut next_progress = start + PROGRESS;
@@ -935,6 +975,16 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
         }
         c.one(cfg.size)?;
         ops += 1;
+        for (i, at) in swept_at.iter_mut().enumerate() {
+            if at.is_none() && c.sweep[i] >= sweep_len[i] {
+                *at = Some(start.elapsed().as_secs_f64());
+                note(&format!(
+                    "chaos: every byte of {} written once after {:.1} s",
+                    ["BAR0", "BAR4", "config space"][i],
+                    start.elapsed().as_secs_f64()
+                ));
+            }
+        }
         if ops.is_multiple_of(PROBE_EVERY) {
             if t.probe().is_ok() {
                 unreachable_since = None;
@@ -969,11 +1019,21 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
         ));
     }
     let ver = t.bar4.read(layout::ENGINE_OFFSET + e::VERSION, 4) as u32;
+    let sweeps: Vec<String> = (0..3)
+        .map(|i| match swept_at[i] {
+            Some(at) => format!("{:.1} s", at),
+            None => format!("{:#x} of {:#x} bytes", c.sweep[i], sweep_len[i]),
+        })
+        .collect();
     Ok(format!(
-        "{} accesses in {secs:.1} s ({:.0}/s; seed {seed:#x}); slowest {:.1} ms ({}); \
+        "{} accesses in {secs:.1} s ({:.0}/s; seed {seed:#x}); every byte written: \
+         BAR0 {}, BAR4 {}, config {}; slowest {:.1} ms ({}); \
          then vendor {:04x}:{:04x}, engine CXLA v{ver}, cache/mem header {caps:#x}",
         c.n.total(),
         c.n.total() as f64 / secs.max(0.001),
+        sweeps[0],
+        sweeps[1],
+        sweeps[2],
         c.slowest.0.as_secs_f64() * 1e3,
         c.slowest.1,
         t.vendor,
@@ -1010,6 +1070,13 @@ fn dirty(t: &Target) -> String {
         lock_on_commit: true,
         skip_or_targets: 0,
     };
+    // A Commit left set by a failed commit freezes the fields: clear it first (a
+    // locked decoder stays as it is, which is just as dirty).
+    let cur = hdmprog::read_decoder(&t.bar0, t.hdm, 0);
+    if cur.ctrl & cxl_regs::hdm::CTRL_COMMIT != 0 && !cur.committed() {
+        let ctrl = t.hdm + (cxl_regs::hdm::decoder_offset(0) + cxl_regs::hdm::DEC_CONTROL) as u64;
+        t.bar0.write32(ctrl, cur.ctrl & !cxl_regs::hdm::CTRL_COMMIT);
+    }
     let dec = match hdmprog::commit(&t.bar0, t.hdm, 0, &p, &|| sys::sleep_ms(1)) {
         Ok((_, st)) => format!("decoder 0 committed and locked (control {:#x})", st.ctrl),
         Err(e) => format!("decoder 0 not committed ({e})"),
@@ -1238,7 +1305,8 @@ mod tests {
         let mut in_hot = 0;
         for _ in 0..4000 {
             let w = r.width();
-            let o = pick_offset(&mut r, 0x2_0000, w, &hot);
+            let (o, w2, _) = pick_offset(&mut r, 0x2_0000, w, &hot, None);
+            assert_eq!(w2, w);
             assert_eq!(o % w as u64, 0);
             assert!(o + w as u64 <= 0x2_0000);
             if hot.iter().any(|h| (h.0..h.1).contains(&o)) {
@@ -1248,9 +1316,33 @@ mod tests {
         assert!(in_hot > 1500, "{in_hot} of 4000 in the hot windows");
         // a window running past the end is clipped
         for _ in 0..100 {
-            let o = pick_offset(&mut r, 0x100, 8, &[(0xf0, 0x200)]);
+            let (o, _, _) = pick_offset(&mut r, 0x100, 8, &[(0xf0, 0x200)], None);
             assert!(o <= 0xf8);
         }
+    }
+
+    #[test]
+    fn the_sweep_writes_every_byte() {
+        let mut r = Rng::new(3);
+        let len = 0x1000u64;
+        let mut cursor = 0u64;
+        let mut covered = vec![false; len as usize];
+        let mut ops = 0;
+        while cursor < len {
+            let w = r.width();
+            let (o, w, swept) = pick_offset(&mut r, len, w, &[(0x10, 0x20)], Some(&mut cursor));
+            assert_eq!(o % w as u64, 0);
+            if swept {
+                assert_eq!(w, 8);
+                covered[o as usize..o as usize + w].fill(true);
+            }
+            ops += 1;
+            assert!(ops < 10_000);
+        }
+        assert!(covered.iter().all(|&c| c), "a byte was skipped");
+        // done: uniform again
+        let (_, _, swept) = pick_offset(&mut r, len, 4, &[], Some(&mut cursor));
+        assert!(!swept);
     }
 
     #[test]
