@@ -585,15 +585,19 @@ impl AccelDevice {
         match bar {
             layout::BAR_REGS => {
                 self.poll();
-                let now = self.now();
                 let component = &self.component;
+                let clock = &self.clock;
                 let mut regs = self.device_regs.as_mut();
+                // The component block needs no time; the clock is read only for the
+                // device block (the mailbox's background status), keeping the hot
+                // path of a decoder register read free of it.
                 read_dwords(offset, data, |d| {
                     if d < layout::DEVICE_BLOCK_OFFSET {
                         component.read(d)
                     } else if d < layout::BAR0_SIZE {
-                        regs.as_mut()
-                            .map_or(0, |r| r.read(d - layout::DEVICE_BLOCK_OFFSET, now))
+                        regs.as_mut().map_or(0, |r| {
+                            r.read(d - layout::DEVICE_BLOCK_OFFSET, clock.now_ns())
+                        })
                     } else {
                         0
                     }
@@ -789,8 +793,12 @@ impl AccelDevice {
         self.apply_power_on();
     }
 
-    /// Advance time-driven work (delayed commits, background commands).
+    /// Advance time-driven work (delayed commits, background commands). Without any
+    /// pending, this does nothing, not even read the clock.
     pub fn poll(&mut self) {
+        if self.next_deadline().is_none() {
+            return;
+        }
         let now = self.now();
         self.component.poll(now);
         let ev = self
