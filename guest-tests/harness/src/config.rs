@@ -59,6 +59,8 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Bench mode: which job.
     pub bench: BenchJob,
+    /// The region's HPA reaches device memory (patched QEMU, scripts/qemu): run check j.
+    pub hpa: bool,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             seconds: 30,
             seed: None,
             bench: BenchJob::All,
+            hpa: false,
         }
     }
 }
@@ -89,6 +92,7 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --serial 0xHEX           expected Device Serial Number (default: not checked)
   --vendor 0xHEX           PCI vendor id (default 0x1234)
   --device 0xHEX           PCI device id (default 0xcc02)
+  --hpa on|off             the region HPA reaches device memory: run check j (default off)
   --seconds N              chaos mode: seconds of random accesses (default 30)
   --seed N                 chaos mode: random seed (default: from the clock)
   --bench all|ready        bench mode: every figure, or bring-up time only
@@ -122,8 +126,9 @@ fn parse_u16(s: &str) -> Result<u16, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
     "mode", "flit", "mailbox", "size", "serial", "vendor", "device", "seconds", "seed", "bench",
+    "hpa",
 ];
 
 impl Config {
@@ -169,6 +174,13 @@ impl Config {
             "serial" => self.serial = Some(parse_u64(value)?),
             "vendor" => self.vendor = parse_u16(value)?,
             "device" => self.device = parse_u16(value)?,
+            "hpa" => {
+                self.hpa = match value {
+                    "on" | "1" | "true" | "yes" => true,
+                    "off" | "0" | "false" | "no" => false,
+                    _ => return Err(format!("hpa: expected on|off, got {value:?}")),
+                }
+            }
             "seconds" => self.seconds = parse_u64(value)?,
             "seed" => self.seed = Some(parse_u64(value)?),
             "bench" => {

@@ -16,6 +16,7 @@ pub mod f_mailbox;
 pub mod g_bar2;
 pub mod h_dma;
 pub mod i_cxlcli;
+pub mod j_hpa;
 
 /// Device-memory layout used by the data-path checks (DPA offsets). Kept apart so
 /// no check disturbs another's data:
@@ -126,6 +127,9 @@ pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
     g_bar2::run(ctx, rep);
     h_dma::run(ctx, rep);
     i_cxlcli::run(ctx, rep);
+    if ctx.cfg.hpa {
+        j_hpa::run(ctx, rep);
+    }
 }
 
 /// The checks that bring the device up (shell mode): a to c.
