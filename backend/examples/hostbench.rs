@@ -488,6 +488,28 @@ fn report(args: &[String]) -> Res<()> {
             Some((k.to_string(), v.trim().parse().ok()?))
         })
         .collect();
+    let mut ready_runs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for l in std::fs::read_to_string(dir.join("ready-runs.txt"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some((k, v)) = l.split_once(' ') {
+            if let Ok(v) = v.trim().parse() {
+                ready_runs.entry(k.to_string()).or_default().push(v);
+            }
+        }
+    }
+    let runs_of = |k: &str| {
+        ready_runs
+            .get(k)
+            .map(|v| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
     let rss = |tag: &str| read_json(&dir.join(format!("rss-{tag}.json")));
     let status = |tag: &str| read_json(&dir.join(format!("status-{tag}.json")));
 
@@ -526,6 +548,15 @@ fn report(args: &[String]) -> Res<()> {
             anchor: hf("pingpong_ns"),
             target: Some((1.5, true)),
             note: format!("{} backend messages per read", fmt_num(msgs_read)),
+        },
+        Row {
+            name: "backend alone: REGION_READ round trip",
+            value: hf("backend_direct_read_ns"),
+            unit: "ns",
+            anchor_name: "raw UNIX-socket ping-pong (host)",
+            anchor: hf("pingpong_ns"),
+            target: None,
+            note: "a client of our own on the host, no QEMU: the backend's share".into(),
         },
         Row {
             name: "trapped read, backend vs type3",
@@ -601,7 +632,11 @@ fn report(args: &[String]) -> Res<()> {
             anchor_name: "cxl-type3-only VM",
             anchor: ready.get("type3").copied(),
             target: Some((1.2, true)),
-            note: "QEMU start to region assembled (host clock)".into(),
+            note: format!(
+                "QEMU start to region assembled (host clock), medians of runs: backend [{}], type3 [{}]",
+                runs_of("backend"),
+                runs_of("type3")
+            ),
         },
         Row {
             name: "backend startup",
@@ -689,6 +724,7 @@ fn report(args: &[String]) -> Res<()> {
         "guest": raw,
         "host": host,
         "ready_ms": ready,
+        "ready_runs_ms": ready_runs,
         "messages_per_op": {"read": msgs_read, "write_read_back": msgs_write, "identify": msgs_identify},
         "posted_writes": posted,
     });
