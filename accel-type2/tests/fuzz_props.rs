@@ -161,11 +161,11 @@ fn check_decoders(d: &AccelDevice) -> Result<(), String> {
         .filter_map(|i| bank.decoder(i).map(|s| (i, s)))
         .filter(|(_, s)| s.committed)
         .collect();
-    let mut dpa_end = 0u64;
+    // Independent of hdm's bookkeeping: committed decoders ascend in HPA with their
+    // index, and the DPA each one consumes (its skip plus size / ways; CXL r3.1
+    // §8.2.4.20.12) fits in the capacity when added up.
+    let mut dpa_total = 0u64;
     for (k, (i, s)) in committed.iter().enumerate() {
-        if *i != k {
-            return Err(format!("decoder {i} committed out of order"));
-        }
         if s.error {
             return Err(format!("decoder {i} committed with error set"));
         }
@@ -175,14 +175,31 @@ fn check_decoders(d: &AccelDevice) -> Result<(), String> {
                 s.base, s.size
             ));
         }
-        let end = dpa_end
-            .checked_add(s.dpa_skip)
-            .and_then(|v| v.checked_add(s.size))
-            .ok_or(format!("decoder {i}: DPA overflow"))?;
-        if end > bank.capacity() {
-            return Err(format!("decoder {i}: DPA end {end:#x} beyond capacity"));
+        let ways = match s.iw {
+            0..=4 => 1u64 << s.iw,
+            8..=10 => 3u64 << (s.iw - 8),
+            iw => return Err(format!("decoder {i} committed with IW {iw}")),
+        };
+        if s.size % (ways * gran) != 0 {
+            return Err(format!(
+                "decoder {i}: size {:#x} not whole 256 MiB per way",
+                s.size
+            ));
         }
-        dpa_end = end;
+        dpa_total = dpa_total
+            .checked_add(s.dpa_skip)
+            .and_then(|v| v.checked_add(s.size / ways))
+            .ok_or(format!("decoder {i}: DPA overflow"))?;
+        if dpa_total > bank.capacity() {
+            return Err(format!(
+                "decoder {i}: DPA use {dpa_total:#x} beyond capacity"
+            ));
+        }
+        if let Some((j, t)) = k.checked_sub(1).and_then(|p| committed.get(p)) {
+            if t.base >= s.base {
+                return Err(format!("decoder {i} below committed decoder {j} in HPA"));
+            }
+        }
         for (j, t) in committed.iter().take(k) {
             let (a0, a1) = (s.base, s.base.saturating_add(s.size));
             let (b0, b1) = (t.base, t.base.saturating_add(t.size));
