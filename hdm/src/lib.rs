@@ -215,6 +215,16 @@ struct Meta {
     dpa_base: u64,
 }
 
+impl Meta {
+    /// A commit that passed the checks, at `dpa_base`.
+    fn latched(dpa_base: u64) -> Meta {
+        Meta {
+            failure: None,
+            dpa_base,
+        }
+    }
+}
+
 /// Replace the bits of `old` selected by `mask` with those of `value`.
 fn merge(old: u32, value: u32, mask: u32) -> u32 {
     (old & !mask) | (value & mask)
@@ -431,23 +441,11 @@ impl HdmDecoderBank {
                 st.commit = true;
                 match commit::validate(index, &st, &self.neighbours(index), self.cfg.capacity) {
                     Ok(dpa_base) => {
-                        let meta = Meta {
-                            failure: None,
-                            dpa_base,
-                        };
-                        self.store(index, st, meta);
+                        self.store(index, st, Meta::latched(dpa_base));
                         WriteOutcome::CommitRequested(index)
                     }
                     Err(e) => {
-                        st.error = true;
-                        self.store(
-                            index,
-                            st,
-                            Meta {
-                                failure: Some(e),
-                                dpa_base: 0,
-                            },
-                        );
+                        self.store_failure(index, st, e);
                         WriteOutcome::CommitFailed(index)
                     }
                 }
@@ -460,6 +458,17 @@ impl HdmDecoderBank {
             *d = st;
             *m = meta;
         }
+    }
+
+    /// Store decoder `index` after a failed commit: Error Not Committed set, and
+    /// `reason` kept for the status report.
+    fn store_failure(&mut self, index: usize, mut st: DecoderState, reason: CommitError) {
+        st.error = true;
+        let meta = Meta {
+            failure: Some(reason),
+            dpa_base: 0,
+        };
+        self.store(index, st, meta);
     }
 
     /// Decoder `index` as committed, with its latched DPA base.
@@ -503,26 +512,9 @@ impl HdmDecoderBank {
             Ok(dpa_base) => {
                 st.committed = true;
                 st.locked = st.lock_on_commit;
-                self.store(
-                    index,
-                    st,
-                    Meta {
-                        failure: None,
-                        dpa_base,
-                    },
-                );
+                self.store(index, st, Meta::latched(dpa_base));
             }
-            Err(e) => {
-                st.error = true;
-                self.store(
-                    index,
-                    st,
-                    Meta {
-                        failure: Some(e),
-                        dpa_base: 0,
-                    },
-                );
-            }
+            Err(e) => self.store_failure(index, st, e),
         }
     }
 
@@ -550,14 +542,7 @@ impl HdmDecoderBank {
         };
         let dpa_base = commit::validate(index, &st, &self.neighbours(index), self.cfg.capacity)
             .map_err(|reason| HdmError::CommitRejected { index, reason })?;
-        self.store(
-            index,
-            st,
-            Meta {
-                failure: None,
-                dpa_base,
-            },
-        );
+        self.store(index, st, Meta::latched(dpa_base));
         Ok(())
     }
 
