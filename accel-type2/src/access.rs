@@ -48,6 +48,12 @@ pub fn write_dwords(offset: u64, data: &[u8], mut write: impl FnMut(u64, u32, u3
     }
 }
 
+/// `off - base` when the dword offset `off` lies in the register structure at
+/// `base..base + len`, else None.
+pub(crate) fn offset_in(off: u64, base: u64, len: u64) -> Option<u32> {
+    (off >= base && off < base.saturating_add(len)).then(|| (off - base) as u32)
+}
+
 /// Merge the masked bits of `value` into `old`.
 pub const fn merge(old: u32, value: u32, mask: u32) -> u32 {
     (old & !mask) | (value & mask)

@@ -19,7 +19,7 @@ use cxl_regs::component::{self as comp, link, ras};
 use cxl_regs::layout;
 use hdm::{DecoderState, HdmConfig, HdmDecoderBank, WriteOutcome};
 
-use crate::access::{qword_half, read_dwords};
+use crate::access::{offset_in, qword_half, read_dwords};
 use crate::firmware::{CommitDecision, Firmware};
 use crate::ras::Ras;
 
@@ -97,7 +97,6 @@ impl ComponentBlock {
     pub fn read(&self, offset: u64) -> u32 {
         let off = offset & !3;
         let cm = layout::CACHEMEM_OFFSET;
-        let in_range = |base: u64, len: u64| off >= base && off < base.saturating_add(len);
         if off == cm {
             comp::array_header(ARRAY_ENTRIES)
         } else if off == cm + 4 {
@@ -110,12 +109,12 @@ impl ComponentBlock {
                 cxl_regs::hdm::CAP_VERSION,
                 layout::HDM_CAP_PTR,
             )
-        } else if in_range(layout::RAS_OFFSET, u64::from(ras::LENGTH)) {
-            self.ras.read((off - layout::RAS_OFFSET) as u32)
-        } else if in_range(layout::LINK_OFFSET, u64::from(link::LENGTH)) {
-            Self::link_read((off - layout::LINK_OFFSET) as u32)
-        } else if in_range(layout::HDM_OFFSET, self.hdm_len()) {
-            self.hdm.read((off - layout::HDM_OFFSET) as u32)
+        } else if let Some(rel) = offset_in(off, layout::RAS_OFFSET, u64::from(ras::LENGTH)) {
+            self.ras.read(rel)
+        } else if let Some(rel) = offset_in(off, layout::LINK_OFFSET, u64::from(link::LENGTH)) {
+            Self::link_read(rel)
+        } else if let Some(rel) = offset_in(off, layout::HDM_OFFSET, self.hdm_len()) {
+            self.hdm.read(rel)
         } else {
             0
         }
@@ -144,13 +143,10 @@ impl ComponentBlock {
         now_ns: u64,
     ) {
         let off = offset & !3;
-        if off >= layout::RAS_OFFSET && off < layout::RAS_OFFSET + u64::from(ras::LENGTH) {
-            self.ras
-                .write((off - layout::RAS_OFFSET) as u32, value, mask);
-        } else if off >= layout::HDM_OFFSET && off < layout::HDM_OFFSET + self.hdm_len() {
-            let outcome = self
-                .hdm
-                .write((off - layout::HDM_OFFSET) as u32, value, mask);
+        if let Some(rel) = offset_in(off, layout::RAS_OFFSET, u64::from(ras::LENGTH)) {
+            self.ras.write(rel, value, mask);
+        } else if let Some(rel) = offset_in(off, layout::HDM_OFFSET, self.hdm_len()) {
+            let outcome = self.hdm.write(rel, value, mask);
             self.handle_outcome(outcome, fw, now_ns);
         }
     }

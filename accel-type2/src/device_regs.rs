@@ -13,7 +13,7 @@ use cxl_regs::device::{self as devr, mailbox_cap, memdev, status};
 use cxl_regs::layout;
 use mailbox::{Mailbox, MailboxEvent, VendorHooks};
 
-use crate::access::qword_half;
+use crate::access::{offset_in, qword_half};
 use crate::firmware::Firmware;
 
 /// The three capabilities listed in the array.
@@ -52,9 +52,13 @@ impl DeviceRegs {
         self.doorbells
     }
 
-    fn mailbox_range(&self) -> (u64, u64) {
-        let start = u64::from(layout::MAILBOX_CAP_OFFSET);
-        (start, start + u64::from(self.mailbox.block_len()))
+    /// The offset within the mailbox registers of the dword at `off`, if it is one.
+    fn mailbox_offset(&self, off: u64) -> Option<u32> {
+        offset_in(
+            off,
+            u64::from(layout::MAILBOX_CAP_OFFSET),
+            u64::from(self.mailbox.block_len()),
+        )
     }
 
     /// Memory Device Status (§8.2.8.5.1): media ready, mailbox interface ready.
@@ -71,9 +75,8 @@ impl DeviceRegs {
     /// Read the dword at `offset` within the block.
     pub fn read(&mut self, offset: u64, now_ns: u64) -> u32 {
         let off = offset & !3;
-        let (mb_start, mb_end) = self.mailbox_range();
-        if off >= mb_start && off < mb_end {
-            return self.mailbox.read((off - mb_start) as u32, now_ns);
+        if let Some(rel) = self.mailbox_offset(off) {
+            return self.mailbox.read(rel, now_ns);
         }
         let headers: [(u16, u8, u32, u32); 3] = [
             (
@@ -138,11 +141,7 @@ impl DeviceRegs {
         fw: &mut dyn Firmware,
     ) -> Option<MailboxEvent> {
         let off = offset & !3;
-        let (mb_start, mb_end) = self.mailbox_range();
-        if off < mb_start || off >= mb_end {
-            return None;
-        }
-        let rel = (off - mb_start) as u32;
+        let rel = self.mailbox_offset(off)?;
         if rel == cxl_regs::mailbox::CONTROL && value & mask & cxl_regs::mailbox::CTRL_DOORBELL != 0
         {
             self.doorbells = self.doorbells.wrapping_add(1);
