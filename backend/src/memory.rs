@@ -285,10 +285,7 @@ impl DeviceMemoryFile {
     }
 
     fn check(&self, dpa: u64, len: usize) -> Result<usize, MemoryError> {
-        let err = MemoryError::Unmapped {
-            addr: dpa,
-            len: len as u64,
-        };
+        let err = unmapped(dpa, len);
         let end = dpa.checked_add(len as u64).ok_or_else(|| err.clone())?;
         if end > self.size() {
             return Err(err);
@@ -302,10 +299,7 @@ impl DeviceMemoryFile {
         self.map
             .as_volatile_slice()
             .read_slice(buf, off)
-            .map_err(|_| MemoryError::Unmapped {
-                addr: dpa,
-                len: buf.len() as u64,
-            })
+            .map_err(|_| unmapped(dpa, buf.len()))
     }
 
     /// Copy into device memory.
@@ -314,10 +308,7 @@ impl DeviceMemoryFile {
         self.map
             .as_volatile_slice()
             .write_slice(data, off)
-            .map_err(|_| MemoryError::Unmapped {
-                addr: dpa,
-                len: data.len() as u64,
-            })
+            .map_err(|_| unmapped(dpa, data.len()))
     }
 }
 
@@ -456,6 +447,14 @@ impl PayloadBuf for SharedPayload {
                 .as_volatile_slice()
                 .write_slice(data, offset)
                 .is_ok()
+    }
+}
+
+/// The error of an access to `addr..addr + len` that is not (wholly) mapped.
+fn unmapped(addr: u64, len: usize) -> MemoryError {
+    MemoryError::Unmapped {
+        addr,
+        len: len as u64,
     }
 }
 
@@ -632,10 +631,7 @@ impl GuestRam {
         write: bool,
         mut f: impl FnMut(&MmapRegion, usize, std::ops::Range<usize>) -> bool,
     ) -> Result<(), MemoryError> {
-        let err = MemoryError::Unmapped {
-            addr: gpa,
-            len: len as u64,
-        };
+        let err = unmapped(gpa, len);
         let end = gpa.checked_add(len as u64).ok_or_else(|| err.clone())?;
         let mut pieces = Vec::new();
         let mut addr = gpa;
