@@ -264,7 +264,8 @@ fn decoder_reg(n: u32, reg: u32) -> u64 {
     layout::HDM_OFFSET + u64::from(hdm::decoder_offset(n) + reg)
 }
 
-fn program_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) -> u32 {
+/// Write base, size and then control of decoder `n`, as a driver does.
+fn write_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) {
     write32(c, BAR0, decoder_reg(n, hdm::DEC_BASE_LO), base as u32);
     write32(
         c,
@@ -280,6 +281,12 @@ fn program_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl
         (size >> 32) as u32,
     );
     write32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL), ctrl);
+}
+
+/// [`write_decoder`], then wait (as the kernel does) for Committed or Error when
+/// `ctrl` commits; returns the control register.
+fn program_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) -> u32 {
+    write_decoder(c, n, base, size, ctrl);
     // The kernel polls up to 20 ms for Committed or Error.
     let start = Instant::now();
     loop {
@@ -855,6 +862,7 @@ fn delayed_commit_completes_while_the_client_is_idle() {
     assert_eq!(r["ok"], false, "{r}");
 }
 
+/// [`write_decoder`], then one read of the control register.
 fn program_decoder_no_wait(
     c: &mut vfio_user::Client,
     n: u32,
@@ -862,21 +870,7 @@ fn program_decoder_no_wait(
     size: u64,
     ctrl: u32,
 ) -> u32 {
-    write32(c, BAR0, decoder_reg(n, hdm::DEC_BASE_LO), base as u32);
-    write32(
-        c,
-        BAR0,
-        decoder_reg(n, hdm::DEC_BASE_HI),
-        (base >> 32) as u32,
-    );
-    write32(c, BAR0, decoder_reg(n, hdm::DEC_SIZE_LO), size as u32);
-    write32(
-        c,
-        BAR0,
-        decoder_reg(n, hdm::DEC_SIZE_HI),
-        (size >> 32) as u32,
-    );
-    write32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL), ctrl);
+    write_decoder(c, n, base, size, ctrl);
     read32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL))
 }
 
