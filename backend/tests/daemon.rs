@@ -35,8 +35,7 @@ fn regions_irqs_and_bar2_fd_mapping_are_coherent() {
         (bar0.sparse_areas[0].offset, bar0.sparse_areas[0].size),
         (pl, pl_len)
     );
-    let fo0 = bar0.file_offset.as_ref().expect("BAR0 comes with an fd");
-    let payload = Mapping::new(fo0.file().as_raw_fd(), fo0.start() + pl, pl_len as usize);
+    let payload = map_region(&c, BAR0, pl, pl_len as usize);
     // The guest's side: the input goes straight into the page, the registers trap.
     payload.write(0, &[0u8; 8]);
     let mbox = layout::MAILBOX_OFFSET;
@@ -87,8 +86,7 @@ fn regions_irqs_and_bar2_fd_mapping_are_coherent() {
         (bar2.sparse_areas[0].offset, bar2.sparse_areas[0].size),
         (0, 512 * MIB)
     );
-    let fo = bar2.file_offset.as_ref().expect("BAR2 comes with an fd");
-    let map = Mapping::new(fo.file().as_raw_fd(), fo.start(), (512 * MIB) as usize);
+    let map = map_region(&c, BAR2, 0, (512 * MIB) as usize);
 
     // Through the fd mapping, then REGION_READ.
     let near_end = (512 * MIB - 4096) as usize;
@@ -378,9 +376,7 @@ fn dma_engine_copies_both_ways_and_survives_bad_addresses() {
 
     const GPA: u64 = 0x1_0000_0000;
     const RAM: usize = 2 << 20;
-    let ram_fd = memfd(RAM);
-    let ram = Mapping::new(ram_fd.as_raw_fd(), 0, RAM);
-    c.dma_map(0, GPA, RAM as u64, ram_fd.as_raw_fd()).unwrap();
+    let ram = map_guest_ram(&mut c, GPA, RAM);
     enable_msix(&mut c);
     let done = register_msix(&mut c, u32::from(layout::MSIX_VEC_DMA));
 
@@ -485,21 +481,12 @@ fn memory_file_and_lsa_file_persist_across_a_restart() {
     let dir = std::sync::Arc::new(test_dir());
     let mem = dir.path().join("devmem.img");
     let lsa = dir.path().join("lsa.img");
-    let args = [
-        "--memory-file",
-        mem.to_str().unwrap(),
-        "--lsa-file",
-        lsa.to_str().unwrap(),
-        "--memory-size",
-        "256M",
-    ];
+    let args = file_backed_args(&mem, &lsa);
     let data = pattern(11, 8192);
     {
         let mut b = Backend::start_in(dir.clone(), &args);
         let mut c = b.client();
-        let r = c.region(2).unwrap();
-        let fo = r.file_offset.as_ref().unwrap();
-        let map = Mapping::new(fo.file().as_raw_fd(), fo.start(), (256 * MIB) as usize);
+        let map = map_region(&c, BAR2, 0, (256 * MIB) as usize);
         map.write((200 * MIB) as usize, &data);
         set_lsa(&mut c, 0, b"persistent label");
         drop(map);

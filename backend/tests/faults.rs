@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -24,24 +23,14 @@ fn sigkill_in_mid_traffic_then_restart_keeps_memory_and_lsa() {
     let dir = Arc::new(test_dir());
     let mem = dir.path().join("devmem.img");
     let lsa = dir.path().join("lsa.img");
-    let args = [
-        "--memory-file",
-        mem.to_str().unwrap(),
-        "--lsa-file",
-        lsa.to_str().unwrap(),
-        "--memory-size",
-        "256M",
-        "--seccomp",
-        "on",
-    ];
+    let mut args = file_backed_args(&mem, &lsa);
+    args.extend(["--seccomp", "on"]);
     let data = pattern(21, 64 << 10);
     let mut b = Backend::start_in(dir.clone(), &args);
     {
         let mut c = b.client();
         // Through the BAR2 mapping (as the guest writes) and REGION_WRITE (trapped).
-        let r = c.region(BAR2).unwrap();
-        let fo = r.file_offset.as_ref().unwrap();
-        let map = Mapping::new(fo.file().as_raw_fd(), fo.start(), (256 * MIB) as usize);
+        let map = map_region(&c, BAR2, 0, (256 * MIB) as usize);
         map.write((250 * MIB) as usize, &data);
         c.region_write(BAR2, 3 * MIB, &data).unwrap();
         set_lsa(&mut c, 0x80, b"label before the crash");

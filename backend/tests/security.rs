@@ -38,17 +38,7 @@ fn daemon_runs_unprivileged_with_private_sockets_and_files() {
     let dir = Arc::new(test_dir());
     let mem = dir.path().join("mem.img");
     let lsa = dir.path().join("lsa.img");
-    let b = Backend::start_in(
-        dir.clone(),
-        &[
-            "--memory-size",
-            "256M",
-            "--memory-file",
-            mem.to_str().unwrap(),
-            "--lsa-file",
-            lsa.to_str().unwrap(),
-        ],
-    );
+    let b = Backend::start_in(dir.clone(), &file_backed_args(&mem, &lsa));
     // SAFETY: getuid has no preconditions.
     let me = unsafe { libc::getuid() };
     let expect = if as_root() { DAEMON_ID } else { me };
@@ -109,19 +99,9 @@ fn seccomp_on_serves_a_full_session() {
     let dir = Arc::new(test_dir());
     let mem = dir.path().join("mem.img");
     let lsa = dir.path().join("lsa.img");
-    let mut b = Backend::start_in(
-        dir.clone(),
-        &[
-            "--seccomp",
-            "on",
-            "--memory-size",
-            "256M",
-            "--memory-file",
-            mem.to_str().unwrap(),
-            "--lsa-file",
-            lsa.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec!["--seccomp", "on"];
+    args.extend(file_backed_args(&mem, &lsa));
+    let mut b = Backend::start_in(dir.clone(), &args);
     let st = b.ctl(r#"{"cmd":"status"}"#);
     assert_eq!(st["config"]["seccomp"], true, "{st}");
 
@@ -133,9 +113,7 @@ fn seccomp_on_serves_a_full_session() {
     let cfg = config_space(&mut c);
     assert_eq!(le16(&cfg, 0), 0x1234);
     // BAR2 through the fd QEMU would map, and through REGION_WRITE/READ.
-    let r = c.region(BAR2).unwrap();
-    let fo = r.file_offset.as_ref().unwrap();
-    let map = Mapping::new(fo.file().as_raw_fd(), fo.start(), (256 * MIB) as usize);
+    let map = map_region(&c, BAR2, 0, (256 * MIB) as usize);
     let data = pattern(5, 8192);
     map.write((100 * MIB) as usize, &data);
     c.region_write(BAR2, 0x1000, &data).unwrap();
@@ -146,9 +124,7 @@ fn seccomp_on_serves_a_full_session() {
     // DMA_MAP with an fd, SET_IRQS with an eventfd, the DMA engine both ways, MSI-X.
     const GPA: u64 = 0x1_0000_0000;
     const RAM: usize = 2 << 20;
-    let ram_fd = memfd(RAM);
-    let ram = Mapping::new(ram_fd.as_raw_fd(), 0, RAM);
-    c.dma_map(0, GPA, RAM as u64, ram_fd.as_raw_fd()).unwrap();
+    let ram = map_guest_ram(&mut c, GPA, RAM);
     enable_msix(&mut c);
     let done = register_msix(&mut c, u32::from(layout::MSIX_VEC_DMA));
     ram.write(0x3000, &data);

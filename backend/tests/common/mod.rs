@@ -56,6 +56,19 @@ pub fn test_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The daemon options that back 256 MiB of device memory with the file `mem` and
+/// the LSA with the file `lsa`.
+pub fn file_backed_args<'a>(mem: &'a Path, lsa: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--memory-size",
+        "256M",
+        "--memory-file",
+        mem.to_str().unwrap(),
+        "--lsa-file",
+        lsa.to_str().unwrap(),
+    ]
+}
+
 /// True when `uid` `DAEMON_ID` (not in root's group) may execute `path`: each folder
 /// on the way is searchable by others, and the file executable by others.
 fn reachable_by_others(path: &Path) -> bool {
@@ -549,6 +562,28 @@ pub fn memfd(size: usize) -> OwnedFd {
     // SAFETY: ftruncate on our fd.
     assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
     fd
+}
+
+/// `len` bytes of guest RAM at `gpa`: a memfd, DMA_MAPped for the device and
+/// mapped here for the test to fill and check.
+pub fn map_guest_ram(c: &mut Client, gpa: u64, len: usize) -> Mapping {
+    let fd = memfd(len);
+    let ram = Mapping::new(fd.as_raw_fd(), 0, len);
+    c.dma_map(0, gpa, len as u64, fd.as_raw_fd()).unwrap();
+    ram
+}
+
+/// `len` bytes at `offset` of `region`, mapped through the fd the server sent with
+/// it (as QEMU maps BAR2 and the mailbox payload page).
+pub fn map_region(c: &Client, region: u32, offset: u64, len: usize) -> Mapping {
+    let r = c
+        .region(region)
+        .unwrap_or_else(|| panic!("no region {region}"));
+    let fo = r
+        .file_offset
+        .as_ref()
+        .unwrap_or_else(|| panic!("region {region} comes with no fd"));
+    Mapping::new(fo.file().as_raw_fd(), fo.start() + offset, len)
 }
 
 /// A shared mapping of an fd, unmapped on drop.
