@@ -22,7 +22,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -89,12 +89,12 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 const REQ: usize = 32;
 const REPLY: usize = 36;
 
-/// Blocking read of exactly `buf.len()` bytes with read(2); false at end of stream.
-fn raw_read_exact(fd: i32, buf: &mut [u8]) -> bool {
+/// Move `len` bytes with `step(done)`, one read(2) or write(2) of the rest after the
+/// first `done` bytes, until all are moved; false at end of stream or on an error.
+fn raw_all(len: usize, mut step: impl FnMut(usize) -> isize) -> bool {
     let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
-        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+    while done < len {
+        let n = step(done);
         if n <= 0 {
             return false;
         }
@@ -103,17 +103,20 @@ fn raw_read_exact(fd: i32, buf: &mut [u8]) -> bool {
     true
 }
 
+/// Blocking read of exactly `buf.len()` bytes with read(2); false at end of stream.
+fn raw_read_exact(fd: i32, buf: &mut [u8]) -> bool {
+    let len = buf.len();
+    raw_all(len, |done| {
+        // SAFETY: the pointer and length describe the unfilled rest of `buf`.
+        unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), len - done) }
+    })
+}
+
 fn raw_write_all(fd: i32, buf: &[u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
+    raw_all(buf.len(), |done| {
         // SAFETY: the pointer and length describe the unsent rest of `buf`.
-        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
-        if n <= 0 {
-            return false;
-        }
-        done += n as usize;
-    }
-    true
+        unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) }
+    })
 }
 
 /// A request/reply round trip over a UNIX stream socket between this process and a
@@ -217,21 +220,34 @@ fn rss_cmd(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// Start the backend on the vfio-user socket `sock` with `args`, quiet (warnings
+/// only, and no stdio).
+fn spawn_backend(backend: &Path, sock: &Path, args: &[&str]) -> Res<Child> {
+    Command::new(backend)
+        .args(["--socket".as_ref(), sock.as_os_str()])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", backend.display()))
+}
+
+/// A fresh scratch folder for this run, `<tmp>/<name>.<pid>`.
+fn scratch_dir(name: &str) -> Res<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{name}.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Spawn the backend, time until its socket accepts a connection, then let it idle
 /// and read its RSS. Returns (startup ms, status fields).
 fn one_daemon(backend: &Path, dir: &Path, size: &str) -> Res<(f64, Value)> {
     let sock = dir.join("bench.sock");
     let _ = std::fs::remove_file(&sock);
     let t = Instant::now();
-    let mut child = Command::new(backend)
-        .args(["--socket".as_ref(), sock.as_os_str()])
-        .args(["--memory-size", size])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", backend.display()))?;
+    let mut child = spawn_backend(backend, &sock, &["--memory-size", size])?;
     let ready = loop {
         if UnixStream::connect(&sock).is_ok() {
             break t.elapsed();
@@ -259,8 +275,7 @@ fn one_daemon(backend: &Path, dir: &Path, size: &str) -> Res<(f64, Value)> {
 fn daemon(args: &[String]) -> Res<()> {
     let backend = PathBuf::from(opt(args, "--backend").ok_or("--backend needed")?);
     let runs = opt_num(args, "--runs", 9)?.max(1) as usize;
-    let dir = std::env::temp_dir().join(format!("cxl-accel-hostbench.{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = scratch_dir("cxl-accel-hostbench")?;
     let mut out = Map::new();
     for (label, size, n) in [("512m", "512M", runs), ("64g", "64G", runs.div_ceil(3))] {
         let mut startup = Vec::new();
@@ -321,18 +336,9 @@ fn transact(s: &mut UnixStream, id: u16, cmd: u16, body: &[u8], reply: &mut Vec<
 fn client(args: &[String]) -> Res<()> {
     let backend = PathBuf::from(opt(args, "--backend").ok_or("--backend needed")?);
     let iters = opt_num(args, "--iters", 20_000)? as usize;
-    let dir = std::env::temp_dir().join(format!("cxl-accel-hostbench-c.{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dir = scratch_dir("cxl-accel-hostbench-c")?;
     let sock = dir.join("client.sock");
-    let mut child = Command::new(&backend)
-        .args(["--socket".as_ref(), sock.as_os_str()])
-        .arg("--once")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", backend.display()))?;
+    let mut child = spawn_backend(&backend, &sock, &["--once"])?;
     let t = Instant::now();
     let mut s = loop {
         if let Ok(s) = UnixStream::connect(&sock) {
@@ -442,6 +448,11 @@ impl Row {
         let r = self.ratio()?;
         Some(if at_most { r <= limit } else { r >= limit })
     }
+    /// The target as "<=1.5" or ">=0.8".
+    fn target_text(&self) -> Option<String> {
+        self.target
+            .map(|(l, at_most)| format!("{}{l}", if at_most { "<=" } else { ">=" }))
+    }
     fn json(&self) -> Value {
         json!({
             "name": self.name,
@@ -450,7 +461,7 @@ impl Row {
             "anchor": self.anchor_name,
             "anchor_value": self.anchor,
             "ratio": self.ratio(),
-            "target": self.target.map(|(l, at_most)| format!("{}{l}", if at_most { "<=" } else { ">=" })),
+            "target": self.target_text(),
             "holds": self.holds(),
             "note": self.note,
         })
@@ -686,10 +697,7 @@ fn report(args: &[String]) -> Res<()> {
         "figure", "value", "unit", "anchor", "anchor", "ratio", "target", "holds"
     ));
     for r in &rows {
-        let target = r
-            .target
-            .map(|(l, m)| format!("{}{l}", if m { "<=" } else { ">=" }))
-            .unwrap_or_else(|| "-".into());
+        let target = r.target_text().unwrap_or_else(|| "-".into());
         let holds = match r.holds() {
             Some(true) => "yes",
             Some(false) => "NO",
