@@ -34,7 +34,7 @@
 use crate::config::Config;
 use crate::hdmprog::{self, DecoderState};
 use crate::mbox;
-use crate::mmio::Regs;
+use crate::mmio::{MmioMap, Regs};
 use crate::pcicfg::ConfigSpace;
 use crate::report::Reporter;
 use crate::sys::{self, PCI_DEVICES};
@@ -42,8 +42,7 @@ use cxl_regs::dvsec::{self, register_locator as rl};
 use cxl_regs::layout::{self, engine as e};
 use cxl_regs::{mailbox as mb, pci};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// Modules that must not be loaded before the chaos (as in check b.1).
@@ -230,45 +229,17 @@ pub fn describe_diff(before: &[u8], after: &[u8], max: usize) -> String {
 
 // --- device access -------------------------------------------------------------------
 
-/// A whole BAR mapped through sysfs resourceN, with accesses of every width.
+/// A whole BAR mapped through sysfs resourceN (by [`MmioMap`]), with accesses of
+/// every width.
 struct RawBar {
-    ptr: *mut u8,
-    len: usize,
+    map: MmioMap,
     what: String,
 }
 
 impl RawBar {
     fn open(path: &str) -> Result<Self, String> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| format!("stat {path}: {e}"))?
-            .len() as usize;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_SYNC)
-            .open(path)
-            .map_err(|e| format!("open {path}: {e}"))?;
-        if len == 0 {
-            return Err(format!("{path}: empty resource"));
-        }
-        // SAFETY: a fresh shared mapping of a resource file we opened; the kernel
-        // checks the length against the BAR.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
-        }
         Ok(Self {
-            ptr: ptr as *mut u8,
-            len,
+            map: MmioMap::open_resource(path)?,
             what: path.to_string(),
         })
     }
@@ -297,26 +268,26 @@ impl RawBar {
 
     fn inside(&self, off: u64, width: usize) -> *mut u8 {
         assert!(
-            matches!(width, 1 | 2 | 4 | 8) && off + width as u64 <= self.len as u64,
+            matches!(width, 1 | 2 | 4 | 8) && off + width as u64 <= self.map.len() as u64,
             "{}: {width}-byte access at {off:#x} outside {:#x} bytes",
             self.what,
-            self.len
+            self.map.len()
         );
         // SAFETY: in bounds per the assertion.
-        unsafe { self.ptr.add(off as usize) }
+        unsafe { self.map.as_ptr().add(off as usize) }
     }
 
     fn at(&self, off: u64, width: usize) -> *mut u8 {
         assert!(
             matches!(width, 1 | 2 | 4 | 8)
                 && off.is_multiple_of(width as u64)
-                && off + width as u64 <= self.len as u64,
+                && off + width as u64 <= self.map.len() as u64,
             "{}: {width}-byte access at {off:#x} outside {:#x} bytes or unaligned",
             self.what,
-            self.len
+            self.map.len()
         );
         // SAFETY: in bounds per the assertion.
-        unsafe { self.ptr.add(off as usize) }
+        unsafe { self.map.as_ptr().add(off as usize) }
     }
 
     fn read(&self, off: u64, width: usize) -> u64 {
@@ -427,15 +398,6 @@ impl Regs for RawBar {
     }
     fn write64(&self, off: u64, v: u64) {
         self.write(off, 8, v)
-    }
-}
-
-impl Drop for RawBar {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `open` mapped.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
     }
 }
 
@@ -755,10 +717,10 @@ impl Chaos<'_> {
             (true, false) => Some(&mut self.sweep[0]),
             (true, true) => Some(&mut self.sweep[1]),
         };
-        let (mut off, w, swept) = pick_offset(&mut self.rng, bar.len as u64, w, hot, cursor);
+        let (mut off, w, swept) = pick_offset(&mut self.rng, bar.map.len() as u64, w, hot, cursor);
         // One access in eight is unaligned (never in the sweep, which must be gapless).
         if w > 1 && !swept && self.rng.chance(12) {
-            off = (off + 1 + self.rng.below(w as u64 - 1)).min(bar.len as u64 - w as u64);
+            off = (off + 1 + self.rng.below(w as u64 - 1)).min(bar.map.len() as u64 - w as u64);
         }
         let name = if four { 4 } else { 0 };
         if write {
@@ -944,8 +906,8 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
         sweep: [0; 3],
     };
     let sweep_len = [
-        t.bar0.len as u64,
-        t.bar4.len as u64,
+        t.bar0.map.len() as u64,
+        t.bar4.map.len() as u64,
         pci::CONFIG_SPACE_SIZE as u64,
     ];
     let mut swept_at: [Option<f64>; 3] = [None; 3];
