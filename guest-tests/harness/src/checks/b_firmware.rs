@@ -4,8 +4,8 @@
 
 use super::{need, Ctx};
 use crate::cedt;
-use crate::hdmprog::{self, Outcome, Program};
-use crate::mmio::MmioMap;
+use crate::hdmprog::{self, DecoderState, Outcome, Program};
+use crate::mmio::{MmioMap, Regs};
 use crate::report::Reporter;
 use crate::sys;
 use cxl_regs::dvsec;
@@ -16,6 +16,34 @@ const CXL_MODULES: [&str; 4] = ["cxl_acpi", "cxl_mem", "cxl_pmem", "cxl_accel_t2
 
 fn wait_1ms() {
     sys::sleep_ms(1);
+}
+
+/// Commit decoder 0 of the HDM Decoder Capability at `hdm` as firmware does: `base`
+/// and `size`, one way, device-coherent, not locked, with `skip_or_targets`. Returns
+/// the decoder as read back and " (was committed)" when it already was.
+fn commit_decoder0<R: Regs + ?Sized>(
+    r: &R,
+    hdm: u64,
+    base: u64,
+    size: u64,
+    skip_or_targets: u64,
+) -> Result<(DecoderState, &'static str), String> {
+    let p = Program {
+        base,
+        size,
+        iw: 0,
+        ig: 0,
+        host_only: false,
+        lock_on_commit: false,
+        skip_or_targets,
+    };
+    let (o, st) = hdmprog::commit(r, hdm, 0, &p, &wait_1ms)?;
+    let was = if o == Outcome::AlreadyCommitted {
+        " (was committed)"
+    } else {
+        ""
+    };
+    Ok((st, was))
 }
 
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
@@ -129,28 +157,12 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                     cap.raw
                 ));
             }
-            let p = Program {
-                base: w.base,
-                size: Ctx::region_size(capacity),
-                iw: 0,
-                ig: 0,
-                host_only: false,
-                lock_on_commit: false,
-                skip_or_targets: port as u64,
-            };
-            let (o, st) = hdmprog::commit(&map, hdm, 0, &p, &wait_1ms)?;
+            let size = Ctx::region_size(capacity);
+            let (st, was) = commit_decoder0(&map, hdm, w.base, size, port as u64)?;
             let g = hdmprog::global_enable(&map, hdm)?;
             Ok(format!(
-                "{} decoders; decoder 0 {:#x}+{:#x} target {port} ctrl {:#x}{}; global {g:#x}",
-                cap.decoders,
-                st.base,
-                st.size,
-                st.ctrl,
-                if o == Outcome::AlreadyCommitted {
-                    " (was committed)"
-                } else {
-                    ""
-                }
+                "{} decoders; decoder 0 {:#x}+{:#x} target {port} ctrl {:#x}{was}; global {g:#x}",
+                cap.decoders, st.base, st.size, st.ctrl,
             ))
         },
     );
@@ -166,28 +178,11 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let bar0 = ctx.bar(bir)?;
             let hdm = hdmprog::find_hdm(bar0, comp)?;
             let cap = hdmprog::read_cap(bar0, hdm)?;
-            let p = Program {
-                base: w.base,
-                size,
-                iw: 0,
-                ig: 0,
-                host_only: false,
-                lock_on_commit: false,
-                skip_or_targets: 0,
-            };
-            let (o, st) = hdmprog::commit(bar0, hdm, 0, &p, &wait_1ms)?;
+            let (st, was) = commit_decoder0(bar0, hdm, w.base, size, 0)?;
             ctx.committed = Some((st.base, st.size));
             Ok(format!(
-                "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{}",
-                cap.decoders,
-                st.base,
-                st.size,
-                st.ctrl,
-                if o == Outcome::AlreadyCommitted {
-                    " (was committed)"
-                } else {
-                    ""
-                }
+                "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{was}",
+                cap.decoders, st.base, st.size, st.ctrl,
             ))
         },
     );
