@@ -165,6 +165,13 @@ pub mod tests {
         let mut b = vec![0u8; 4096];
         let w16 = |b: &mut Vec<u8>, o: usize, v: u16| b[o..o + 2].copy_from_slice(&v.to_le_bytes());
         let w32 = |b: &mut Vec<u8>, o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        // A CXL DVSEC at `o`: extended capability header (next at `next`), DVSEC
+        // headers 1 and 2.
+        let dvsec_at = |b: &mut Vec<u8>, o: usize, next: u16, rev: u8, len: u16, id: u16| {
+            w32(b, o, pci::ext_cap_header(pci::EXT_CAP_ID_DVSEC, 1, next));
+            w32(b, o + 4, pci::dvsec_header1(dvsec::CXL_VENDOR_ID, rev, len));
+            w32(b, o + 8, id as u32);
+        };
         w16(&mut b, 0, 0x1234);
         w16(&mut b, 2, 0xcc02);
         w32(&mut b, 8, 0x1200_0001);
@@ -190,17 +197,7 @@ pub mod tests {
         w32(&mut b, 0x104, 0x89ab_cdef);
         w32(&mut b, 0x108, 0x0123_4567);
         // DVSEC 0 at 0x110, length 0x3c
-        w32(
-            &mut b,
-            0x110,
-            pci::ext_cap_header(pci::EXT_CAP_ID_DVSEC, 1, 0x150),
-        );
-        w32(
-            &mut b,
-            0x114,
-            pci::dvsec_header1(dvsec::CXL_VENDOR_ID, 3, 0x3c),
-        );
-        w32(&mut b, 0x118, dvsec::ID_CXL_DEVICE as u32);
+        dvsec_at(&mut b, 0x110, 0x150, 3, 0x3c, dvsec::ID_CXL_DEVICE);
         w16(&mut b, 0x110 + dvsec::device::CAP, 0x0015);
         w32(
             &mut b,
@@ -208,17 +205,7 @@ pub mod tests {
             0x2000_0003,
         );
         // Flex Bus at 0x150
-        w32(
-            &mut b,
-            0x150,
-            pci::ext_cap_header(pci::EXT_CAP_ID_DVSEC, 1, 0x170),
-        );
-        w32(
-            &mut b,
-            0x154,
-            pci::dvsec_header1(dvsec::CXL_VENDOR_ID, 2, 0x20),
-        );
-        w32(&mut b, 0x158, dvsec::ID_FLEX_BUS_PORT as u32);
+        dvsec_at(&mut b, 0x150, 0x170, 2, 0x20, dvsec::ID_FLEX_BUS_PORT);
         let st = dvsec::flex_bus::CACHE
             | dvsec::flex_bus::IO
             | dvsec::flex_bus::MEM
@@ -230,17 +217,8 @@ pub mod tests {
         w16(&mut b, 0x150 + dvsec::flex_bus::STATUS, st);
         // Register locator at 0x170
         let n = if mailbox { 2 } else { 1 };
-        w32(
-            &mut b,
-            0x170,
-            pci::ext_cap_header(pci::EXT_CAP_ID_DVSEC, 1, 0),
-        );
-        w32(
-            &mut b,
-            0x174,
-            pci::dvsec_header1(dvsec::CXL_VENDOR_ID, 0, dvsec::register_locator::length(n)),
-        );
-        w32(&mut b, 0x178, dvsec::ID_REGISTER_LOCATOR as u32);
+        let len = dvsec::register_locator::length(n);
+        dvsec_at(&mut b, 0x170, 0, 0, len, dvsec::ID_REGISTER_LOCATOR);
         let (lo, hi) = dvsec::register_locator::entry(0, 1, 0);
         w32(&mut b, 0x17c, lo);
         w32(&mut b, 0x180, hi);

@@ -183,41 +183,25 @@ mod tests {
     #[test]
     fn agrees_with_sample() {
         let j = json::parse(CXL_LIST).unwrap();
-        let ok = verify(
-            &j,
-            "mem0",
-            "0000:0d:00.0",
-            0x0123_4567_89ab_cdef,
-            512 << 20,
-            "decoder2.0",
-            "region0",
-            0x2_d000_0000,
-            0x1000_0000,
-        );
+        // The sample's memdev and region, with `serial` and region base `base`.
+        let sample = |serial: u64, base: u64| {
+            verify(
+                &j,
+                "mem0",
+                "0000:0d:00.0",
+                serial,
+                512 << 20,
+                "decoder2.0",
+                "region0",
+                base,
+                0x1000_0000,
+            )
+        };
+        let ok = sample(0x0123_4567_89ab_cdef, 0x2_d000_0000);
         assert!(ok.is_ok(), "{ok:?}");
-        let bad = verify(
-            &j,
-            "mem0",
-            "0000:0d:00.0",
-            1,
-            512 << 20,
-            "decoder2.0",
-            "region0",
-            0x2_d000_0000,
-            0x1000_0000,
-        );
+        let bad = sample(1, 0x2_d000_0000);
         assert!(bad.unwrap_err().contains("serial"));
-        let bad = verify(
-            &j,
-            "mem0",
-            "0000:0d:00.0",
-            0x0123_4567_89ab_cdef,
-            512 << 20,
-            "decoder2.0",
-            "region0",
-            0x2_e000_0000,
-            0x1000_0000,
-        );
+        let bad = sample(0x0123_4567_89ab_cdef, 0x2_e000_0000);
         assert!(bad.is_err());
         assert!(verify(&j, "mem1", "x", 0, 0, "decoder2.0", "region0", 0, 0)
             .unwrap_err()
