@@ -502,7 +502,10 @@ fn set_irqs(
                 if fds.len() != count as usize {
                     return Err(libc::EINVAL);
                 }
-                for (slot, fd) in vectors[start as usize..end].iter_mut().zip(fds) {
+                // count 0 passes the range check above, so `start` may lie past
+                // the vectors: refuse it rather than slice out of bounds.
+                let slots = vectors.get_mut(start as usize..end).ok_or(libc::EINVAL)?;
+                for (slot, fd) in slots.iter_mut().zip(fds) {
                     *slot = fd.map(File::from);
                 }
                 debug!("IRQ index {index}: eventfds for vectors {start}..{end}");
@@ -685,6 +688,27 @@ mod tests {
         // count 0 + DATA_NONE disables the index.
         d.set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_NONE, 0, 0, vec![])
             .unwrap();
+        assert_eq!(lock(&shared).irqs.registered(IRQ_MSIX), 0);
+    }
+
+    #[test]
+    fn eventfd_set_of_no_vectors_past_the_end_is_refused() {
+        // Found by the vfio_user_stream fuzz target: SET_IRQS with DATA_EVENTFD,
+        // count 0 and start past the vectors sliced out of bounds and panicked.
+        let (mut d, shared) = fixture();
+        let n = d.irq_info(IRQ_MSIX).unwrap().count;
+        let flags = VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD;
+        assert_eq!(
+            d.set_irqs(IRQ_MSIX, flags, 146, 0, vec![]),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(
+            d.set_irqs(IRQ_MSIX, flags, n + 1, 0, vec![]),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(d.set_irqs(IRQ_INTX, flags, 2, 0, vec![]), Err(libc::EINVAL));
+        // An empty set inside the range is a no-op.
+        assert_eq!(d.set_irqs(IRQ_MSIX, flags, n, 0, vec![]), Ok(()));
         assert_eq!(lock(&shared).irqs.registered(IRQ_MSIX), 0);
     }
 
