@@ -5,8 +5,8 @@
 //! `Server::serve` (the daemon's loop: framing, `Request::decode`, dispatch,
 //! replies) with the daemon's `VfioDevice` adapter over an `AccelDevice` on a
 //! memfd, exactly as `cxl-accel-backend` wires them. A helper thread plays the
-//! client: it writes the input (byte 0 picks the firmware, the rest is the
-//! stream) and reads every reply. The stream is sent message by message, as the
+//! client: it writes the input (byte 0 picks the firmware and device shape, the
+//! rest is the stream) and reads every reply. The stream is sent message by message, as the
 //! header sizes delimit it; a message whose `error` field (unused in requests)
 //! has a hint gets fds attached with SCM_RIGHTS: the harness's guest-RAM memfd
 //! (so DMA_MAP can map real guest memory and the DMA engine can reach it) or
@@ -295,6 +295,11 @@ fuzz_target!(|data: &[u8]| {
         )
         .expect("valid config");
         let shared = Arc::new(Mutex::new(Shared::new(device)));
+        // As the daemon does: the mailbox payload as a shared page (sparse area of
+        // BAR0); bit 7 of the selector keeps it trapped instead.
+        if sel & 0x80 == 0 {
+            lock(&shared).share_mailbox_payload().expect("payload page");
+        }
         let mut dev = VfioDevice::new(shared.clone(), devmem, clock);
 
         // SAFETY: memfd_create with a valid name; the fd is owned at once.
