@@ -2,6 +2,8 @@
 //! fuzz/seeds/vfio_user_stream/ (checked in; scripts/fuzz passes the directory to
 //! libFuzzer next to the working corpus). Each seed is a plausible QEMU session:
 //! byte 0 selects the firmware and device shape, the rest is the stream.
+//! Files named `regress-*` there are inputs that once crashed the target, kept
+//! by hand (this program leaves them alone).
 //!
 //!     cargo run --manifest-path fuzz/Cargo.toml --example gen_seeds
 
