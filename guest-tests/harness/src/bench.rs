@@ -508,14 +508,38 @@ fn bandwidth(bar2: &MmioMap) -> Result<String, String> {
     if bar2.len() < BW_BYTES {
         return Err(format!("BAR2 is {:#x} bytes", bar2.len()));
     }
-    let ram = Anon::new(BW_BYTES, false)?;
-    let dev = bar2.as_ptr();
-    let targets = [("bar2", dev), ("ram", ram.ptr)];
-    let words = BW_BYTES / 8;
+    // SAFETY: BAR2 is mapped for at least BW_BYTES, page aligned, for `bar2`'s life.
+    let bw = unsafe { bandwidth_vs_ram(bar2.as_ptr(), BW_BYTES) }?;
+    let mut out = Vec::new();
+    for (name, (wm, rm)) in [("bar2", bw.dev), ("ram", bw.ram)] {
+        emit(&format!("bw_write.{name}"), wm, "MB/s");
+        emit(&format!("bw_read.{name}"), rm, "MB/s");
+        out.push(format!("{name} write {wm:.0} MB/s read {rm:.0} MB/s"));
+    }
+    Ok(out.join("; "))
+}
+
+/// Median (write, read) MB/s of a device mapping and of guest RAM.
+#[derive(Debug, Clone, Copy)]
+pub struct Bandwidth {
+    pub dev: (f64, f64),
+    pub ram: (f64, f64),
+}
+
+/// `len` bytes of sequential 64-bit writes then reads at `dev`, against as much
+/// anonymous guest RAM, alternating the order over `BW_ROUNDS` rounds; medians.
+///
+/// # Safety
+/// `dev` must be valid for reads and writes of `len` bytes, 8-byte aligned, and
+/// hold nothing the caller needs (it is overwritten).
+pub unsafe fn bandwidth_vs_ram(dev: *mut u8, len: usize) -> Result<Bandwidth, String> {
+    let ram = Anon::new(len, false)?;
+    let targets = [("device", dev), ("ram", ram.ptr)];
+    let words = len / 8;
     // Warm up: the first touch allocates the pages behind both on the host.
     for (_, p) in targets {
-        // SAFETY: both are mappings of at least BW_BYTES, page aligned.
-        unsafe { write_pass(p, BW_BYTES, 0) };
+        // SAFETY: both are mappings of at least `len` bytes, page aligned.
+        unsafe { write_pass(p, len, 0) };
     }
     let mut w = [Vec::new(), Vec::new()];
     let mut r = [Vec::new(), Vec::new()];
@@ -525,24 +549,22 @@ fn bandwidth(bar2: &MmioMap) -> Result<String, String> {
             let (name, p) = targets[i];
             let seed = 0x5a5a_0000_0000_0000 | round as u64;
             // SAFETY: as above.
-            let wt = unsafe { write_pass(p, BW_BYTES, seed) };
+            let wt = unsafe { write_pass(p, len, seed) };
             // SAFETY: as above.
-            let (rt, x) = unsafe { read_pass(p, BW_BYTES) };
+            let (rt, x) = unsafe { read_pass(p, len) };
             if x != expected_xor(seed, words) {
                 return Err(format!("{name}: read back differs from what was written"));
             }
-            w[i].push(mb_per_s(BW_BYTES, wt));
-            r[i].push(mb_per_s(BW_BYTES, rt));
+            w[i].push(mb_per_s(len, wt));
+            r[i].push(mb_per_s(len, rt));
         }
     }
-    let mut out = Vec::new();
-    for (i, (name, _)) in targets.iter().enumerate() {
-        let (wm, rm) = (median(&mut w[i]), median(&mut r[i]));
-        emit(&format!("bw_write.{name}"), wm, "MB/s");
-        emit(&format!("bw_read.{name}"), rm, "MB/s");
-        out.push(format!("{name} write {wm:.0} MB/s read {rm:.0} MB/s"));
-    }
-    Ok(out.join("; "))
+    let [w0, w1] = &mut w;
+    let [r0, r1] = &mut r;
+    Ok(Bandwidth {
+        dev: (median(w0), median(r0)),
+        ram: (median(w1), median(r1)),
+    })
 }
 
 // --- 4. DMA -------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ pub struct Config {
     pub bench: BenchJob,
     /// The region's HPA reaches device memory (patched QEMU, scripts/qemu): run check j.
     pub hpa: bool,
+    /// After check j passes: HPA bandwidth against guest RAM (`# bench:` notes).
+    pub hpabench: bool,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             seed: None,
             bench: BenchJob::All,
             hpa: false,
+            hpabench: false,
         }
     }
 }
@@ -93,6 +96,7 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --vendor 0xHEX           PCI vendor id (default 0x1234)
   --device 0xHEX           PCI device id (default 0xcc02)
   --hpa on|off             the region HPA reaches device memory: run check j (default off)
+  --hpabench on|off        after check j: HPA bandwidth vs guest RAM (default off)
   --seconds N              chaos mode: seconds of random accesses (default 30)
   --seed N                 chaos mode: random seed (default: from the clock)
   --bench all|ready        bench mode: every figure, or bring-up time only
@@ -126,9 +130,9 @@ fn parse_u16(s: &str) -> Result<u16, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 12] = [
     "mode", "flit", "mailbox", "size", "serial", "vendor", "device", "seconds", "seed", "bench",
-    "hpa",
+    "hpa", "hpabench",
 ];
 
 impl Config {
@@ -179,6 +183,13 @@ impl Config {
                     "on" | "1" | "true" | "yes" => true,
                     "off" | "0" | "false" | "no" => false,
                     _ => return Err(format!("hpa: expected on|off, got {value:?}")),
+                }
+            }
+            "hpabench" => {
+                self.hpabench = match value {
+                    "on" | "1" | "true" | "yes" => true,
+                    "off" | "0" | "false" | "no" => false,
+                    _ => return Err(format!("hpabench: expected on|off, got {value:?}")),
                 }
             }
             "seconds" => self.seconds = parse_u64(value)?,
@@ -363,6 +374,17 @@ mod tests {
         }
         assert_eq!((b.mode, b.bench), (Mode::Bench, BenchJob::Ready));
         assert!(b.set("bench", "fast").is_err());
+        // the HPA bandwidth figure, as /init passes it
+        let mut h = Config::default();
+        assert!(!h.hpabench);
+        for (k, v) in &parse_args(["test", "hpabench=on"].map(String::from))
+            .unwrap()
+            .settings
+        {
+            h.set(k, v).unwrap();
+        }
+        assert!(h.hpabench);
+        assert!(h.set("hpabench", "maybe").is_err());
         let mut cfg = Config::default();
         for (k, v) in &c.settings {
             cfg.set(k, v).unwrap();

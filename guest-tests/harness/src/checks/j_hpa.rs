@@ -17,6 +17,15 @@ use crate::report::Reporter;
 
 pub const HPA_SEED: u64 = 0x4358_4c48_5041_2e6a; // "CXLHPA.j"
 pub const BLOCK: u64 = 4096;
+/// Region offset of the HPA bandwidth range (`hpabench`): past the DPAs of checks
+/// f to j, and ending before the last pattern block.
+pub const BENCH_OFF: u64 = 8 << 20;
+
+/// Bytes of the HPA bandwidth range: `bench::BW_BYTES`, or less in a small region.
+pub fn bench_len(region_size: u64) -> u64 {
+    let room = region_size.saturating_sub(BENCH_OFF + BLOCK) & !((1 << 20) - 1);
+    room.min(crate::bench::BW_BYTES as u64)
+}
 
 /// Region offsets (from the decoder's HPA base) of the HPA pattern blocks.
 pub fn block_offsets(region_size: u64) -> [u64; 2] {
@@ -52,6 +61,54 @@ fn dpa_base(ctx: &Ctx) -> Result<u64, String> {
 }
 
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
+    let failed = rep.failed;
+    checks(ctx, rep);
+    if ctx.cfg.hpabench && rep.failed == failed {
+        bandwidth(ctx, rep);
+    }
+}
+
+/// j.4 (`hpabench`): sequential write then read through the region's HPA against
+/// guest RAM, as `# bench:` note lines for scripts/bench.
+fn bandwidth(ctx: &mut Ctx, rep: &mut Reporter) {
+    let mut figures = None;
+    rep.check(
+        "j.4",
+        "sequential write then read through the HPA vs guest RAM",
+        || {
+            let (base, size) = need(&ctx.committed, "endpoint decoder commit (b.4)")?;
+            let len = bench_len(size);
+            if len == 0 {
+                return Err(format!("region of {size:#x} bytes is too small"));
+            }
+            let m = MmioMap::open("/dev/mem", base + BENCH_OFF, len as usize)?;
+            // SAFETY: `m` maps `len` bytes, page aligned, of a range no check uses.
+            let bw = unsafe { crate::bench::bandwidth_vs_ram(m.as_ptr(), len as usize) }?;
+            figures = Some(bw);
+            Ok(format!(
+                "{} MiB at HPA {:#x}: write {:.0} / {:.0} MB/s, read {:.0} / {:.0} MB/s (HPA / RAM)",
+                len >> 20,
+                base + BENCH_OFF,
+                bw.dev.0,
+                bw.ram.0,
+                bw.dev.1,
+                bw.ram.1
+            ))
+        },
+    );
+    if let Some(bw) = figures {
+        for (name, (w, r)) in [("hpa", bw.dev), ("hpa_ram", bw.ram)] {
+            rep.note(&crate::bench::figure(
+                &format!("bw_write.{name}"),
+                w,
+                "MB/s",
+            ));
+            rep.note(&crate::bench::figure(&format!("bw_read.{name}"), r, "MB/s"));
+        }
+    }
+}
+
+fn checks(ctx: &mut Ctx, rep: &mut Reporter) {
     let mut hpa_maps: Vec<(u64, MmioMap)> = Vec::new();
     let mut base_dpa = None;
 
@@ -146,6 +203,25 @@ mod tests {
                     "{o:#x} vs {other:#x}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn bench_range_avoids_the_patterns() {
+        assert_eq!(bench_len(512 << 20), 64 << 20);
+        assert_eq!(bench_len(256 << 20), 64 << 20);
+        assert_eq!(bench_len(8 << 20), 0);
+        for size in [256u64 << 20, 512 << 20, 1 << 30] {
+            let end = BENCH_OFF + bench_len(size);
+            for o in block_offsets(size) {
+                assert!(
+                    o + BLOCK <= BENCH_OFF || o >= end,
+                    "{o:#x} in the bench range"
+                );
+            }
+        }
+        for other in [0, 1 << 20, super::super::DMA_DPA, super::super::POISON_DPA] {
+            assert!(other + BLOCK <= BENCH_OFF);
         }
     }
 
