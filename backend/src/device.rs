@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use accel_type2::{
     AccelDevice, Clock, Interrupt, IrqDesc, RegionBacking, RegionDesc, CONFIG_REGION_INDEX,
-    CONFIG_SPACE_SIZE, IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
+    IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
 };
 use log::{debug, info, warn};
 use serde::Serialize;
@@ -221,20 +221,10 @@ impl VfioDevice {
         }
     }
 
-    /// The region `index`, or a synthesized config space region, or `None` (absent).
-    fn region(&self, index: u32) -> Option<RegionDesc> {
-        if let Some(r) = self.regions.iter().find(|r| r.index == index && r.size > 0) {
-            return Some(r.clone());
-        }
-        (index == CONFIG_REGION_INDEX).then(|| RegionDesc {
-            index,
-            size: CONFIG_SPACE_SIZE,
-            readable: true,
-            writable: true,
-            mmappable: false,
-            sparse_mmap: Vec::new(),
-            backing: RegionBacking::Trapped,
-        })
+    /// The region `index`, or `None` when the device has no such region. The device
+    /// model lists config space (index 7) among its regions, so it is found here too.
+    fn region(&self, index: u32) -> Option<&RegionDesc> {
+        self.regions.iter().find(|r| r.index == index && r.size > 0)
     }
 
     /// Check that `offset..offset+len` lies inside region `index`; returns the BAR
@@ -522,7 +512,7 @@ fn set_irqs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use accel_type2::{AccelConfig, DefaultFirmware, MemLsa};
+    use accel_type2::{AccelConfig, DefaultFirmware, MemLsa, CONFIG_SPACE_SIZE};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     fn fixture() -> (VfioDevice, Arc<Mutex<Shared>>) {
