@@ -31,9 +31,42 @@ pub mod device {
     /// HDM_Count \[5:4\]: number of HDM ranges, 1 or 2.
     pub const CAP_HDM_COUNT_SHIFT: u32 = 4;
     pub const CAP_HDM_COUNT_MASK: u16 = 0b11 << 4;
+    /// Cache Writeback and Invalidate Capable, bit 6: Disable Caching, Initiate Cache
+    /// Write Back and Invalidation and Cache Invalid are implemented (§9.6).
     pub const CAP_CACHE_WBI_CAPABLE: u16 = 1 << 6;
+    /// CXL Reset Capable, bit 7 (§9.7).
     pub const CAP_CXL_RESET_CAPABLE: u16 = 1 << 7;
+    /// CXL Reset Timeout \[10:8\]: the longest a CXL Reset may take, Mem Clr included.
+    pub const CAP_CXL_RESET_TIMEOUT_SHIFT: u32 = 8;
+    pub const CAP_CXL_RESET_TIMEOUT_MASK: u16 = 0b111 << 8;
+    /// CXL Reset Mem Clr Capable, bit 11: volatile HDM can be cleared by CXL Reset.
+    pub const CAP_CXL_RESET_MEM_CLR_CAPABLE: u16 = 1 << 11;
     pub const CAP_VIRAL_CAPABLE: u16 = 1 << 14;
+
+    /// CXL Reset Timeout encodings: 000b 10 ms, 001b 100 ms, 010b 1 s, 011b 10 s,
+    /// 100b 100 s; the others are reserved.
+    pub const CXL_RESET_TIMEOUT_10MS: u16 = 0b000;
+    pub const CXL_RESET_TIMEOUT_100MS: u16 = 0b001;
+    pub const CXL_RESET_TIMEOUT_1S: u16 = 0b010;
+    pub const CXL_RESET_TIMEOUT_10S: u16 = 0b011;
+    pub const CXL_RESET_TIMEOUT_100S: u16 = 0b100;
+
+    /// The CXL Reset Timeout field value for an encoding.
+    pub const fn cap_cxl_reset_timeout(encoding: u16) -> u16 {
+        (encoding << CAP_CXL_RESET_TIMEOUT_SHIFT) & CAP_CXL_RESET_TIMEOUT_MASK
+    }
+    /// The timeout a Capability register value advertises, in nanoseconds; `None`
+    /// for a reserved encoding.
+    pub const fn cxl_reset_timeout_ns(cap: u16) -> Option<u64> {
+        match (cap & CAP_CXL_RESET_TIMEOUT_MASK) >> CAP_CXL_RESET_TIMEOUT_SHIFT {
+            CXL_RESET_TIMEOUT_10MS => Some(10_000_000),
+            CXL_RESET_TIMEOUT_100MS => Some(100_000_000),
+            CXL_RESET_TIMEOUT_1S => Some(1_000_000_000),
+            CXL_RESET_TIMEOUT_10S => Some(10_000_000_000),
+            CXL_RESET_TIMEOUT_100S => Some(100_000_000_000),
+            _ => None,
+        }
+    }
 
     /// HDM_Count field value.
     pub const fn cap_hdm_count(count: u8) -> u16 {
@@ -57,12 +90,33 @@ pub mod device {
     pub const STATUS: usize = 0x0e;
     pub const STATUS_VIRAL: u16 = 1 << 14;
 
-    /// DVSEC CXL Control2 (§8.1.3.4) and Status2 (§8.1.3.5), 16-bit.
+    /// DVSEC CXL Control2 (§8.1.3.4), 16-bit.
     pub const CTRL2: usize = 0x10;
+    /// Disable Caching, bit 0 (RW): no new modified lines are cached.
+    pub const CTRL2_DISABLE_CACHING: u16 = 1 << 0;
+    /// Initiate Cache Write Back and Invalidation, bit 1: a written 1 starts it;
+    /// reads 0, a written 0 is ignored.
+    pub const CTRL2_INITIATE_CACHE_WBI: u16 = 1 << 1;
+    /// Initiate CXL Reset, bit 2: a written 1 starts a CXL Reset (§9.7); reads 0, a
+    /// written 0 is ignored.
+    pub const CTRL2_INITIATE_CXL_RESET: u16 = 1 << 2;
+    /// CXL Reset Mem Clr Enable, bit 3 (RW): the next CXL Reset clears volatile HDM.
+    pub const CTRL2_CXL_RESET_MEM_CLR_ENABLE: u16 = 1 << 3;
+
+    /// DVSEC CXL Status2 (§8.1.3.5), 16-bit; these bits are RO.
     pub const STATUS2: usize = 0x12;
+    /// Cache Invalid, bit 0: no valid line is held and Disable Caching is 1.
+    pub const STATUS2_CACHE_INVALID: u16 = 1 << 0;
+    /// CXL Reset Complete, bit 1: the last CXL Reset completed successfully; cleared
+    /// when Initiate CXL Reset is written 1.
+    pub const STATUS2_CXL_RESET_COMPLETE: u16 = 1 << 1;
+    /// CXL Reset Error, bit 2: the last CXL Reset completed with errors; cleared when
+    /// Initiate CXL Reset is written 1.
+    pub const STATUS2_CXL_RESET_ERROR: u16 = 1 << 2;
 
     /// DVSEC CXL Lock (§8.1.3.6), 16-bit: CONFIG_LOCK bit 0 (RWO). Once set, every
-    /// RWL field of this DVSEC is read-only until the next conventional reset.
+    /// RWL field of this DVSEC is read-only until the next conventional reset; the
+    /// lock and the fields it locks are not affected by CXL Reset.
     pub const LOCK: usize = 0x14;
     pub const LOCK_CONFIG_LOCK: u16 = 1 << 0;
 
@@ -250,5 +304,16 @@ mod tests {
         assert_eq!(low, 0x3000_0003);
         assert_eq!(device::range_addr(1, low), 0x1_3000_0000);
         assert_eq!(device::cap_hdm_count(2), 0x20);
+    }
+
+    #[test]
+    fn cxl_reset_timeout_decodes_the_spec_encodings() {
+        // Capability bits 10:8, CXL r3.1 §8.1.3.1.
+        assert_eq!(device::cxl_reset_timeout_ns(0x0000), Some(10_000_000));
+        assert_eq!(device::cxl_reset_timeout_ns(0x0180), Some(100_000_000));
+        assert_eq!(device::cxl_reset_timeout_ns(0x0400), Some(100_000_000_000));
+        assert_eq!(device::cxl_reset_timeout_ns(0x0500), None);
+        assert_eq!(device::cxl_reset_timeout_ns(0x0700), None);
+        assert_eq!(device::cap_cxl_reset_timeout(2), 0x0200);
     }
 }

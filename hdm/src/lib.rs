@@ -12,6 +12,7 @@
 //! API CONTRACT (other crates build against this; extend, do not break):
 //! - `HdmConfig`, `HdmDecoderBank::new`, `read`, `write`, `reset`, `decoder`,
 //!   `decoder_count`, `block_len`, `global_enable`, `finish_commit`, `translate`.
+//! - Extensions: `reset_decoders`.
 //!
 //! # Behaviour chosen where the spec leaves room
 //!
@@ -36,7 +37,8 @@
 //!   decoder re-committed below it must fit underneath in both HPA and DPA
 //!   ([`CommitError::HpaOverlapsNext`], [`CommitError::DpaOverlapsNext`]).
 //! - **Lock On Commit** (§8.2.4.20.7 bit 8): once such a decoder is committed, every
-//!   write to any of its registers is ignored until [`HdmDecoderBank::reset`].
+//!   write to any of its registers is ignored until [`HdmDecoderBank::reset`] (a
+//!   conventional reset); [`HdmDecoderBank::reset_decoders`] can keep it (CXL Reset).
 //! - **Translation honours HDM Decoder Enable** (§8.2.4.20.2 bit 1): with it clear
 //!   the device decodes through the DVSEC Range registers (§8.1.3.8), not the HDM
 //!   decoders, so [`HdmDecoderBank::translate`] returns `None`.
@@ -549,9 +551,22 @@ impl HdmDecoderBank {
     /// Conventional reset: every decoder uncommitted and unlocked with all fields 0,
     /// global enable clear (the power-on values of §8.2.4.20.1–.11).
     pub fn reset(&mut self) {
-        self.decoders.fill(DecoderState::default());
-        self.meta.fill(Meta::default());
+        self.reset_decoders(false);
         self.global_enable = false;
+    }
+
+    /// Return decoders to their power-on values (uncommitted, every field 0; a
+    /// pending commit is cancelled). With `keep_locked`, a decoder committed with
+    /// Lock On Commit is left as it is: its RWL fields are "not affected by CXL
+    /// Reset after the bits are locked" (CXL r3.1 Table 8-1). Global Control is not
+    /// touched.
+    pub fn reset_decoders(&mut self, keep_locked: bool) {
+        for (d, m) in self.decoders.iter_mut().zip(self.meta.iter_mut()) {
+            if !(keep_locked && d.locked) {
+                *d = DecoderState::default();
+                *m = Meta::default();
+            }
+        }
     }
 
     /// The interleave setting of decoder `index`, if its encodings are valid.

@@ -526,6 +526,48 @@ fn reset_cancels_pending_and_clears_errors() {
 }
 
 #[test]
+fn reset_decoders_can_keep_the_locked_ones() {
+    // Decoder 0 committed without lock, decoder 1 with Lock On Commit, decoder 2
+    // pending, decoder 3 failed; HDM Decoder Enable set.
+    let mut b = bank(4, 4);
+    commit_ok(&mut b, 0, 4 * G, G, 0);
+    program(&mut b, 1, 5 * G, G, 0);
+    assert_eq!(
+        commit(&mut b, 1, regs::CTRL_LOCK_ON_COMMIT),
+        WriteOutcome::CommitRequested(1)
+    );
+    b.finish_commit(1, true);
+    assert!(b.decoder(1).unwrap().locked);
+    program(&mut b, 2, 6 * G, G, 0);
+    assert_eq!(commit(&mut b, 2, 0), WriteOutcome::CommitRequested(2));
+    program(&mut b, 3, 7 * G, G, 0);
+    assert_eq!(commit(&mut b, 3, ctrl(5, 0)), WriteOutcome::CommitFailed(3));
+    b.write(regs::GLOBAL_CONTROL, regs::GCTRL_HDM_DECODER_ENABLE, FULL);
+    let locked: Vec<u32> = (0..0x20u32).step_by(4).map(|r| b.read(reg(1, r))).collect();
+    b.reset_decoders(true);
+    let after: Vec<u32> = (0..0x20u32).step_by(4).map(|r| b.read(reg(1, r))).collect();
+    assert_eq!(locked, after, "the locked decoder is untouched");
+    assert_eq!(b.hpa_range(1), Some((5 * G, G)));
+    for n in [0u32, 2, 3] {
+        assert_eq!(
+            b.decoder(n as usize),
+            Some(DecoderState::default()),
+            "decoder {n}"
+        );
+        assert_eq!(b.commit_error(n as usize), None);
+    }
+    // The cancelled request does not complete, Global Control is the caller's.
+    b.finish_commit(2, true);
+    assert!(!b.decoder(2).unwrap().committed);
+    assert!(b.global_enable());
+    assert!(b.check_invariants().is_ok());
+    // Without keep_locked, the locked one goes too.
+    b.reset_decoders(false);
+    assert_eq!(b.decoder(1), Some(DecoderState::default()));
+    assert_eq!(b.committed_count(), 0);
+}
+
+#[test]
 fn retry_after_error() {
     let mut b = bank(1, 4);
     program(&mut b, 0, 0, G, 0);
