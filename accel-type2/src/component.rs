@@ -22,6 +22,7 @@ use hdm::{DecoderState, HdmConfig, HdmDecoderBank, WriteOutcome};
 use crate::access::{offset_in, qword_half, read_dwords};
 use crate::firmware::{CommitDecision, Firmware};
 use crate::ras::Ras;
+use crate::reset::{self, Effect, RegisterClass, ResetKind};
 
 /// Number of entries in the CXL.cache/mem capability array.
 const ARRAY_ENTRIES: u8 = 3;
@@ -81,12 +82,25 @@ impl ComponentBlock {
         &self.pending
     }
 
-    /// Conventional reset: decoders uncommitted and unlocked, delayed commits
-    /// dropped; RAS keeps its sticky registers.
-    pub fn reset(&mut self) {
-        self.hdm.reset();
-        self.pending.clear();
-        self.ras.reset();
+    /// A reset of `kind`: the decoders, HDM Global Control and the RAS registers
+    /// (sticky) as [`reset::effect`] says; a delayed commit is dropped with its
+    /// decoder (a pending decoder is never locked).
+    pub fn reset(&mut self, kind: ResetKind) {
+        match reset::effect(RegisterClass::HdmDecoders, kind) {
+            Effect::Kept | Effect::ClearedOnRequest => {}
+            e => {
+                self.hdm.reset_decoders(e == Effect::ResetUnlessLocked);
+                let hdm = &self.hdm;
+                self.pending
+                    .retain(|p| hdm.decoder(p.index).is_some_and(|d| d.pending()));
+            }
+        }
+        if !reset::keeps(RegisterClass::HdmGlobalControl, kind, false) {
+            self.hdm.set_global_enable(false);
+        }
+        if !reset::keeps(RegisterClass::Sticky, kind, false) {
+            self.ras.cold_reset();
+        }
     }
 
     fn hdm_len(&self) -> u64 {

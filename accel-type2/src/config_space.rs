@@ -28,6 +28,7 @@ use cxl_regs::dvsec::{self, device as dev, flex_bus, gpf_device, register_locato
 use cxl_regs::layout;
 use cxl_regs::pci::*;
 
+use crate::reset::{self, RegisterClass, ResetKind};
 use crate::FlitMode;
 
 /// Offsets of the capabilities in this device's config space.
@@ -66,11 +67,94 @@ pub struct ConfigParams {
     pub hdm_count: u8,
 }
 
+/// The CXL Reset Timeout this device advertises (CXL r3.1 §8.1.3.1): 100 ms.
+pub const CXL_RESET_TIMEOUT: u16 = dev::CXL_RESET_TIMEOUT_100MS;
+
+/// Config space bits whose reset behaviour is not that of the function's own
+/// registers ([`RegisterClass::PciFunction`], every bit not listed): (offset, mask of
+/// the dword read at that offset, class).
+const RESET_CLASSES: [(usize, u32, RegisterClass); 13] = {
+    use RegisterClass as C;
+    let d = DVSEC_DEVICE;
+    [
+        // PCIe r6 §6.6.2: FLR leaves these link-specific fields alone.
+        (
+            EXP_CAP + EXP_DEVCTL,
+            EXP_DEVCTL_PAYLOAD_MASK as u32,
+            C::PcieLink,
+        ),
+        (EXP_CAP + EXP_LNKCTL, LNKCTL_RW as u32, C::PcieLink),
+        (EXP_CAP + EXP_LNKCTL2, LNKCTL2_HASD as u32, C::PcieLink),
+        (
+            EXP_CAP + EXP_LNKSTA2,
+            EXP_LNKSTA2_EQ_REQUEST as u32,
+            C::PcieLink,
+        ),
+        // Link Control 2's other writable fields are RWS (PCIe r6 §7.5.3.19).
+        (
+            EXP_CAP + EXP_LNKCTL2,
+            (LNKCTL2_RW & !LNKCTL2_HASD) as u32,
+            C::Sticky,
+        ),
+        // Flex Bus Port Status error bits are RW1CS (CXL r3.1 §8.2.1.3.3).
+        (
+            DVSEC_FLEX_BUS + flex_bus::STATUS,
+            flex_bus::STATUS_RW1C as u32,
+            C::Sticky,
+        ),
+        (d + dev::CTRL, DVSEC_CTRL_RWL as u32, C::DvsecLockable),
+        (
+            d + dev::LOCK,
+            dev::LOCK_CONFIG_LOCK as u32,
+            C::DvsecLockable,
+        ),
+        (d + dev::range_base_high(0), !0, C::DvsecLockable),
+        (
+            d + dev::range_base_low(0),
+            dev::RANGE_ADDR_LOW_MASK,
+            C::DvsecLockable,
+        ),
+        (d + dev::range_base_high(1), !0, C::DvsecLockable),
+        (
+            d + dev::range_base_low(1),
+            dev::RANGE_ADDR_LOW_MASK,
+            C::DvsecLockable,
+        ),
+        (
+            d + dev::CTRL2,
+            (CTRL2_RW as u32) | ((STATUS2_BITS as u32) << 16),
+            C::DvsecControl2,
+        ),
+    ]
+};
+
+/// The RWL bits of DVSEC CXL Control (CXL r3.1 §8.1.3.2).
+const DVSEC_CTRL_RWL: u16 = dev::CTRL_CACHE_ENABLE
+    | dev::CTRL_MEM_ENABLE
+    | dev::CTRL_CACHE_SF_COVERAGE_MASK
+    | dev::CTRL_CACHE_SF_GRANULARITY_MASK
+    | dev::CTRL_CACHE_CLEAN_EVICTION;
+/// The RW bits of DVSEC CXL Control2 (CXL r3.1 §8.1.3.4); its Initiate bits are
+/// write-only triggers that read 0.
+const CTRL2_RW: u16 = dev::CTRL2_DISABLE_CACHING | dev::CTRL2_CXL_RESET_MEM_CLR_ENABLE;
+/// The DVSEC CXL Status2 bits this device implements (CXL r3.1 §8.1.3.5).
+const STATUS2_BITS: u16 =
+    dev::STATUS2_CACHE_INVALID | dev::STATUS2_CXL_RESET_COMPLETE | dev::STATUS2_CXL_RESET_ERROR;
+/// The RW bits of Link Control (PCIe r6 §7.5.3.7).
+const LNKCTL_RW: u16 = EXP_LNKCTL_ASPM_MASK | EXP_LNKCTL_CCC | EXP_LNKCTL_ES | EXP_LNKCTL_HAWD;
+/// The writable bits of Link Control 2 (PCIe r6 §7.5.3.19): all but Selectable
+/// De-emphasis (HwInit); Hardware Autonomous Speed Disable (bit 5) is RW, the rest
+/// RWS.
+const LNKCTL2_RW: u16 = !EXP_LNKCTL2_SELECTABLE_DEEMPH;
+const LNKCTL2_HASD: u16 = 1 << 5;
+
 /// Side effects of a config write that the device must act on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConfigEffects {
     /// Initiate Function Level Reset was written (PCIe r6 §7.5.3.4).
     pub flr: bool,
+    /// Initiate CXL Reset was written (CXL r3.1 §8.1.3.4).
+    pub cxl_reset: bool,
     /// MSI-X Enable or Function Mask changed.
     pub msix_changed: bool,
     /// Command register Interrupt Disable changed.
@@ -119,10 +203,21 @@ impl ConfigSpace {
         &self.params
     }
 
-    /// Conventional reset: every register back to its initial value, the DVSEC lock
-    /// released.
-    pub fn reset(&mut self) {
-        *self = Self::new(self.params.clone());
+    /// A reset of `kind`: every bit back to its initial value, except those whose
+    /// class [`reset::keeps`] (the DVSEC fields under a set CONFIG_LOCK count as
+    /// locked). A kept CONFIG_LOCK keeps its fields read-only.
+    pub fn reset(&mut self, kind: ResetKind) {
+        let fresh = Self::new(self.params.clone());
+        let old = std::mem::replace(self, fresh);
+        let locked = old.dvsec_locked();
+        for (off, mask, class) in RESET_CLASSES {
+            if reset::keeps(class, kind, locked) {
+                self.set32(off, (self.read32(off) & !mask) | (old.read32(off) & mask));
+            }
+        }
+        if self.dvsec_locked() {
+            self.apply_dvsec_lock();
+        }
     }
 
     // --- building -----------------------------------------------------------
@@ -269,10 +364,7 @@ impl ConfigSpace {
                 | ((LINK_WIDTH as u32) << EXP_LNKCAP_WIDTH_SHIFT)
                 | EXP_LNKCAP_ASPM_COMPLIANCE,
         );
-        self.rw16(
-            c + EXP_LNKCTL,
-            EXP_LNKCTL_ASPM_MASK | EXP_LNKCTL_CCC | EXP_LNKCTL_ES | EXP_LNKCTL_HAWD,
-        );
+        self.rw16(c + EXP_LNKCTL, LNKCTL_RW);
         self.set16(
             c + EXP_LNKSTA,
             LINK_SPEED | (LINK_WIDTH << EXP_LNKSTA_WIDTH_SHIFT) | EXP_LNKSTA_SLC,
@@ -292,7 +384,7 @@ impl ConfigSpace {
         let sls: u32 = ((1u32 << (LINK_SPEED + 1)) - 1) & !((1 << EXP_LNKCAP2_SLS_SHIFT) - 1);
         self.set32(c + EXP_LNKCAP2, sls);
         self.set16(c + EXP_LNKCTL2, LINK_SPEED);
-        self.rw16(c + EXP_LNKCTL2, !EXP_LNKCTL2_SELECTABLE_DEEMPH);
+        self.rw16(c + EXP_LNKCTL2, LNKCTL2_RW);
         // Link Status 2 (§7.5.3.20): equalization complete; Flit Mode Status only when
         // the link runs 256B flits.
         let mut lnksta2 = EXP_LNKSTA2_EQ_COMPLETE;
@@ -357,18 +449,26 @@ impl ConfigSpace {
             dev::LENGTH,
         );
         let hdm_count = self.params.hdm_count.clamp(1, 2);
+        // Capability (§8.1.3.1): a Cache_Capable device that is not an RCD must be
+        // Cache Writeback and Invalidate Capable. CXL Reset is supported, with Mem
+        // Clr (§9.7).
         self.set16(
             c + dev::CAP,
             dev::CAP_CACHE_CAPABLE
                 | dev::CAP_IO_CAPABLE
                 | dev::CAP_MEM_CAPABLE
-                | dev::cap_hdm_count(hdm_count),
+                | dev::cap_hdm_count(hdm_count)
+                | dev::CAP_CACHE_WBI_CAPABLE
+                | dev::CAP_CXL_RESET_CAPABLE
+                | dev::cap_cxl_reset_timeout(CXL_RESET_TIMEOUT)
+                | dev::CAP_CXL_RESET_MEM_CLR_CAPABLE,
         );
         // Control (§8.1.3.2): IO_Enable RO 1; the cache and memory enables RWL.
         self.set16(c + dev::CTRL, dev::CTRL_IO_ENABLE);
-        self.rw16(c + dev::CTRL, Self::DVSEC_CTRL_RWL);
-        // Control2 (§8.1.3.4): Disable Caching RW; the rest is not supported.
-        self.rw16(c + dev::CTRL2, 1 << 0);
+        self.rw16(c + dev::CTRL, DVSEC_CTRL_RWL);
+        // Control2 (§8.1.3.4): Disable Caching and CXL Reset Mem Clr Enable RW; the
+        // Initiate bits read 0 and act in `write_dword`. Status2 (§8.1.3.5) is RO.
+        self.rw16(c + dev::CTRL2, CTRL2_RW);
         self.rw16(c + dev::LOCK, dev::LOCK_CONFIG_LOCK);
         // Range 1 covers all of device memory; range 2 (when counted) is empty. Both
         // report Memory_Info_Valid and Memory_Active: memory is ready at power-on.
@@ -392,13 +492,6 @@ impl ConfigSpace {
             dev::CAP3_VOLATILE_WARM | dev::CAP3_VOLATILE_HOT,
         );
     }
-
-    /// The RWL bits of DVSEC CXL Control.
-    const DVSEC_CTRL_RWL: u16 = dev::CTRL_CACHE_ENABLE
-        | dev::CTRL_MEM_ENABLE
-        | dev::CTRL_CACHE_SF_COVERAGE_MASK
-        | dev::CTRL_CACHE_SF_GRANULARITY_MASK
-        | dev::CTRL_CACHE_CLEAN_EVICTION;
 
     /// Register Locator (CXL r3.1 §8.1.9): component registers at BAR0 + 0, and the
     /// memory-device registers at BAR0 + DEVICE_BLOCK_OFFSET when the mailbox is on.
@@ -538,13 +631,15 @@ impl ConfigSpace {
             self.data[i] = new;
         }
         // Initiate Function Level Reset (PCIe r6 §7.5.3.4): write-only, reads 0.
-        let flr_byte = EXP_CAP + EXP_DEVCTL + 1;
-        if (base..base + 4).contains(&flr_byte) {
-            let lane = flr_byte - base;
-            if mb[lane] != 0 && vb[lane] & (EXP_DEVCTL_BCR_FLR >> 8) as u8 != 0 {
-                fx.flr = true;
-            }
-        }
+        fx.flr = wrote_one(base, value, mask, EXP_CAP + EXP_DEVCTL, EXP_DEVCTL_BCR_FLR);
+        self.cache_management(base, value, mask);
+        fx.cxl_reset = wrote_one(
+            base,
+            value,
+            mask,
+            DVSEC_DEVICE + dev::CTRL2,
+            dev::CTRL2_INITIATE_CXL_RESET,
+        );
         // PowerState (PCIe r6 §7.5.2.2): a write of an unsupported state (D1, D2)
         // completes normally but the data is discarded.
         let pm = self.read16(PM_CAP + PM_PMCSR);
@@ -564,6 +659,45 @@ impl ConfigSpace {
             != before_msix;
         fx.intx_changed = self.read16(COMMAND) & CMD_INTX_DISABLE != before_cmd;
         fx
+    }
+
+    /// Cache management (CXL r3.1 §9.6) after a write to DVSEC CXL Control2: Cache
+    /// Invalid reads 0 while Disable Caching is 0, and Initiate Cache Write Back and
+    /// Invalidation with Disable Caching set sets it. This device holds no lines, so
+    /// the write-back completes within the write. A write-back asked for while
+    /// caching is enabled is undefined (§8.1.3.4) and ignored here.
+    fn cache_management(&mut self, base: usize, value: u32, mask: u32) {
+        let ctrl2 = DVSEC_DEVICE + dev::CTRL2;
+        let status2 = DVSEC_DEVICE + dev::STATUS2;
+        let disabled = self.read16(ctrl2) & dev::CTRL2_DISABLE_CACHING != 0;
+        let mut st = self.read16(status2);
+        if !disabled {
+            st &= !dev::STATUS2_CACHE_INVALID;
+        } else if wrote_one(base, value, mask, ctrl2, dev::CTRL2_INITIATE_CACHE_WBI) {
+            st |= dev::STATUS2_CACHE_INVALID;
+        }
+        self.set16(status2, st);
+    }
+
+    /// DVSEC CXL Control2 CXL Reset Mem Clr Enable (CXL r3.1 §8.1.3.4).
+    pub fn cxl_reset_mem_clr_enabled(&self) -> bool {
+        self.read16(DVSEC_DEVICE + dev::CTRL2) & dev::CTRL2_CXL_RESET_MEM_CLR_ENABLE != 0
+    }
+
+    /// Report the end of a CXL Reset in DVSEC CXL Status2 (CXL r3.1 §8.1.3.5): CXL
+    /// Reset Complete, or CXL Reset Error.
+    pub fn set_cxl_reset_done(&mut self, ok: bool) {
+        let off = DVSEC_DEVICE + dev::STATUS2;
+        let st =
+            self.read16(off) & !(dev::STATUS2_CXL_RESET_COMPLETE | dev::STATUS2_CXL_RESET_ERROR);
+        self.set16(
+            off,
+            st | if ok {
+                dev::STATUS2_CXL_RESET_COMPLETE
+            } else {
+                dev::STATUS2_CXL_RESET_ERROR
+            },
+        );
     }
 
     fn apply_dvsec_lock(&mut self) {
@@ -648,4 +782,15 @@ impl ConfigSpace {
         let v = self.read16(EXP_CAP + EXP_DEVSTA) | (bits & EXP_DEVSTA_RW1C);
         self.set16(EXP_CAP + EXP_DEVSTA, v);
     }
+}
+
+/// Whether a dword write at `base` (value and byte-lane `mask`) writes 1 to `bit` of
+/// the 16-bit register at `reg`: how the write-only trigger bits (Initiate FLR,
+/// Initiate CXL Reset, Initiate Cache Write Back and Invalidation) are seen.
+fn wrote_one(base: usize, value: u32, mask: u32, reg: usize, bit: u16) -> bool {
+    let Some(shift) = reg.checked_sub(base).filter(|&s| s < 4) else {
+        return false;
+    };
+    let bits = u64::from(bit) << (8 * shift);
+    u64::from(value & mask) & bits != 0
 }

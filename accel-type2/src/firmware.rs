@@ -3,7 +3,8 @@
 //! A [`Firmware`] is consulted by the device model:
 //! - on every HDM decoder commit that passed the spec checks (CXL r3.1 §8.2.4.20.7,
 //!   Commit): accept, reject (the decoder reports Error Not Committed) or delay;
-//! - on conventional reset;
+//! - on conventional reset, and on CXL Reset (CXL r3.1 §9.7), which firmware
+//!   completes after a time it chooses, successfully or with an error;
 //! - for vendor-specific mailbox opcodes (0xC000..=0xFFFF, CXL r3.1 §8.2.9);
 //! - at power-on and after reset, for decoders to leave committed, as a BIOS would.
 //!
@@ -22,6 +23,18 @@ pub enum CommitDecision {
     Delay(u64),
 }
 
+/// How a CXL Reset ends (CXL r3.1 §9.7): after how many nanoseconds, and whether
+/// DVSEC CXL Status2 then reports CXL Reset Complete or CXL Reset Error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CxlResetDecision {
+    Complete(u64),
+    Fail(u64),
+}
+
+/// How long a CXL Reset takes with the default firmware: 10 ms, well inside the
+/// 100 ms the device advertises as its CXL Reset Timeout.
+pub const DEFAULT_CXL_RESET_NS: u64 = 10_000_000;
+
 /// Firmware hooks with default behaviour.
 pub trait Firmware: Send {
     fn name(&self) -> &str;
@@ -29,8 +42,14 @@ pub trait Firmware: Send {
     fn on_commit(&mut self, _index: usize, _decoder: &hdm::DecoderState) -> CommitDecision {
         CommitDecision::Accept
     }
-    /// The device was reset.
+    /// The device had a conventional reset (power-on decoders are asked for next).
     fn on_reset(&mut self) {}
+    /// A CXL Reset started; `mem_clr`: CXL Reset Mem Clr Enable was set, so device
+    /// memory is zeroed when it completes. The registers are already at their
+    /// reset values; device registers read all ones until the reset ends.
+    fn on_cxl_reset(&mut self, _mem_clr: bool) -> CxlResetDecision {
+        CxlResetDecision::Complete(DEFAULT_CXL_RESET_NS)
+    }
     /// A vendor-specific mailbox opcode (0xC000..). Returns the return code.
     fn vendor_command(&mut self, _opcode: u16, _input: &[u8], _output: &mut Vec<u8>) -> u16 {
         cxl_regs::mailbox::RC_UNSUPPORTED

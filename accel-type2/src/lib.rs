@@ -12,14 +12,16 @@
 //! `DeviceMemory`, `VecMemory`, `Clock`, `RegionDesc`, `IrqDesc`, `Firmware`.
 //! Extensions: `AccelDevice::{try_inject_ras, intx_asserted, firmware,
 //! set_firmware, hdm, mailbox, mailbox_mut, memory, memory_mut, config_space,
-//! bar2_size}`, `DeviceMemory::zero`, `firmware::{by_name, names,
-//! SlowCommitFirmware, BiosFirmware, parse_u64}`.
+//! bar2_size, reset_kind, cxl_reset_in_progress}`, `DeviceMemory::zero`,
+//! `firmware::{by_name, names, SlowCommitFirmware, BiosFirmware, parse_u64,
+//! CxlResetDecision}`, `Firmware::on_cxl_reset`, `reset::{ResetKind, RegisterClass,
+//! Effect, effect, keeps}`.
 //!
 //! Modules, one per register file: [`config_space`] (PCIe r6 §7.5, CXL r3.1 §8.1),
 //! [`component`] and [`ras`] (CXL r3.1 §8.2.4), [`device_regs`] (CXL r3.1 §8.2.8),
 //! [`engine`] (the DMA engine), [`msix`] (PCIe r6 §7.7.2). Every register file is a
 //! dword array with masked writes; [`access`] splits guest accesses of any width and
-//! alignment into those.
+//! alignment into those. [`reset`] says what each kind of reset does to each of them.
 
 pub mod access;
 pub mod component;
@@ -29,11 +31,14 @@ pub mod engine;
 pub mod firmware;
 pub mod msix;
 pub mod ras;
+pub mod reset;
 
 use std::sync::Arc;
 
 use cxl_regs::layout;
-pub use firmware::{BiosFirmware, CommitDecision, DefaultFirmware, Firmware, SlowCommitFirmware};
+pub use firmware::{
+    BiosFirmware, CommitDecision, CxlResetDecision, DefaultFirmware, Firmware, SlowCommitFirmware,
+};
 pub use mailbox::{EventLog, EventRecord, LsaStorage, MemLsa};
 use thiserror::Error;
 
@@ -44,6 +49,8 @@ use crate::device_regs::DeviceRegs;
 use crate::engine::{Engine, TransferCtx};
 use crate::msix::Msix;
 pub use crate::ras::RasError;
+pub use crate::reset::ResetKind;
+use crate::reset::{Effect, RegisterClass};
 
 /// Errors of building a device.
 #[derive(Debug, Error)]
@@ -309,6 +316,17 @@ pub struct DecoderStatus {
     pub host_only: bool,
 }
 
+/// A CXL Reset under way (CXL r3.1 §9.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CxlResetFlow {
+    /// When firmware ends it, on the device clock.
+    deadline_ns: u64,
+    /// Whether it ends with CXL Reset Complete (else CXL Reset Error).
+    ok: bool,
+    /// CXL Reset Mem Clr Enable as it was when the reset was initiated.
+    mem_clr: bool,
+}
+
 /// Access counters.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
@@ -337,6 +355,23 @@ struct Counters {
 /// the DMA engine falls back to INTx when MSI-X is disabled and the Command register
 /// does not disable INTx, and then Status.Interrupt Status follows the engine's
 /// outstanding completion.
+///
+/// Resets ([`reset`]): [`AccelDevice::reset`] is a conventional reset; a config
+/// write of Initiate FLR is an FLR; a write of Initiate CXL Reset in DVSEC CXL
+/// Control2 starts a CXL Reset. A CXL Reset resets the registers at once and then
+/// runs for the time firmware chooses ([`Firmware::on_cxl_reset`]), ended by
+/// [`AccelDevice::poll`] at [`AccelDevice::next_deadline`]. While it runs:
+/// - BAR0 and BAR4 read all ones and drop writes: the function does not answer
+///   (CXL r3.1 §9.7.3 has software touch nothing but Status2 until the end);
+/// - config space reads and writes as usual, Status2 reads neither Complete nor
+///   Error, and a second Initiate CXL Reset is ignored (§8.1.3.4 leaves it
+///   undefined; a vfio-user device cannot answer with Request Retry Status);
+/// - device memory stays reachable through BAR2 (an mmap of it cannot be stopped);
+///   with Mem Clr it reads zero from the end of the reset on (§9.7.1), so a write
+///   made during the reset is lost then ("writes to volatile HDM ranges may be
+///   discarded", §9.7).
+///
+/// A conventional reset ends a CXL Reset under way; an FLR does not.
 pub struct AccelDevice {
     cfg: AccelConfig,
     mem: Box<dyn DeviceMemory>,
@@ -350,6 +385,7 @@ pub struct AccelDevice {
     pending_irqs: Vec<Interrupt>,
     counters: Counters,
     bar2_size: u64,
+    cxl_reset: Option<CxlResetFlow>,
 }
 
 impl std::fmt::Debug for AccelDevice {
@@ -443,6 +479,7 @@ impl AccelDevice {
             pending_irqs: Vec::new(),
             counters: Counters::default(),
             bar2_size,
+            cxl_reset: None,
         };
         dev.apply_power_on();
         Ok(dev)
@@ -481,6 +518,10 @@ impl AccelDevice {
     /// Read config space at any offset and width. Bytes beyond 4 KiB read 0.
     pub fn config_read(&mut self, offset: u64, data: &mut [u8]) {
         self.counters.config_reads = self.counters.config_reads.wrapping_add(1);
+        if self.cxl_reset.is_some() {
+            // Software polls Status2 for the end of a CXL Reset.
+            self.poll();
+        }
         let cs = &self.config;
         read_dwords(offset, data, |d| cs.read_dword(d));
     }
@@ -493,12 +534,16 @@ impl AccelDevice {
         write_dwords(offset, data, |d, v, m| {
             let f = cs.write_dword(d, v, m);
             fx.flr |= f.flr;
+            fx.cxl_reset |= f.cxl_reset;
             fx.msix_changed |= f.msix_changed;
             fx.intx_changed |= f.intx_changed;
         });
+        if fx.cxl_reset {
+            self.initiate_cxl_reset();
+        }
         if fx.flr {
             log::info!("function level reset");
-            self.reset();
+            self.reset_kind(ResetKind::Flr);
             return;
         }
         if fx.msix_changed {
@@ -565,10 +610,7 @@ impl AccelDevice {
                 self.raise_msix(layout::MSIX_VEC_EVENTS);
             }
             E::SanitizeComplete { interrupt } => {
-                let size = self.mem.size();
-                if let Err(e) = self.mem.zero(0, size) {
-                    log::error!("sanitize: zeroing device memory failed: {e}");
-                }
+                self.zero_memory("sanitize");
                 if interrupt {
                     self.raise_msix(layout::MSIX_VEC_MAILBOX);
                 }
@@ -577,11 +619,34 @@ impl AccelDevice {
         }
     }
 
+    /// Zero all of device memory (Sanitize, CXL Reset Mem Clr). The memory's own
+    /// `zero` punches holes where it can, so a sparse backing stays sparse.
+    fn zero_memory(&mut self, why: &str) {
+        let size = self.mem.size();
+        if let Err(e) = self.mem.zero(0, size) {
+            log::error!("{why}: zeroing device memory failed: {e}");
+        }
+    }
+
     // --- BARs -------------------------------------------------------------------
+
+    /// Whether BAR `bar`'s registers are silent because a CXL Reset is under way
+    /// (device memory in BAR2 stays reachable; see [`AccelDevice`]).
+    fn silenced(&mut self, bar: u8) -> bool {
+        if self.cxl_reset.is_none() || bar == layout::BAR_MEM {
+            return false;
+        }
+        self.poll();
+        self.cxl_reset.is_some()
+    }
 
     /// Read a BAR at any offset and width. Absent BARs and holes read 0.
     pub fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         self.counters.bar_reads = self.counters.bar_reads.wrapping_add(1);
+        if self.silenced(bar) {
+            data.fill(0xff);
+            return;
+        }
         match bar {
             layout::BAR_REGS => {
                 self.poll();
@@ -624,6 +689,9 @@ impl AccelDevice {
     /// Write a BAR at any offset and width. `guest` is used by the DMA engine.
     pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8], guest: &dyn GuestMemory) {
         self.counters.bar_writes = self.counters.bar_writes.wrapping_add(1);
+        if self.silenced(bar) {
+            return;
+        }
         match bar {
             layout::BAR_REGS => {
                 self.poll();
@@ -775,31 +843,110 @@ impl AccelDevice {
 
     // --- reset and time -------------------------------------------------------------
 
-    /// Conventional reset (vfio DEVICE_RESET, or FLR): config space to its initial
-    /// values, decoders uncommitted and unlocked (then firmware's power-on decoders
-    /// re-applied, as a BIOS would), engine and MSI-X table cleared, mailbox reset,
-    /// pending interrupts dropped. Device memory, the LSA and the sticky RAS
-    /// registers are kept.
+    /// Conventional reset (vfio DEVICE_RESET, a secondary bus reset): every register
+    /// but the sticky ones to its power-on value, then firmware's power-on decoders
+    /// applied again, as a BIOS would. Device memory and the LSA are kept.
     pub fn reset(&mut self) {
-        self.config.reset();
-        self.component.reset();
-        self.engine.reset();
-        self.msix.reset();
-        if let Some(r) = self.device_regs.as_mut() {
-            r.mailbox_mut().reset();
-        }
-        self.pending_irqs.clear();
-        self.firmware.on_reset();
-        self.apply_power_on();
+        self.reset_kind(ResetKind::Conventional);
     }
 
-    /// Advance time-driven work (delayed commits, background commands). Without any
-    /// pending, this does nothing, not even read the clock.
+    /// A reset of `kind` ([`reset`] has the table). A CXL Reset is started as a
+    /// write of Initiate CXL Reset would start it.
+    pub fn reset_kind(&mut self, kind: ResetKind) {
+        match kind {
+            ResetKind::Conventional => {
+                if self.cxl_reset.take().is_some() {
+                    log::info!("conventional reset ends the CXL Reset under way");
+                }
+                self.apply_reset(kind);
+                self.firmware.on_reset();
+                self.apply_power_on();
+            }
+            ResetKind::Flr => self.apply_reset(kind),
+            ResetKind::CxlReset => self.initiate_cxl_reset(),
+        }
+    }
+
+    /// Return every class of state to its power-on value, or keep it, as
+    /// [`reset::effect`] says for `kind`. Device memory is left to the caller (a CXL
+    /// Reset clears it when it ends).
+    fn apply_reset(&mut self, kind: ResetKind) {
+        let resets = |class| !reset::keeps(class, kind, false);
+        // PciFunction, PcieLink, Sticky (config), DvsecLockable, DvsecControl2.
+        self.config.reset(kind);
+        // HdmDecoders, HdmGlobalControl, Sticky (RAS).
+        self.component.reset(kind);
+        if resets(RegisterClass::DmaEngine) {
+            // The engine's reset also stops a transfer under way.
+            self.engine.reset();
+        }
+        if resets(RegisterClass::MsixTable) {
+            self.msix.reset();
+        }
+        if let Some(r) = self.device_regs.as_mut() {
+            if resets(RegisterClass::MailboxRegisters) {
+                r.mailbox_mut().reset();
+            }
+            // DeviceStorage (LSA, event records, poison, firmware slots, timestamp)
+            // is kept by every kind: the mailbox has no reset that clears it.
+            debug_assert!(!resets(RegisterClass::DeviceStorage));
+        }
+        if resets(RegisterClass::PciFunction) {
+            self.pending_irqs.clear();
+        }
+    }
+
+    /// Start a CXL Reset (CXL r3.1 §9.7): CXL Reset Mem Clr Enable is latched, the
+    /// registers take their CXL Reset values, and firmware says when and how it
+    /// ends. Status2's Complete and Error bits are clear until then (§8.1.3.5).
+    fn initiate_cxl_reset(&mut self) {
+        if self.cxl_reset.is_some() {
+            log::warn!("Initiate CXL Reset while a CXL Reset is under way: ignored");
+            return;
+        }
+        let mem_clr = self.config.cxl_reset_mem_clr_enabled();
+        self.apply_reset(ResetKind::CxlReset);
+        let (ns, ok) = match self.firmware.on_cxl_reset(mem_clr) {
+            CxlResetDecision::Complete(ns) => (ns, true),
+            CxlResetDecision::Fail(ns) => (ns, false),
+        };
+        log::info!("CXL Reset started (Mem Clr {mem_clr}), ends in {ns} ns");
+        self.cxl_reset = Some(CxlResetFlow {
+            deadline_ns: self.now().saturating_add(ns),
+            ok,
+            mem_clr,
+        });
+        self.poll();
+    }
+
+    /// End the CXL Reset: device memory zeroed if Mem Clr was asked for and the
+    /// reset succeeds, then CXL Reset Complete or Error.
+    fn finish_cxl_reset(&mut self, flow: CxlResetFlow) {
+        let clears = reset::effect(RegisterClass::DeviceMemory, ResetKind::CxlReset)
+            == Effect::ClearedOnRequest;
+        if flow.ok && flow.mem_clr && clears {
+            self.zero_memory("CXL Reset Mem Clr");
+        }
+        self.config.set_cxl_reset_done(flow.ok);
+        log::info!("CXL Reset {}", if flow.ok { "complete" } else { "failed" });
+    }
+
+    /// Whether a CXL Reset is under way.
+    pub fn cxl_reset_in_progress(&self) -> bool {
+        self.cxl_reset.is_some()
+    }
+
+    /// Advance time-driven work (delayed commits, background commands, a CXL
+    /// Reset). Without any pending, this does nothing, not even read the clock.
     pub fn poll(&mut self) {
         if self.next_deadline().is_none() {
             return;
         }
         let now = self.now();
+        if let Some(flow) = self.cxl_reset.filter(|f| f.deadline_ns <= now) {
+            self.cxl_reset = None;
+            self.finish_cxl_reset(flow);
+        }
         self.component.poll(now);
         let ev = self
             .device_regs
@@ -828,10 +975,14 @@ impl AccelDevice {
             .device_regs
             .as_ref()
             .and_then(|r| r.mailbox().next_deadline());
-        match (self.component.next_deadline(), mb) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.component.next_deadline(),
+            mb,
+            self.cxl_reset.map(|f| f.deadline_ns),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // --- fault injection ---------------------------------------------------------------

@@ -3,10 +3,10 @@
 //!
 //! Register attributes: the status registers are RW1CS (a written 1 clears), mask and
 //! severity are RWS, the First Error Pointer and Header Log are ROS. Sticky ("S")
-//! registers keep their value across a conventional reset of the function (CXL r3.1
-//! §8.2.4.17, PCIe r6 §7.4), so [`Ras::reset`] leaves them alone and only
-//! [`Ras::cold_reset`] clears them. Bits that the spec does not define read zero and
-//! ignore writes.
+//! registers keep their value across conventional reset, FLR and CXL Reset (CXL r3.1
+//! §8.2.4.17 and Table 8-1, PCIe r6 §7.4; the `Sticky` class of [`crate::reset`]),
+//! so no reset of the device touches them; only [`Ras::cold_reset`] clears them.
+//! Bits that the spec does not define read zero and ignore writes.
 
 use cxl_regs::component::ras::*;
 use thiserror::Error;
@@ -39,9 +39,6 @@ impl Ras {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Conventional reset: the RAS registers are all sticky or RO, nothing changes.
-    pub fn reset(&mut self) {}
 
     /// Cold reset: every register to its power-on value (0).
     pub fn cold_reset(&mut self) {
@@ -201,12 +198,13 @@ mod tests {
     }
 
     #[test]
-    fn sticky_registers_survive_conventional_reset() {
+    fn cold_reset_clears_the_sticky_registers() {
         let mut r = Ras::new();
         r.inject_correctable(1).unwrap();
-        r.reset();
+        r.write(UNCORRECTABLE_MASK, 1 << 4, !0);
         assert_eq!(r.read(CORRECTABLE_STATUS), 2);
         r.cold_reset();
         assert_eq!(r.read(CORRECTABLE_STATUS), 0);
+        assert_eq!(r.read(UNCORRECTABLE_MASK), 0);
     }
 }
