@@ -163,6 +163,12 @@ impl DeviceMemory for VecMemory {
         self.0[r].copy_from_slice(data);
         Ok(())
     }
+    fn zero(&mut self, dpa: u64, len: u64) -> Result<(), MemoryError> {
+        let n = usize::try_from(len).map_err(|_| MemoryError::Unmapped { addr: dpa, len })?;
+        let r = self.range(dpa, n)?;
+        self.0[r].fill(0);
+        Ok(())
+    }
 }
 
 /// Monotonic time in nanoseconds.
@@ -630,10 +636,10 @@ impl AccelDevice {
 
     // --- BARs -------------------------------------------------------------------
 
-    /// Whether BAR `bar`'s registers are silent because a CXL Reset is under way
-    /// (device memory in BAR2 stays reachable; see [`AccelDevice`]).
+    /// Whether BAR `bar`'s registers (BAR0, BAR4) are silent because a CXL Reset is
+    /// under way (device memory in BAR2 stays reachable; see [`AccelDevice`]).
     fn silenced(&mut self, bar: u8) -> bool {
-        if self.cxl_reset.is_none() || bar == layout::BAR_MEM {
+        if self.cxl_reset.is_none() || !matches!(bar, layout::BAR_REGS | layout::BAR_ENGINE) {
             return false;
         }
         self.poll();

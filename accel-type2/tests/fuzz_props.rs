@@ -1,6 +1,8 @@
 //! Property tests: random sequences of accesses of random widths at random offsets
 //! over config space and every BAR never panic, and afterwards every decoder that
-//! committed without error still satisfies the commit invariants.
+//! committed without error still satisfies the commit invariants. An FLR changes no
+//! CXL.mem state (CXL r3.1 §9.5), and a CXL Reset keeps exactly the locked state
+//! (§9.7, §8.1.3.6, Table 8-1).
 
 mod common;
 
@@ -33,6 +35,9 @@ enum Op {
     Advance(u64),
     Poll,
     Reset,
+    Flr,
+    /// Initiate CXL Reset, with CXL Reset Mem Clr Enable or not.
+    CxlReset(bool),
     Ras(bool, u8),
     Poison(u64, u64),
 }
@@ -88,6 +93,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..50_000_000).prop_map(Op::Advance),
         1 => Just(Op::Poll),
         1 => Just(Op::Reset),
+        1 => Just(Op::Flr),
+        // Mem Clr zeroes all 512 MiB of a Vec, page by page: one in 32.
+        1 => (0u8..32).prop_map(|n| Op::CxlReset(n == 0)),
         1 => (any::<bool>(), 0u8..40).prop_map(|(u, b)| Op::Ras(u, b)),
         1 => (any::<u64>(), any::<u64>()).prop_map(|(a, l)| Op::Poison(a % (512 * MIB), l % 4096)),
     ]
@@ -145,10 +153,71 @@ fn run(d: &mut AccelDevice, clock: &FakeClock, guest: &TestGuest, op: Op) {
         Op::Advance(ns) => clock.advance(ns),
         Op::Poll => d.poll(),
         Op::Reset => d.reset(),
+        Op::Flr => {
+            let exp = find_cap(d, 0x10).expect("PCIe capability");
+            let v = cfg_r16(d, exp + 8);
+            cfg_w16(d, exp + 8, v | 0x8000);
+        }
+        Op::CxlReset(mem_clr) => {
+            let c = find_dvsec(d, 0).expect("CXL Device DVSEC");
+            cfg_w16(d, c + 0x10, 0x4 | if mem_clr { 0x8 } else { 0 });
+        }
         Op::Ras(u, b) => d.inject_ras(u, b),
         Op::Poison(a, l) => {
             let _ = d.inject_poison(a, l);
         }
+    }
+}
+
+/// The CXL.mem state a guest can see: every decoder, HDM Decoder Enable, and the
+/// DVSEC's Control, Lock and Range 1/2 Base registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CxlMem {
+    decoders: Vec<hdm::DecoderState>,
+    global_enable: bool,
+    dvsec: Vec<u32>,
+}
+
+fn cxl_mem(d: &mut AccelDevice) -> CxlMem {
+    let c = find_dvsec(d, 0).expect("CXL Device DVSEC");
+    let bank = d.hdm();
+    CxlMem {
+        decoders: (0..bank.decoder_count())
+            .filter_map(|i| bank.decoder(i))
+            .collect(),
+        global_enable: bank.global_enable(),
+        dvsec: [0x0c, 0x14, 0x20, 0x24, 0x30, 0x34]
+            .iter()
+            .map(|o| cfg_r32(d, c + o))
+            .collect(),
+    }
+}
+
+/// What a CXL Reset leaves of `before` (CXL r3.1 §9.7): a decoder locked by Lock On
+/// Commit stays, the others return to power-on values; HDM Decoder Enable clears;
+/// the DVSEC fields stay when CONFIG_LOCK (Lock bit 0) was set, else Control reads
+/// IO_Enable only and the bases 0. Control2/Status2 share a dword with nothing here.
+fn after_cxl_reset(before: &CxlMem) -> CxlMem {
+    let locked = before.dvsec[1] & 1 != 0;
+    CxlMem {
+        decoders: before
+            .decoders
+            .iter()
+            .map(|d| {
+                if d.locked {
+                    *d
+                } else {
+                    hdm::DecoderState::default()
+                }
+            })
+            .collect(),
+        global_enable: false,
+        dvsec: if locked {
+            before.dvsec.clone()
+        } else {
+            // Control (with Status above it: 0), Lock (Capability2 above: 0), bases.
+            vec![0x2, 0, 0, 0, 0, 0]
+        },
     }
 }
 
@@ -241,8 +310,28 @@ proptest! {
         let (mut d, clock) = device_with(cfg, firmware);
         let guest = TestGuest::new(0x8_0000, 64 << 10);
         for op in ops {
+            // Let due work (a delayed commit, a CXL Reset) finish first, so that
+            // the reset ops below change only what the reset itself changes.
+            d.poll();
+            let before = cxl_mem(&mut d);
+            let in_reset = d.cxl_reset_in_progress();
+            let kind = match op {
+                Op::Flr => Some(ResetKind::Flr),
+                Op::CxlReset(_) => Some(ResetKind::CxlReset),
+                _ => None,
+            };
             run(&mut d, &clock, &guest, op);
             prop_assert!(check_decoders(&d).is_ok(), "{:?}", check_decoders(&d));
+            match kind {
+                Some(ResetKind::Flr) => {
+                    prop_assert_eq!(cxl_mem(&mut d), before, "FLR changed CXL.mem state");
+                }
+                Some(ResetKind::CxlReset) if !in_reset => {
+                    prop_assert!(d.cxl_reset_in_progress());
+                    prop_assert_eq!(cxl_mem(&mut d), after_cxl_reset(&before));
+                }
+                _ => {}
+            }
         }
         clock.advance(1_000_000_000);
         d.poll();

@@ -5,7 +5,7 @@
 //! reads and writes at any width and offset, with helpers that reach deep states
 //! quickly (decoder programming and commit, mailbox commands, DMA transfers,
 //! MSI-X and bus-master toggles), time advancing on a fake clock, polls, resets,
-//! FLRs and fault injection. Device memory is a `VecMemory`; guest RAM is a fake
+//! FLRs, CXL Resets and fault injection. Device memory is a `VecMemory`; guest RAM is a fake
 //! with a few mapped ranges that records every access; firmware is one of the
 //! shipped models or one driven by the input (commit decisions, vendor commands,
 //! power-on decoders).
@@ -13,7 +13,12 @@
 //! Checked after every step, beyond not panicking:
 //! - the HDM bank's invariants (`check_invariants`: committed decoders valid, in
 //!   order, non-overlapping in HPA and DPA, inside the capacity);
-//! - a locked decoder is unchanged until a reset (DEVICE_RESET or FLR);
+//! - resets as CXL r3.1 chapter 9 has them: a locked decoder is unchanged until a
+//!   conventional reset (DEVICE_RESET); an FLR changes no CXL.mem state (the
+//!   decoders, HDM Global Control, DVSEC Control, Lock and Range Bases: §9.5); a
+//!   CXL Reset returns every unlocked decoder and HDM Decoder Enable to 0 and the
+//!   DVSEC fields too unless CONFIG_LOCK is set (§9.7, §8.1.3.6, Table 8-1), and
+//!   while it runs BAR0 and BAR4 read all ones and take no DMA doorbell;
 //! - DMA: guest RAM is touched only by a doorbell, only with Bus Master Enable,
 //!   only inside the programmed window, in order, stopping at the first
 //!   unmapped access; a guest access outside the mapped ranges is refused by the
@@ -32,10 +37,10 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use accel_type2::config_space::{EXP_CAP, MSIX_CAP};
+use accel_type2::config_space::{DVSEC_DEVICE as DVSEC, EXP_CAP, MSIX_CAP};
 use accel_type2::{
-    AccelConfig, AccelDevice, CommitDecision, DeviceMemory, EventLog, EventRecord, Firmware,
-    FlitMode, GuestMemory, Interrupt, MemLsa, MemoryError, VecMemory,
+    AccelConfig, AccelDevice, CommitDecision, CxlResetDecision, DeviceMemory, EventLog,
+    EventRecord, Firmware, FlitMode, GuestMemory, Interrupt, MemLsa, MemoryError, VecMemory,
 };
 use arbitrary::Arbitrary;
 use cxl_accel_fuzz::{hook_rc, spec_rc, stats, FakeClock, Rng};
@@ -246,6 +251,10 @@ enum Op {
     Poll,
     Reset,
     Flr,
+    /// Initiate CXL Reset, with CXL Reset Mem Clr Enable or not.
+    CxlReset {
+        mem_clr: bool,
+    },
     Ras {
         uncorrectable: bool,
         bit: u8,
@@ -364,6 +373,14 @@ impl Firmware for FuzzFirmware {
             _ => CommitDecision::Accept,
         }
     }
+    fn on_cxl_reset(&mut self, _mem_clr: bool) -> CxlResetDecision {
+        let ns = self.rng.below(3) * 5_000_000;
+        if self.rng.below(4) == 0 {
+            CxlResetDecision::Fail(ns)
+        } else {
+            CxlResetDecision::Complete(ns)
+        }
+    }
     fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
         let n = self.rng.below(5000) as usize;
         output.extend((0..n).map(|i| (i as u8) ^ (opcode as u8) ^ input.len() as u8));
@@ -467,6 +484,49 @@ impl Harness {
         self.dev.config_write(off as u64, &v.to_le_bytes());
     }
 
+    fn cfg32(&self, off: usize) -> u32 {
+        self.dev.config_space().read32(off)
+    }
+
+    /// The CXL.mem state as registers show it: every decoder's registers, HDM
+    /// Global Control, then DVSEC Control, Lock and the Range Base registers. The
+    /// HDM registers are read from the register file itself, which a CXL Reset
+    /// under way does not hide.
+    fn cxl_mem(&self) -> Vec<u32> {
+        let bank = self.dev.hdm();
+        let mut v: Vec<u32> = (0..self.decoders as u32)
+            .flat_map(|n| (0..0x20).step_by(4).map(move |r| h::decoder_offset(n) + r))
+            .chain([h::GLOBAL_CONTROL])
+            .map(|o| bank.read(o))
+            .collect();
+        for o in [0x0c, 0x14, 0x20, 0x24, 0x30, 0x34] {
+            v.push(self.cfg32(DVSEC + o));
+        }
+        v
+    }
+
+    /// `before` (from [`Harness::cxl_mem`]) as a CXL Reset must leave it: the
+    /// registers of decoders committed with Lock On Commit kept, the others 0;
+    /// Global Control 0; the DVSEC dwords kept under CONFIG_LOCK, else Control
+    /// reads IO_Enable (bit 1) only and the rest 0.
+    fn cxl_reset_of(&self, before: &[u32]) -> Vec<u32> {
+        let n = self.decoders;
+        let mut v = Vec::with_capacity(before.len());
+        for d in before.chunks(8).take(n) {
+            let ctrl = d[4];
+            let locked = ctrl & h::CTRL_LOCK_ON_COMMIT != 0 && ctrl & h::CTRL_COMMITTED != 0;
+            v.extend(d.iter().map(|&r| if locked { r } else { 0 }));
+        }
+        v.push(0);
+        let dvsec = &before[n * 8 + 1..];
+        if dvsec[1] & 1 != 0 {
+            v.extend_from_slice(dvsec);
+        } else {
+            v.extend_from_slice(&[0x2, 0, 0, 0, 0, 0]);
+        }
+        v
+    }
+
     fn locked(&self) -> Vec<(usize, hdm::DecoderState)> {
         let hdm = self.dev.hdm();
         (0..hdm.decoder_count())
@@ -476,6 +536,8 @@ impl Harness {
 
     /// Everything that must hold after any step.
     fn check(&mut self, locked_before: &[(usize, hdm::DecoderState)], reset: bool) {
+        self.dev.poll();
+        let in_reset = self.dev.cxl_reset_in_progress();
         let hdm = self.dev.hdm();
         if let Err(e) = hdm.check_invariants() {
             panic!("HDM invariants: {e}");
@@ -503,6 +565,27 @@ impl Harness {
                 "read-only config bits at {off:#x}"
             );
         }
+        if in_reset {
+            stats::count("in CXL Reset");
+            for (bar, off) in [
+                (0, layout::HDM_OFFSET),
+                (0, layout::MAILBOX_OFFSET),
+                (4, e::ID),
+            ] {
+                assert_eq!(
+                    self.rd(bar, off, 8),
+                    u64::MAX,
+                    "BAR{bar}+{off:#x} in a CXL Reset"
+                );
+            }
+        } else {
+            self.check_registers();
+        }
+        self.check_interrupts();
+    }
+
+    /// The BAR0 and BAR4 registers' fixed and reserved bits.
+    fn check_registers(&mut self) {
         // HDM capability structure.
         let hb = layout::HDM_OFFSET;
         assert_eq!(self.rd(0, hb, 4) as u32, self.hdm_cap, "HDM capability");
@@ -567,7 +650,10 @@ impl Harness {
                 assert_eq!(self.rd(0, layout::DEVICE_BLOCK_OFFSET, 8), 0);
             }
         }
-        // Interrupts.
+    }
+
+    /// Interrupts only when and where they may be.
+    fn check_interrupts(&mut self) {
         let cs = self.dev.config_space();
         let (msix_on, masked, intx_off) = (
             cs.msix_enabled(),
@@ -589,6 +675,10 @@ impl Harness {
     /// Checks of one step that may have rung the engine doorbell.
     fn check_dma(&mut self, rang: bool, bus_master: bool) {
         let log = std::mem::take(&mut *self.guest.log.borrow_mut());
+        if self.dev.cxl_reset_in_progress() {
+            assert!(log.is_empty(), "DMA during a CXL Reset: {log:?}");
+            return;
+        }
         if !rang {
             assert!(
                 log.is_empty(),
@@ -765,9 +855,15 @@ fuzz_target!(|input: Input| {
     hs.check(&[], false);
 
     for op in input.ops.into_iter().take(512) {
+        // Due work (a delayed commit, the end of a CXL Reset) first, so that a
+        // reset in this step changes only what the reset changes.
+        hs.dev.poll();
         let locked = hs.locked();
         let bus_master = hs.dev.config_space().bus_master();
+        let mem_before = hs.cxl_mem();
+        let was_in_reset = hs.dev.cxl_reset_in_progress();
         let mut reset = false;
+        let mut flr = false;
         let mut rang = false;
         match op {
             Op::Read { at, width } => {
@@ -798,7 +894,7 @@ fuzz_target!(|input: Input| {
                         let flr_byte = (EXP_CAP + pci::EXP_DEVCTL + 1) as u64;
                         if let Some(i) = flr_byte.checked_sub(off) {
                             let bit = (pci::EXP_DEVCTL_BCR_FLR >> 8) as u8;
-                            reset = data.get(i as usize).is_some_and(|b| b & bit != 0);
+                            flr = data.get(i as usize).is_some_and(|b| b & bit != 0);
                         }
                         hs.dev.config_write(off, &data);
                     }
@@ -871,7 +967,7 @@ fuzz_target!(|input: Input| {
                 hs.wr(0, layout::MAILBOX_OFFSET + 8, &cmd.to_le_bytes());
                 let ctl = mb::CTRL_DOORBELL | if bg_irq { mb::CTRL_BG_IRQ } else { 0 };
                 hs.wr(0, layout::MAILBOX_OFFSET + 4, &ctl.to_le_bytes());
-                if hs.mbox_cap.is_some() {
+                if hs.mbox_cap.is_some() && !hs.dev.cxl_reset_in_progress() {
                     let st = hs.rd(0, layout::MAILBOX_OFFSET + 0x10, 8);
                     let rc = (st >> 32) as u16;
                     assert!(spec_rc(rc), "rc {rc:#x} for {opcode:#x}");
@@ -953,7 +1049,24 @@ fuzz_target!(|input: Input| {
             Op::Flr => {
                 let c = hs.cfg16(EXP_CAP + pci::EXP_DEVCTL);
                 hs.cfg_w16(EXP_CAP + pci::EXP_DEVCTL, c | pci::EXP_DEVCTL_BCR_FLR);
-                reset = true;
+                flr = true;
+            }
+            Op::CxlReset { mem_clr } => {
+                stats::count("CXL Reset initiated");
+                // DVSEC CXL Control2: Initiate CXL Reset (bit 2), Mem Clr Enable (3).
+                let v = 0x4 | if mem_clr { 0x8 } else { 0 };
+                hs.cfg_w16(DVSEC + 0x10, v);
+                if !was_in_reset {
+                    // The registers take their values at the Initiate write.
+                    assert_eq!(hs.cxl_mem(), hs.cxl_reset_of(&mem_before), "CXL Reset");
+                    // Status2: neither Complete nor Error until it ends, one after.
+                    let done = hs.cfg16(DVSEC + 0x12) & 0x6;
+                    if hs.dev.cxl_reset_in_progress() {
+                        assert_eq!(done, 0, "Complete/Error while the reset runs");
+                    } else {
+                        assert!(done == 0x2 || done == 0x4, "Status2 {done:#x} after it");
+                    }
+                }
             }
             Op::Ras { uncorrectable, bit } => hs.dev.inject_ras(uncorrectable, bit % 40),
             Op::Poison { dpa, len } => {
@@ -972,6 +1085,10 @@ fuzz_target!(|input: Input| {
         }
         hs.check_dma(rang, bus_master);
         hs.check(&locked, reset);
+        if flr {
+            stats::count("FLR");
+            assert_eq!(hs.cxl_mem(), mem_before, "an FLR changed CXL.mem state");
+        }
     }
     if hs
         .dev
