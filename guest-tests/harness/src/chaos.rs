@@ -25,11 +25,21 @@
 //! Then the header and the capabilities' control registers are restored (the kernel
 //! saves them before a reset and restores them after), and the function is reset
 //! twice through sysfs `reset`, each time after decoder 0 was committed with Lock on
-//! Commit: with the kernel's first method (`flr`: the backend sees Initiate FLR in a
-//! config write), then with `cxl_bus` (SBR on the CXL root port, which QEMU turns into
-//! vfio-user DEVICE_RESET). After each, config space, the HDM decoders, the DMA
-//! engine and the mailbox must be as at power-on. The caller then runs checks a to i
-//! as in test mode.
+//! Commit:
+//! - with the kernel's first method (`flr`: the backend sees Initiate FLR in a config
+//!   write). An FLR resets CXL.io state only (CXL r3.1 §9.5): afterwards config space
+//!   is as before the chaos except the CXL Device DVSEC's control registers, which,
+//!   like the HDM decoders and HDM Global Control, are as just before the FLR (decoder
+//!   0 still committed and locked, whatever the chaos left in the others); the DMA
+//!   engine and the mailbox are idle;
+//! - with `cxl_bus` (SBR on the CXL root port, which QEMU turns into vfio-user
+//!   DEVICE_RESET), a conventional reset: config space, the HDM decoders, the DMA
+//!   engine and the mailbox are as at power-on.
+//!
+//! The chaos may itself start CXL Resets (DVSEC CXL Control2 Initiate CXL Reset):
+//! the device's registers then read all ones for the reset's duration, which the
+//! probes see and heal like an FLR. The caller then runs checks a to i as in test
+//! mode.
 
 use crate::config::Config;
 use crate::hdmprog::{self, DecoderState};
@@ -465,6 +475,8 @@ struct Target {
     gctrl_snap: u32,
     /// Primary mailbox offset in BAR0 and payload size, when the mailbox is on.
     mailbox: Option<(u64, usize)>,
+    /// The PCIe DVSEC for CXL Devices, in config space.
+    cxl_dev: usize,
     /// Hot windows (start, end) in BAR0 and BAR4.
     hot0: Vec<(u64, u64)>,
     hot4: Vec<(u64, u64)>,
@@ -507,6 +519,9 @@ impl Target {
         let regloc = cs
             .find_dvsec(dvsec::CXL_VENDOR_ID, dvsec::ID_REGISTER_LOCATOR)
             .ok_or("no Register Locator DVSEC")?;
+        let cxl_dev = cs
+            .find_dvsec(dvsec::CXL_VENDOR_ID, dvsec::ID_CXL_DEVICE)
+            .ok_or("no CXL Device DVSEC")?;
         let blocks = cs.register_blocks(regloc);
         let block = |id| blocks.iter().find(|b| b.1 == id).map(|b| (b.0, b.2));
         let (bir, comp) = block(rl::BLOCK_COMPONENT).ok_or("no component register block")?;
@@ -561,6 +576,7 @@ impl Target {
             decoders,
             dec_snap,
             gctrl_snap,
+            cxl_dev,
             mailbox,
             hot0,
             hot4,
@@ -649,6 +665,30 @@ impl Target {
         }
         self.heal(Policy { bus_master: false })?;
         self.restore(pci::COMMAND, 2)
+    }
+
+    /// The config bytes of the CXL Device DVSEC that hold CXL.mem state: Control,
+    /// Status, Control2, Status2, Lock, Capability2 and the Range registers
+    /// (DVSEC+0x0C up to Capability3 at +0x38; CXL r3.1 §8.1.3).
+    fn cxl_dvsec_range(&self) -> std::ops::Range<usize> {
+        self.cxl_dev + dvsec::device::CTRL..self.cxl_dev + dvsec::device::CAP3
+    }
+
+    /// CXL.mem state as the device shows it: the HDM decoders, Global Control and
+    /// the CXL Device DVSEC's control bytes.
+    fn cxl_mem(&self) -> Result<CxlMem, String> {
+        let p = format!("{PCI_DEVICES}/{}/config", self.bdf);
+        let cfg = std::fs::read(&p).map_err(|e| format!("{p}: {e}"))?;
+        Ok(CxlMem {
+            decoders: (0..self.decoders)
+                .map(|n| hdmprog::read_decoder(&self.bar0, self.hdm, n))
+                .collect(),
+            gctrl: self
+                .bar0
+                .read32(self.hdm + cxl_regs::hdm::GLOBAL_CONTROL as u64),
+            dvsec: cfg.get(self.cxl_dvsec_range()).unwrap_or(&[]).to_vec(),
+            cfg,
+        })
     }
 
     /// Whether config space and BAR4 answer with the device's identity.
@@ -970,9 +1010,18 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
     }
     let secs = start.elapsed().as_secs_f64();
     note(&format!("chaos done after {secs:.1} s: {}", c.n));
-    t.heal(Policy { bus_master: false })?;
-    t.probe()
-        .map_err(|e| format!("after healing the header: {e}; {}", c.n))?;
+    // A CXL Reset the last accesses started silences the BARs until it ends.
+    let healing = Instant::now();
+    loop {
+        t.heal(Policy { bus_master: false })?;
+        match t.probe() {
+            Ok(()) => break,
+            Err(e) if healing.elapsed() > UNREACHABLE_LIMIT => {
+                return Err(format!("after healing the header: {e}; {}", c.n));
+            }
+            Err(_) => sys::sleep_ms(10),
+        }
+    }
     let caps = t.bar0.read(t.cachemem, 4) as u32;
     if cxl_regs::component::entry_id(caps) != cxl_regs::component::CAP_ID_ARRAY {
         return Err(format!(
@@ -1020,8 +1069,9 @@ fn reset(t: &Target, method: Option<&str>) -> Result<String, String> {
     r.map(|_| methods)
 }
 
-/// Leave state that only a reset clears: decoder 0 committed with Lock on Commit,
-/// engine address registers set. Returns what was done.
+/// Leave state that a conventional reset clears: decoder 0 committed with Lock on
+/// Commit (an FLR keeps it), engine address registers set (an FLR clears them).
+/// Returns what was done.
 fn dirty(t: &Target) -> String {
     let p = hdmprog::Program {
         base: 1 << 32,
@@ -1048,18 +1098,81 @@ fn dirty(t: &Target) -> String {
     format!("{dec}, engine SRC/LEN set")
 }
 
-/// Config space equals the snapshot taken before the chaos.
-fn check_config(t: &Target) -> Result<String, String> {
+/// CXL.mem state, and all of config space, at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CxlMem {
+    decoders: Vec<DecoderState>,
+    gctrl: u32,
+    /// The CXL Device DVSEC's control bytes ([`Target::cxl_dvsec_range`]).
+    dvsec: Vec<u8>,
+    cfg: Vec<u8>,
+}
+
+/// Config space equals `want`.
+fn check_config_is(t: &Target, want: &[u8], what: &str) -> Result<String, String> {
     let p = format!("{PCI_DEVICES}/{}/config", t.bdf);
     let now = std::fs::read(&p).map_err(|e| format!("{p}: {e}"))?;
-    if config_diff(&t.snap, &now).is_empty() {
-        Ok(format!("config: {} bytes as before", now.len()))
+    if config_diff(want, &now).is_empty() {
+        Ok(format!("config: {} bytes {what}", now.len()))
     } else {
-        Err(format!(
-            "config differs: {}",
-            describe_diff(&t.snap, &now, 12)
-        ))
+        Err(format!("config differs: {}", describe_diff(want, &now, 12)))
     }
+}
+
+/// Config space equals the snapshot taken before the chaos.
+fn check_config(t: &Target) -> Result<String, String> {
+    check_config_is(t, &t.snap, "as before")
+}
+
+/// After an FLR: config space as before the chaos, except the CXL Device DVSEC's
+/// control bytes, which are as they were just before the FLR (`pre`).
+fn check_config_after_flr(t: &Target, pre: &CxlMem) -> Result<String, String> {
+    let mut want = t.snap.clone();
+    if let Some(w) = want.get_mut(t.cxl_dvsec_range()) {
+        w.copy_from_slice(&pre.dvsec);
+    }
+    check_config_is(
+        t,
+        &want,
+        "as before the chaos, CXL Device DVSEC control as before the FLR",
+    )
+}
+
+/// After an FLR: the decoders, Global Control and DVSEC control as before it.
+fn check_cxl_mem_kept(t: &Target, pre: &CxlMem) -> Result<String, String> {
+    let now = t.cxl_mem()?;
+    let mut errs = Vec::new();
+    for (n, (a, b)) in pre.decoders.iter().zip(&now.decoders).enumerate() {
+        if a != b {
+            errs.push(format!("decoder {n}: {b:x?}, before the FLR {a:x?}"));
+        }
+    }
+    if now.gctrl != pre.gctrl {
+        errs.push(format!(
+            "global control {:#x}, before {:#x}",
+            now.gctrl, pre.gctrl
+        ));
+    }
+    if now.dvsec != pre.dvsec {
+        errs.push(format!(
+            "CXL Device DVSEC: {}",
+            describe_diff(&pre.cfg, &now.cfg, 12)
+        ));
+    }
+    if !errs.is_empty() {
+        return Err(errs.join("; "));
+    }
+    let d0 = match now.decoders.first() {
+        Some(d) if d.committed() => {
+            let locked = d.ctrl & cxl_regs::hdm::CTRL_LOCK_ON_COMMIT != 0;
+            format!("committed{}", if locked { " and locked" } else { "" })
+        }
+        _ => "not committed".into(),
+    };
+    Ok(format!(
+        "decoders, global control {:#x} and DVSEC kept; decoder 0 {d0}",
+        now.gctrl
+    ))
 }
 
 /// The HDM decoders and Global Control as before the chaos (power-on).
@@ -1179,31 +1292,34 @@ pub fn run(cfg: &Config, rep: &mut Reporter) {
             Err("prerequisite missing: reset (z.2)".to_string())
         }
     };
+    let mut pre: Option<CxlMem> = None;
     let reset_ok = rep.check(
         "z.2",
         "function reset through sysfs, the kernel's first method (header restored first)",
         || {
             t.restore_saved_state()?;
             let d = dirty(&t);
+            pre = Some(t.cxl_mem()?);
             let methods = reset(&t, None)?;
             t.probe().map_err(|e| format!("after the reset: {e}"))?;
             Ok(format!("reset_method: {methods}; before: {d}"))
         },
     );
+    let pre = pre.filter(|_| reset_ok);
     rep.check(
         "z.3",
-        "after the reset: config space as before the chaos",
+        "after the FLR: config space as before the chaos but the CXL DVSEC, as before the FLR",
         || {
             need(reset_ok)?;
-            check_config(&t)
+            check_config_after_flr(&t, pre.as_ref().ok_or("no state before the FLR")?)
         },
     );
     rep.check(
         "z.4",
-        "after the reset: HDM decoders as at power-on (uncommitted, unlocked)",
+        "after the FLR: HDM decoders, Global Control, DVSEC untouched (CXL r3.1 §9.5)",
         || {
             need(reset_ok)?;
-            check_decoders(&t)
+            check_cxl_mem_kept(&t, pre.as_ref().ok_or("no state before the FLR")?)
         },
     );
     rep.check(
@@ -1216,7 +1332,7 @@ pub fn run(cfg: &Config, rep: &mut Reporter) {
     );
     rep.check(
         "z.6",
-        "bus reset through sysfs (SBR -> QEMU -> vfio-user DEVICE_RESET): state as at power-on",
+        "bus reset through sysfs (SBR -> QEMU -> vfio-user DEVICE_RESET): state as at power-on, CXL.mem included",
         || {
             need(reset_ok)?;
             let dev = format!("{PCI_DEVICES}/{}", t.bdf);
