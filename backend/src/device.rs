@@ -416,10 +416,15 @@ impl VfioUserDevice for VfioDevice {
         r
     }
 
+    /// VFIO_DEVICE_RESET is a conventional reset of the device (accel_type2::reset):
+    /// QEMU sends it at machine reset, for a secondary bus reset of the port above,
+    /// and when it connects, so every new guest finds a power-cycled device with its
+    /// memory and LSA kept. (An FLR arrives as a config write, a CXL Reset as a
+    /// DVSEC write; the model sees both itself.)
     fn reset(&mut self) -> Result<(), Errno> {
         let mut s = lock(&self.shared);
         s.counters.resets += 1;
-        s.device.reset();
+        s.device.reset_kind(accel_type2::ResetKind::Conventional);
         s.deliver_interrupts();
         info!("device reset by the client");
         Ok(())
