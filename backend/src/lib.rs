@@ -216,7 +216,10 @@ impl Daemon {
             // `serve` calls `dev.disconnected()` however it returns.
             match self.server.serve(stream, &mut dev, &self.stop) {
                 Ok(ServeOutcome::Disconnected) => {
-                    info!("device memory, LSA and registers are kept for the next client");
+                    info!(
+                        "device memory, LSA and registers are kept; a new client's \
+                         DEVICE_RESET returns the registers to power-on values"
+                    );
                 }
                 Ok(ServeOutcome::Stopped) => return Ok(()),
                 Err(e) => warn!("client connection failed: {e}; waiting for the next one"),
