@@ -57,7 +57,9 @@ impl Engine {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Conventional reset: registers to 0; the statistics survive.
+    /// Reset (every kind: the engine is this function's own state, see
+    /// [`crate::reset`]): registers to 0; the statistics survive. Whatever runs a
+    /// transfer must stop it here before the reset completes.
     pub fn reset(&mut self) {
         *self = Self {
             stats: self.stats,

@@ -480,7 +480,8 @@ impl Mailbox {
         self.bg.map(|op| op.end_ns)
     }
 
-    /// Conventional reset (PCIe hot reset / FLR). Mailbox registers return to their
+    /// Reset of the mailbox interface, which conventional reset, FLR and CXL Reset
+    /// all do (the device model's reset table). Mailbox registers return to their
     /// power-on values, a running background operation is aborted (its Sanitize never
     /// completes, so the media is not wiped), a partial firmware transfer is dropped
     /// and the event interrupt policy returns to "none" for the driver to program
