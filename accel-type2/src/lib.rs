@@ -906,6 +906,8 @@ impl AccelDevice {
     /// registers take their CXL Reset values, and firmware says when and how it
     /// ends. Status2's Complete and Error bits are clear until then (§8.1.3.5).
     fn initiate_cxl_reset(&mut self) {
+        // One that has run its time ends first, even if nothing polled yet.
+        self.poll();
         if self.cxl_reset.is_some() {
             log::warn!("Initiate CXL Reset while a CXL Reset is under way: ignored");
             return;

@@ -595,6 +595,11 @@ fn cxl_reset_takes_the_firmware_time_and_silences_the_registers_meanwhile() {
     assert_eq!(*seen.lock().unwrap(), vec![true, false]);
     assert_eq!(cfg_r16(&mut d, s2) & 0x6, 0);
     clock.advance(50_000_000);
+    // An Initiate written once that one has ended, before anything polled, starts a
+    // new one rather than being taken for a second Initiate during it.
+    cfg_w16(&mut d, c2, 0x4);
+    assert_eq!(*seen.lock().unwrap(), vec![true, false, false]);
+    clock.advance(50_000_000);
     d.poll();
     assert_eq!(cfg_r16(&mut d, s2) & 0x6, 0x2);
 }
