@@ -69,6 +69,12 @@ pub enum ConfigError {
     BadKeyValue(String),
     #[error("--socket and --control must be different paths")]
     SamePaths,
+    #[error(
+        "max-dma-maps {0} is out of range: 1 to {max} (QEMU refuses a device that \
+         announces more)",
+        max = crate::memory::MAX_DMA_MAPS_LIMIT
+    )]
+    MaxDmaMaps(u64),
 }
 
 /// `on` / `off` switches.
@@ -213,6 +219,11 @@ pub struct DaemonArgs {
     /// Read options from this TOML file; command-line options override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Most DMA mappings (guest RAM ranges, each with its fd) a client may hold;
+    /// more are refused with ENOSPC. Announced to QEMU, which needs one per RAM
+    /// section of the guest (README "Limits") [default: 1024, at most 65535].
+    #[arg(long, value_name = "N", value_parser = parse_number)]
+    pub max_dma_maps: Option<u64>,
     /// Confine each thread with a seccomp filter that allows only the system calls it
     /// makes once the sockets and memory are set up (see backend/SECCOMP.md); any other
     /// call ends the process with status 159 [default: off].
@@ -256,6 +267,7 @@ pub struct FileConfig {
     pub control: Option<PathBuf>,
     pub once: Option<bool>,
     pub seccomp: Option<BoolOrString>,
+    pub max_dma_maps: Option<NumOrString>,
 }
 
 impl FileConfig {
@@ -302,6 +314,8 @@ pub struct Config {
     pub print_qemu_args: bool,
     /// Confine the threads with seccomp filters (`--seccomp on`).
     pub seccomp: bool,
+    /// Most DMA mappings a client may hold (`--max-dma-maps`).
+    pub max_dma_maps: u32,
 }
 
 impl Config {
@@ -415,6 +429,15 @@ impl Config {
         if control.as_deref() == Some(socket.as_path()) {
             return Err(ConfigError::SamePaths);
         }
+        let max_dma_maps = match (args.max_dma_maps, file.max_dma_maps) {
+            (Some(v), _) => v,
+            (None, Some(v)) => num(v, parse_number)?,
+            (None, None) => u64::from(crate::memory::DEFAULT_MAX_DMA_MAPS),
+        };
+        let max_dma_maps = u32::try_from(max_dma_maps)
+            .ok()
+            .filter(|n| (1..=crate::memory::MAX_DMA_MAPS_LIMIT).contains(n))
+            .ok_or(ConfigError::MaxDmaMaps(max_dma_maps))?;
 
         Ok(Config {
             socket,
@@ -433,6 +456,7 @@ impl Config {
             once: args.once || file.once.unwrap_or(false),
             print_qemu_args: args.print_qemu_args,
             seccomp,
+            max_dma_maps,
         })
     }
 
@@ -469,6 +493,7 @@ impl Config {
             "control": self.control,
             "once": self.once,
             "seccomp": self.seccomp,
+            "max_dma_maps": self.max_dma_maps,
         })
     }
 
@@ -729,6 +754,31 @@ mod tests {
             Config::merge(a, FileConfig::default()),
             Err(ConfigError::SamePaths)
         ));
+    }
+
+    #[test]
+    fn max_dma_maps_from_cli_or_file_within_what_qemu_accepts() {
+        let c = Config::merge(args("/tmp/s"), FileConfig::default()).unwrap();
+        assert_eq!(c.max_dma_maps, 1024, "the README's default");
+        let file = FileConfig::parse("max-dma-maps = 300").unwrap();
+        let c = Config::merge(args("/tmp/s"), file).unwrap();
+        assert_eq!(c.max_dma_maps, 300);
+        assert_eq!(c.to_json()["max_dma_maps"], 300);
+        let file = FileConfig::parse("max-dma-maps = \"0x100\"").unwrap();
+        let mut a = args("/tmp/s");
+        a.max_dma_maps = Some(65535);
+        assert_eq!(Config::merge(a, file).unwrap().max_dma_maps, 65535);
+        // QEMU (hw/vfio-user/proxy.c) refuses a server announcing more than 65535.
+        for bad in [0, 65536, u64::MAX] {
+            let mut a = args("/tmp/s");
+            a.max_dma_maps = Some(bad);
+            assert!(matches!(
+                Config::merge(a, FileConfig::default()),
+                Err(ConfigError::MaxDmaMaps(n)) if n == bad
+            ));
+        }
+        let file = FileConfig::parse("max-dma-maps = \"lots\"").unwrap();
+        assert!(Config::merge(args("/tmp/s"), file).is_err());
     }
 
     #[test]

@@ -162,10 +162,21 @@ impl Handler {
                     .ok()
                     .filter(|b| *b < 32)
                     .ok_or("\"bit\" must be 0..31")?;
+                // Also report it to the host, as the host's AER driver reports an
+                // uncorrectable error of a vfio-pci device: QEMU then stops the VM
+                // (see `device::vfio_irqs`).
+                let host = opt_bool(req, "host")?.unwrap_or(false);
+                if host && !uncorrectable {
+                    return Err("\"host\" reports uncorrectable errors only".into());
+                }
                 let mut s = lock(&self.shared);
                 let r = s.device.try_inject_ras(uncorrectable, bit, &[0; 16]);
                 s.deliver_interrupts();
                 r.map_err(|e| e.to_string())?;
+                if host {
+                    let signalled = s.signal_host_error();
+                    reply.insert("host_signalled".into(), Value::Bool(signalled));
+                }
             }
             "inject-event" => {
                 let log = match req

@@ -2,17 +2,24 @@
 //! layout, access dispatch, DMA mappings, interrupt eventfds and counters.
 //!
 //! The device state ([`Shared`]) sits behind a mutex shared with the control socket
-//! thread; every vfio-user message takes the lock once, briefly.
+//! thread; every vfio-user message takes the lock once, briefly. Nothing done under
+//! it may block on a peer: interrupt eventfds are written without blocking (see
+//! [`crate::vfio_user::irq`]), guest RAM is copied with pread/pwrite (see
+//! [`crate::memory`]).
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::OwnedFd;
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use accel_type2::{
     AccelDevice, Clock, Interrupt, IrqDesc, RegionBacking, RegionDesc, CONFIG_REGION_INDEX,
-    IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
+    IRQ_ERR, IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
 };
 use log::{debug, info, warn};
 use serde::Serialize;
@@ -24,7 +31,9 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use crate::memory::{DeviceMemoryFile, GuestRam, PayloadPage, SharedPayload, StorageError};
-use crate::vfio_user::{DmaMapping, Errno, IrqInfo, RegionInfo, VfioUserDevice};
+use crate::vfio_user::{
+    DmaMapping, Errno, IrqEventFd, IrqInfo, RegionInfo, Signal, VfioUserDevice,
+};
 
 /// Monotonic nanoseconds since the daemon started.
 #[derive(Debug, Clone, Copy)]
@@ -54,12 +63,18 @@ pub struct Counters {
     pub region_reads: u64,
     pub region_writes: u64,
     pub dma_maps: u64,
+    /// DMA_MAPs refused because the client holds `--max-dma-maps` ranges already.
+    pub dma_maps_refused: u64,
     pub dma_unmaps: u64,
     pub set_irqs: u64,
     pub resets: u64,
     pub interrupts_delivered: u64,
+    /// Interrupts raised while the eventfd's counter was full: still pending.
+    pub interrupts_coalesced: u64,
     /// Interrupts raised while no eventfd was registered for the vector.
     pub interrupts_dropped: u64,
+    /// Eventfds given up: the client made one blocking again, or a write failed.
+    pub interrupt_fds_revoked: u64,
     /// Requests answered with an error.
     pub errors: u64,
 }
@@ -75,12 +90,20 @@ pub struct ConnectionState {
 /// Eventfds registered with SET_IRQS, per IRQ index and vector.
 #[derive(Debug)]
 pub struct IrqTable {
-    vectors: Vec<Vec<Option<File>>>,
+    vectors: Vec<Vec<Option<IrqEventFd>>>,
+}
+
+/// What [`IrqTable::fire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fired {
+    /// No eventfd is registered for the vector.
+    Unregistered,
+    Signal(Signal),
 }
 
 impl IrqTable {
     fn new(irqs: &[IrqDesc]) -> Self {
-        let mut vectors: Vec<Vec<Option<File>>> = (0..NUM_IRQS).map(|_| Vec::new()).collect();
+        let mut vectors: Vec<Vec<Option<IrqEventFd>>> = (0..NUM_IRQS).map(|_| Vec::new()).collect();
         for d in irqs {
             if let Some(v) = vectors.get_mut(d.index as usize) {
                 v.resize_with(d.count as usize, || None);
@@ -89,17 +112,28 @@ impl IrqTable {
         Self { vectors }
     }
 
-    /// Signal one vector. Returns false when nothing is registered for it.
-    fn fire(&self, index: u32, vector: usize) -> bool {
-        match self.vectors.get(index as usize).and_then(|v| v.get(vector)) {
-            Some(Some(fd)) => {
-                // An eventfd write fails only if the counter would overflow, which
-                // means the interrupt is pending anyway.
-                let _ = (&*fd).write(&1u64.to_ne_bytes());
-                true
-            }
-            _ => false,
+    /// Signal one vector, without blocking. An eventfd that can no longer be
+    /// written safely is forgotten.
+    fn fire(&mut self, index: u32, vector: usize) -> Fired {
+        let slot = self
+            .vectors
+            .get_mut(index as usize)
+            .and_then(|v| v.get_mut(vector));
+        let Some(slot) = slot else {
+            return Fired::Unregistered;
+        };
+        let Some(fd) = slot else {
+            return Fired::Unregistered;
+        };
+        let signal = fd.signal();
+        if let Signal::Revoked(errno) = signal {
+            warn!(
+                "IRQ index {index} vector {vector}: eventfd given up (errno {errno}: the client \
+                 made it blocking, or it failed)"
+            );
+            *slot = None;
         }
+        Fired::Signal(signal)
     }
 
     /// Forget every eventfd (the client went away).
@@ -117,6 +151,38 @@ impl IrqTable {
     }
 }
 
+/// The IRQ indices as the client sees them: the device model's, plus the error
+/// interrupt (VFIO_PCI_ERR_IRQ_INDEX) with one eventfd vector, which Linux's vfio-pci
+/// offers for every PCIe function (drivers/vfio/pci/vfio_pci_core.c,
+/// `vfio_pci_get_irq_count`) and signals when the host's AER driver reports an
+/// uncorrectable error of the device (`vfio_pci_core_aer_err_detected`). QEMU
+/// registers an eventfd for it when the count is 1, and warns "Could not enable
+/// error recovery for the device" otherwise (hw/vfio/pci.c,
+/// `vfio_pci_populate_device`). A signal makes QEMU report "Unrecoverable error
+/// detected" and stop the VM (`vfio_err_notifier_handler`: vm_stop with
+/// RUN_STATE_INTERNAL_ERROR). The device therefore signals it only when asked to
+/// (the control socket's `inject-ras` with `"host": true`); its own errors reach the
+/// guest through the CXL RAS capability and PCIe Device Status, as on hardware whose
+/// errors the host leaves to the guest.
+pub fn vfio_irqs(device: &AccelDevice) -> Vec<IrqDesc> {
+    let mut irqs = device.irqs();
+    match irqs.iter_mut().find(|d| d.index == IRQ_ERR) {
+        Some(d) if d.count == 0 => {
+            d.count = 1;
+            d.eventfd = true;
+        }
+        Some(_) => {}
+        None => irqs.push(IrqDesc {
+            index: IRQ_ERR,
+            count: 1,
+            eventfd: true,
+            maskable: false,
+            automasked: false,
+        }),
+    }
+    irqs
+}
+
 /// Everything the vfio-user thread and the control thread share.
 pub struct Shared {
     pub device: AccelDevice,
@@ -131,7 +197,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(device: AccelDevice) -> Self {
-        let irqs = IrqTable::new(&device.irqs());
+        let irqs = IrqTable::new(&vfio_irqs(&device));
         Self {
             device,
             guest: GuestRam::default(),
@@ -171,18 +237,43 @@ impl Shared {
     /// Deliver the interrupts the device raised since the last call.
     pub fn deliver_interrupts(&mut self) {
         for irq in self.device.take_interrupts() {
-            let fired = match irq {
-                Interrupt::Msix(v) => self.irqs.fire(IRQ_MSIX, usize::from(v)),
-                Interrupt::Intx => self.irqs.fire(IRQ_INTX, 0),
+            let (index, vector) = match irq {
+                Interrupt::Msix(v) => (IRQ_MSIX, usize::from(v)),
+                Interrupt::Intx => (IRQ_INTX, 0),
             };
-            if fired {
-                self.counters.interrupts_delivered += 1;
-            } else {
-                self.counters.interrupts_dropped += 1;
+            if self.raise(index, vector) == Fired::Unregistered {
                 debug!("interrupt {irq:?} dropped: no eventfd registered");
             }
         }
     }
+
+    /// Signal the error interrupt (VFIO_PCI_ERR_IRQ_INDEX; see [`vfio_irqs`]).
+    /// Returns false when the client registered no eventfd for it.
+    pub fn signal_host_error(&mut self) -> bool {
+        matches!(
+            self.raise(IRQ_ERR, 0),
+            Fired::Signal(Signal::Sent | Signal::Pending)
+        )
+    }
+
+    /// Signal one vector and count what happened.
+    fn raise(&mut self, index: u32, vector: usize) -> Fired {
+        let fired = self.irqs.fire(index, vector);
+        let c = &mut self.counters;
+        let counter = match fired {
+            Fired::Signal(Signal::Sent) => &mut c.interrupts_delivered,
+            Fired::Signal(Signal::Pending) => &mut c.interrupts_coalesced,
+            Fired::Signal(Signal::Revoked(_)) => &mut c.interrupt_fds_revoked,
+            Fired::Unregistered => &mut c.interrupts_dropped,
+        };
+        *counter = counter.saturating_add(1);
+        fired
+    }
+}
+
+/// Count one event (a counter saturates rather than wrap).
+fn bump(counter: &mut u64) {
+    *counter = counter.saturating_add(1);
 }
 
 /// Lock the shared state. A panic elsewhere while holding the lock must not take the
@@ -210,7 +301,7 @@ impl VfioDevice {
     ) -> Self {
         let (regions, irqs) = {
             let s = lock(&shared);
-            (s.device.regions(), s.device.irqs())
+            (s.device.regions(), vfio_irqs(&s.device))
         };
         Self {
             shared,
@@ -255,7 +346,7 @@ impl VfioDevice {
     }
 
     fn fail(&self, errno: Errno) -> Errno {
-        lock(&self.shared).counters.errors += 1;
+        bump(&mut lock(&self.shared).counters.errors);
         errno
     }
 }
@@ -339,7 +430,7 @@ impl VfioUserDevice for VfioDevice {
             .check_access(index, offset, buf.len(), false)
             .map_err(|e| self.fail(e))?;
         let mut s = lock(&self.shared);
-        s.counters.region_reads += 1;
+        bump(&mut s.counters.region_reads);
         match bar {
             None => s.device.config_read(offset, buf),
             Some(bar) => s.device.bar_read(bar, offset, buf),
@@ -353,7 +444,7 @@ impl VfioUserDevice for VfioDevice {
             .check_access(index, offset, data.len(), true)
             .map_err(|e| self.fail(e))?;
         let mut s = lock(&self.shared);
-        s.counters.region_writes += 1;
+        bump(&mut s.counters.region_writes);
         let Shared { device, guest, .. } = &mut *s;
         match bar {
             None => device.config_write(offset, data),
@@ -366,7 +457,7 @@ impl VfioUserDevice for VfioDevice {
     fn dma_map(&mut self, map: DmaMapping) -> Result<(), Errno> {
         let (iova, size, has_fd) = (map.iova, map.size, map.fd.is_some());
         let mut s = lock(&self.shared);
-        s.counters.dma_maps += 1;
+        bump(&mut s.counters.dma_maps);
         match s.guest.map(map) {
             Ok(()) => {
                 debug!(
@@ -376,8 +467,17 @@ impl VfioUserDevice for VfioDevice {
                 Ok(())
             }
             Err(e) => {
-                s.counters.errors += 1;
-                warn!("DMA_MAP {iova:#x}+{size:#x} refused: errno {e}");
+                bump(&mut s.counters.errors);
+                if e == libc::ENOSPC {
+                    bump(&mut s.counters.dma_maps_refused);
+                    warn!(
+                        "DMA_MAP {iova:#x}+{size:#x} refused: the client holds {} mappings, \
+                         the most --max-dma-maps allows",
+                        s.guest.max_maps()
+                    );
+                } else {
+                    warn!("DMA_MAP {iova:#x}+{size:#x} refused: errno {e}");
+                }
                 Err(e)
             }
         }
@@ -385,18 +485,22 @@ impl VfioUserDevice for VfioDevice {
 
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<(), Errno> {
         let mut s = lock(&self.shared);
-        s.counters.dma_unmaps += 1;
+        bump(&mut s.counters.dma_unmaps);
         match s.guest.unmap(iova, size) {
             Ok(n) => {
                 debug!("DMA_UNMAP {iova:#x}+{size:#x}: {n} range(s)");
                 Ok(())
             }
             Err(e) => {
-                s.counters.errors += 1;
+                bump(&mut s.counters.errors);
                 warn!("DMA_UNMAP {iova:#x}+{size:#x} refused: errno {e}");
                 Err(e)
             }
         }
+    }
+
+    fn max_dma_maps(&self) -> Option<u32> {
+        u32::try_from(lock(&self.shared).guest.max_maps()).ok()
     }
 
     fn set_irqs(
@@ -405,13 +509,13 @@ impl VfioUserDevice for VfioDevice {
         flags: u32,
         start: u32,
         count: u32,
-        fds: Vec<Option<OwnedFd>>,
+        fds: Vec<Option<IrqEventFd>>,
     ) -> Result<(), Errno> {
         let mut s = lock(&self.shared);
-        s.counters.set_irqs += 1;
+        bump(&mut s.counters.set_irqs);
         let r = set_irqs(&mut s, index, flags, start, count, fds);
         if r.is_err() {
-            s.counters.errors += 1;
+            bump(&mut s.counters.errors);
         }
         r
     }
@@ -423,7 +527,7 @@ impl VfioUserDevice for VfioDevice {
     /// DVSEC write; the model sees both itself.)
     fn reset(&mut self) -> Result<(), Errno> {
         let mut s = lock(&self.shared);
-        s.counters.resets += 1;
+        bump(&mut s.counters.resets);
         s.device.reset_kind(accel_type2::ResetKind::Conventional);
         s.deliver_interrupts();
         info!("device reset by the client");
@@ -447,7 +551,7 @@ impl VfioUserDevice for VfioDevice {
         s.irqs.clear();
         if s.connection.connected {
             s.connection.connected = false;
-            s.connection.disconnects += 1;
+            bump(&mut s.connection.disconnects);
         }
     }
 }
@@ -460,7 +564,7 @@ fn set_irqs(
     flags: u32,
     start: u32,
     count: u32,
-    fds: Vec<Option<OwnedFd>>,
+    fds: Vec<Option<IrqEventFd>>,
 ) -> Result<(), Errno> {
     let vectors = s.irqs.vectors.get_mut(index as usize).ok_or(libc::EINVAL)?;
     let end = start.checked_add(count).ok_or(libc::EINVAL)? as usize;
@@ -489,7 +593,7 @@ fn set_irqs(
             }
             VFIO_IRQ_SET_DATA_NONE => {
                 for v in start as usize..end {
-                    s.irqs.fire(index, v);
+                    s.raise(index, v);
                 }
                 Ok(())
             }
@@ -501,7 +605,7 @@ fn set_irqs(
                 // the vectors: refuse it rather than slice out of bounds.
                 let slots = vectors.get_mut(start as usize..end).ok_or(libc::EINVAL)?;
                 for (slot, fd) in slots.iter_mut().zip(fds) {
-                    *slot = fd.map(File::from);
+                    *slot = fd;
                 }
                 debug!("IRQ index {index}: eventfds for vectors {start}..{end}");
                 Ok(())
@@ -515,9 +619,18 @@ fn set_irqs(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests: a panic is a failed test"
+)]
 mod tests {
     use super::*;
     use accel_type2::{AccelConfig, DefaultFirmware, MemLsa, CONFIG_SPACE_SIZE};
+    use std::fs::File;
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     fn fixture() -> (VfioDevice, Arc<Mutex<Shared>>) {
@@ -539,16 +652,13 @@ mod tests {
         (VfioDevice::new(shared.clone(), mem, clock), shared)
     }
 
-    fn eventfd() -> (EventFd, OwnedFd) {
+    fn eventfd() -> (EventFd, IrqEventFd) {
         let e = EventFd::new(EFD_NONBLOCK).unwrap();
         let dup = e.try_clone().unwrap();
         // SAFETY: `dup` is a fresh eventfd owned by nobody else; into_raw_fd gives
         // up its ownership.
-        let owned = unsafe {
-            use std::os::fd::{FromRawFd, IntoRawFd};
-            OwnedFd::from_raw_fd(dup.into_raw_fd())
-        };
-        (e, owned)
+        let owned = unsafe { OwnedFd::from_raw_fd(dup.into_raw_fd()) };
+        (e, IrqEventFd::new(owned).unwrap())
     }
 
     #[test]
@@ -705,6 +815,53 @@ mod tests {
         // An empty set inside the range is a no-op.
         assert_eq!(d.set_irqs(IRQ_MSIX, flags, n, 0, vec![]), Ok(()));
         assert_eq!(lock(&shared).irqs.registered(IRQ_MSIX), 0);
+    }
+
+    #[test]
+    fn error_interrupt_is_one_eventfd_vector_signalled_on_request() {
+        let (mut d, shared) = fixture();
+        let info = d.irq_info(IRQ_ERR).unwrap();
+        assert_eq!((info.count, info.flags), (1, VFIO_IRQ_INFO_EVENTFD));
+        assert!(!lock(&shared).signal_host_error(), "nothing registered yet");
+        let (e, fd) = eventfd();
+        let trig = VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD;
+        d.set_irqs(IRQ_ERR, trig, 0, 1, vec![Some(fd)]).unwrap();
+        assert_eq!(lock(&shared).irqs.registered(IRQ_ERR), 1);
+        assert!(d.set_irqs(IRQ_ERR, trig, 1, 1, vec![None]).is_err());
+        // A device-raised RAS error does not reach the host on its own.
+        lock(&shared).device.inject_ras(true, 4);
+        lock(&shared).deliver_interrupts();
+        assert!(e.read().is_err(), "signalled without being asked");
+        assert!(lock(&shared).signal_host_error());
+        assert_eq!(e.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_full_eventfd_counter_is_a_pending_interrupt() {
+        let (mut d, shared) = fixture();
+        let (e, fd) = eventfd();
+        let trig = VFIO_IRQ_SET_ACTION_TRIGGER;
+        d.set_irqs(
+            IRQ_MSIX,
+            trig | VFIO_IRQ_SET_DATA_EVENTFD,
+            0,
+            1,
+            vec![Some(fd)],
+        )
+        .unwrap();
+        e.write(u64::MAX - 1).unwrap();
+        d.set_irqs(IRQ_MSIX, trig | VFIO_IRQ_SET_DATA_NONE, 0, 2, vec![])
+            .unwrap();
+        let c = lock(&shared).counters.clone();
+        assert_eq!(
+            (
+                c.interrupts_delivered,
+                c.interrupts_coalesced,
+                c.interrupts_dropped
+            ),
+            (0, 1, 1)
+        );
+        assert_eq!(e.read().unwrap(), u64::MAX - 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use config::Config;
 use control::{ControlError, ControlServer, Handler};
 use device::{lock, MonotonicClock, Shared, VfioDevice};
-use memory::{DeviceMemoryFile, FileLsa, LsaSyncer, SharedDeviceMemory, StorageError};
+use memory::{DeviceMemoryFile, FileLsa, GuestRam, LsaSyncer, SharedDeviceMemory, StorageError};
 use vfio_user::server::ServerError;
 use vfio_user::{ServeOutcome, Server};
 
@@ -51,6 +51,52 @@ pub enum Error {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot check interrupt eventfds: {0}")]
+    Interrupts(#[source] std::io::Error),
+    #[error(
+        "--max-dma-maps {maps} needs {need} open files, but the hard limit (ulimit -Hn) is \
+         {hard}: lower --max-dma-maps or raise the limit"
+    )]
+    FdLimit { maps: u32, need: u64, hard: u64 },
+    #[error("cannot raise the open-file limit: {0}")]
+    SetFdLimit(#[source] std::io::Error),
+}
+
+/// Open files the daemon needs besides one per DMA mapping: standard streams, the
+/// sockets and a client, control connections, eventfds, memory and LSA files and
+/// their locks, and the fds of a message in flight, with room to spare.
+const FD_RESERVE: u64 = 128;
+
+/// Make sure a client can hold `max_dma_maps` mappings (one fd each) without the
+/// daemon running out of fds: raise the soft RLIMIT_NOFILE as far as needed, or fail
+/// clearly if the hard limit is too low.
+fn ensure_fd_limit(max_dma_maps: u32) -> Result<(), Error> {
+    let need = u64::from(max_dma_maps).saturating_add(FD_RESERVE);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(Error::SetFdLimit(std::io::Error::last_os_error()));
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max < need {
+        return Err(Error::FdLimit {
+            maps: max_dma_maps,
+            need,
+            hard: lim.rlim_max,
+        });
+    }
+    lim.rlim_cur = need;
+    // SAFETY: setrlimit reads one initialized rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(Error::SetFdLimit(std::io::Error::last_os_error()));
+    }
+    info!("open-file limit raised to {need} for --max-dma-maps {max_dma_maps}");
+    Ok(())
 }
 
 /// Refuse early, before anything is created, if a non-socket sits at a socket path.
@@ -101,6 +147,8 @@ impl Daemon {
         if let Some(c) = &config.control {
             check_socket_path(c)?;
         }
+        vfio_user::irq::check_support().map_err(Error::Interrupts)?;
+        ensure_fd_limit(config.max_dma_maps)?;
 
         let accel = config.accel_config();
         let devmem = match &config.memory_file {
@@ -133,7 +181,9 @@ impl Daemon {
             firmware,
             clock.clone(),
         )?;
-        let shared = Arc::new(Mutex::new(Shared::new(device)));
+        let mut state = Shared::new(device);
+        state.guest = GuestRam::new(config.max_dma_maps);
+        let shared = Arc::new(Mutex::new(state));
         // The mailbox payload in shared memory (a sparse area of BAR0): created here,
         // before any seccomp filter, like the other memory.
         if lock(&shared).share_mailbox_payload()? {
@@ -160,7 +210,7 @@ impl Daemon {
         };
 
         info!(
-            "cxl-accel-backend {}: device memory {:#x} bytes ({}), mailbox {}, flit {}, {} decoder(s), firmware {}",
+            "cxl-accel-backend {}: device memory {:#x} bytes ({}), mailbox {}, flit {}, {} decoder(s), firmware {}, at most {} DMA mappings",
             env!("CARGO_PKG_VERSION"),
             config.memory_size,
             devmem
@@ -173,6 +223,7 @@ impl Daemon {
             },
             config.decoders,
             config.firmware,
+            config.max_dma_maps,
         );
         info!("listening on {}", server.path().display());
         Ok(Self {

@@ -1,21 +1,48 @@
 //! Memory the daemon owns or borrows:
 //!
 //! - [`DeviceMemoryFile`]: the accelerator's local memory (BAR2), a sparse memfd or a
-//!   persistent file, mapped shared. Its fd goes to QEMU, which maps it straight into
-//!   the guest, so the guest, the DMA engine and REGION_READ/WRITE see the same bytes.
+//!   persistent file. Its fd goes to QEMU, which maps it straight into the guest; the
+//!   daemon itself reaches it with pread/pwrite, so the guest, the DMA engine and
+//!   REGION_READ/WRITE see the same bytes.
 //! - [`GuestRam`]: guest RAM as QEMU shares it with DMA_MAP (an fd per range), for the
 //!   DMA engine. Every access is bounds- and permission-checked; a bad address is an
 //!   error, never a fault.
 //! - [`PayloadPage`]: the mailbox payload registers in a memfd, which QEMU maps into
 //!   BAR0 as a sparse area, so that the guest's payload accesses never trap.
 //! - [`FileLsa`]: the Label Storage Area kept in a file.
+//!
+//! No fd a peer holds may let it kill the daemon. Touching a shared mapping beyond the
+//! end of its file raises SIGBUS, and the peer can shrink any file whose fd it holds
+//! (ftruncate) unless the file is sealed against it. So:
+//! - guest RAM is never mapped: the DMA engine copies with pread/pwrite on the fd QEMU
+//!   passed, at the range's offset. A file shrunk after DMA_MAP gives a short read, an
+//!   error status of the transfer, never a signal. This works for QEMU's file backends
+//!   (which cannot be sealed) as for its memfds, needs no trust in seals, and costs
+//!   what the copy out of a mapping cost: one copy per chunk, now in the kernel. A
+//!   mapping holds no address space, and a snapshot of the table is an `Arc` clone.
+//!   Limit: hugetlbfs has no write(2), so a DMA into guest RAM on hugetlbfs fails
+//!   with an error status (reads work).
+//! - device memory is reached the same way (pread/pwrite): with `--memory-file`, QEMU
+//!   holds an fd of a regular file, which cannot be sealed.
+//! - the memfds the daemon creates and hands to QEMU (device memory, mailbox payload)
+//!   are sealed with F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, so their size is
+//!   fixed for good; the payload page, which the daemon does map, can never fault.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use accel_type2::{DeviceMemory, GuestMemory, MemoryError};
@@ -23,7 +50,30 @@ use mailbox::{LsaError, LsaStorage, PayloadBuf};
 use thiserror::Error;
 use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
 
-use crate::vfio_user::{DmaMapping, Errno};
+use crate::vfio_user::{sys, DmaMapping, Errno};
+
+/// Default bound on the DMA mappings a client may hold (`--max-dma-maps`). QEMU's
+/// vfio-user client maps each RAM section of the guest's address space once
+/// (hw/vfio/listener.c): the RAM below and above 4 GiB in a few pieces, the ROMs,
+/// and the mmapped BARs of every device, 22 in this project's e2e VM (9 without an
+/// fd). Memory hotplug adds one per DIMM, at most 256 on x86 (`-m slots=`, ACPI's
+/// limit of 256 memory devices). QEMU's own estimate of the worst case, used when it
+/// checks a virtio-mem set-up against the server's `max_dma_maps`, is one mapping
+/// per memory slot: 512 under TCG, the KVM memslot count (32764 on x86) under KVM.
+/// 1024 covers the first with room, and QEMU fails such a set-up with a clear
+/// message rather than at run time; raise the option for virtio-mem under KVM.
+pub const DEFAULT_MAX_DMA_MAPS: u32 = 1024;
+
+/// The DMA_MAP limit QEMU accepts from a server (hw/vfio-user/protocol.h,
+/// `VFIO_USER_DEF_MAP_MAX`): it refuses to connect to one that announces more.
+pub const MAX_DMA_MAPS_LIMIT: u32 = 65535;
+
+/// The seals of every memfd the daemon hands to QEMU (see the module comment).
+const MEMFD_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Superblock magic of FUSE (linux/magic.h): a FUSE file's reads wait for the FUSE
+/// server, which a peer may be, for as long as it likes.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 /// Errors of setting up or flushing daemon-owned memory.
 #[derive(Debug, Error)]
@@ -60,10 +110,12 @@ pub enum StorageError {
         size: u64,
         source: io::Error,
     },
-    #[error("cannot map device memory: {0}")]
+    #[error("cannot map the mailbox payload: {0}")]
     Mmap(#[source] vm_memory::mmap::MmapRegionError),
-    #[error("device memory of {0:#x} bytes does not fit the address space")]
+    #[error("a memfd at offset {0:#x} does not fit the address space")]
     TooBig(u64),
+    #[error("cannot seal the {what} against resizing: {source}")]
+    Seal { what: String, source: io::Error },
     #[error("cannot flush {what}: {source}")]
     Flush { what: String, source: io::Error },
 }
@@ -180,10 +232,36 @@ fn reserve(file: &File, path: &Path, size: u64) -> Result<(), StorageError> {
     }
 }
 
-/// The device's local memory: one shared mapping of a memfd or a file.
+/// A memfd of `size` bytes, sparse, sealed against any change of size.
+fn sealed_memfd(name: &std::ffi::CStr, size: u64, what: &str) -> Result<File, StorageError> {
+    // SAFETY: the name is a valid NUL-terminated string; the returned fd, if valid,
+    // is owned by nobody else and is wrapped into an OwnedFd at once.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(StorageError::Memfd(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh, valid fd that we own exclusively.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(size).map_err(|source| StorageError::Resize {
+        what: what.into(),
+        size,
+        source,
+    })?;
+    // SAFETY: fcntl(2) F_ADD_SEALS on an fd we own; no memory is involved.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, MEMFD_SEALS) } < 0 {
+        return Err(StorageError::Seal {
+            what: what.into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(file)
+}
+
+/// The device's local memory: a memfd or a file, reached with pread/pwrite.
 pub struct DeviceMemoryFile {
     file: File,
-    map: MmapRegion,
+    size: u64,
     path: Option<PathBuf>,
     _lock: Option<FileLock>,
 }
@@ -192,55 +270,33 @@ impl std::fmt::Debug for DeviceMemoryFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceMemoryFile")
             .field("fd", &self.file.as_raw_fd())
-            .field("size", &self.map.size())
+            .field("size", &self.size)
             .field("path", &self.path)
             .finish()
     }
 }
 
 impl DeviceMemoryFile {
-    /// A volatile, sparse memfd of `size` bytes: pages are allocated only when touched.
+    /// A volatile, sparse memfd of `size` bytes, sealed at that size: pages are
+    /// allocated only when touched.
     pub fn memfd(size: u64) -> Result<Arc<Self>, StorageError> {
-        // SAFETY: the name is a valid NUL-terminated string; the returned fd, if valid,
-        // is owned by nobody else and is wrapped into an OwnedFd at once.
-        let fd = unsafe { libc::memfd_create(c"cxl-accel-devmem".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(StorageError::Memfd(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh, valid fd that we own exclusively.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(size).map_err(|source| StorageError::Resize {
-            what: "device memory memfd".into(),
+        let file = sealed_memfd(c"cxl-accel-devmem", size, "device memory memfd")?;
+        Ok(Arc::new(Self {
+            file,
             size,
-            source,
-        })?;
-        Self::map(file, size, None, None)
+            path: None,
+            _lock: None,
+        }))
     }
 
     /// Persistent device memory in the file at `path`, created or extended to `size`.
     pub fn file(path: &Path, size: u64) -> Result<Arc<Self>, StorageError> {
         let (file, lock) = open_sized(path, size)?;
-        Self::map(file, size, Some(path.to_path_buf()), Some(lock))
-    }
-
-    fn map(
-        file: File,
-        size: u64,
-        path: Option<PathBuf>,
-        lock: Option<FileLock>,
-    ) -> Result<Arc<Self>, StorageError> {
-        let len = usize::try_from(size).map_err(|_| StorageError::TooBig(size))?;
-        let dup = file.try_clone().map_err(|source| StorageError::Open {
-            path: path.clone().unwrap_or_else(|| "memfd".into()),
-            source,
-        })?;
-        let map =
-            MmapRegion::from_file(FileOffset::new(dup, 0), len).map_err(StorageError::Mmap)?;
         Ok(Arc::new(Self {
             file,
-            map,
-            path,
-            _lock: lock,
+            size,
+            path: Some(path.to_path_buf()),
+            _lock: Some(lock),
         }))
     }
 
@@ -250,7 +306,7 @@ impl DeviceMemoryFile {
     }
 
     pub fn size(&self) -> u64 {
-        self.map.size() as u64
+        self.size
     }
 
     /// The backing file, if device memory is persistent.
@@ -258,71 +314,55 @@ impl DeviceMemoryFile {
         self.path.as_deref()
     }
 
-    /// Write dirty pages back to the memory file and sync it. A memfd has nothing to
-    /// flush.
+    /// Sync the memory file (what the guest wrote through QEMU's mapping is in the
+    /// page cache already). A memfd has nothing to flush.
     pub fn flush(&self) -> Result<(), StorageError> {
-        if self.path.is_none() {
+        let Some(path) = &self.path else {
             return Ok(());
-        }
-        let what = || {
-            self.path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
         };
-        // SAFETY: the range is exactly the live mapping owned by `self.map`.
-        let rc = unsafe { libc::msync(self.map.as_ptr().cast(), self.map.size(), libc::MS_SYNC) };
-        if rc != 0 {
-            return Err(StorageError::Flush {
-                what: what(),
-                source: io::Error::last_os_error(),
-            });
-        }
         self.file.sync_data().map_err(|source| StorageError::Flush {
-            what: what(),
+            what: path.display().to_string(),
             source,
         })
     }
 
-    fn check(&self, dpa: u64, len: usize) -> Result<usize, MemoryError> {
-        let err = unmapped(dpa, len);
-        let end = dpa.checked_add(len as u64).ok_or_else(|| err.clone())?;
-        if end > self.size() {
-            return Err(err);
+    /// `dpa..dpa + len` inside device memory.
+    fn check(&self, dpa: u64, len: usize) -> Result<(), MemoryError> {
+        match dpa.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(unmapped(dpa, len)),
         }
-        usize::try_from(dpa).map_err(|_| err)
     }
 
-    /// Copy out of device memory.
+    /// Copy out of device memory. A memory file that somebody shrank under the daemon
+    /// reads short: an error, never a fault.
     pub fn read(&self, dpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let off = self.check(dpa, buf.len())?;
-        self.map
-            .as_volatile_slice()
-            .read_slice(buf, off)
-            .map_err(|_| unmapped(dpa, buf.len()))
+        self.check(dpa, buf.len())?;
+        self.file.read_exact_at(buf, dpa).map_err(|e| {
+            log::warn!("device memory read at {dpa:#x}+{:#x}: {e}", buf.len());
+            unmapped(dpa, buf.len())
+        })
     }
 
     /// Copy into device memory.
     pub fn write(&self, dpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let off = self.check(dpa, data.len())?;
-        self.map
-            .as_volatile_slice()
-            .write_slice(data, off)
-            .map_err(|_| unmapped(dpa, data.len()))
+        self.check(dpa, data.len())?;
+        self.file.write_all_at(data, dpa).map_err(|e| {
+            log::warn!("device memory write at {dpa:#x}+{:#x}: {e}", data.len());
+            unmapped(dpa, data.len())
+        })
     }
-}
 
-impl DeviceMemoryFile {
     /// Zero `dpa..dpa+len` by punching a hole in the backing file: the pages are
     /// freed (a sanitized memfd costs no memory), every mapping sees zeros at once,
     /// and partial blocks at the edges are zeroed by the kernel. Falls back to
     /// writing zeros where the file system cannot punch holes.
     pub fn zero(&self, dpa: u64, len: u64) -> Result<(), MemoryError> {
         let err = MemoryError::Unmapped { addr: dpa, len };
-        match dpa.checked_add(len) {
-            Some(end) if end <= self.size() => {}
+        let end = match dpa.checked_add(len) {
+            Some(end) if end <= self.size => end,
             _ => return Err(err),
-        }
+        };
         if len == 0 {
             return Ok(());
         }
@@ -348,21 +388,26 @@ impl DeviceMemoryFile {
         );
         let zeros = vec![0u8; 1 << 20];
         let mut at = dpa;
-        let end = dpa + len;
         while at < end {
-            let chunk = (end - at).min(zeros.len() as u64) as usize;
-            self.write(at, &zeros[..chunk])?;
-            at += chunk as u64;
+            let chunk = zeros
+                .get(
+                    ..usize::try_from(end.saturating_sub(at))
+                        .unwrap_or(usize::MAX)
+                        .min(zeros.len()),
+                )
+                .unwrap_or(&[]);
+            self.write(at, chunk)?;
+            at = at.saturating_add(chunk.len() as u64);
         }
         Ok(())
     }
 }
 
 /// The mailbox payload registers in shared memory: a sparse memfd as long as BAR0's
-/// offset of the payload plus its size, of which only the payload's own pages are
-/// mapped (here, and by QEMU into the guest as a sparse mmap area of BAR0). The fd is
-/// BAR0's region fd at file offset 0, so file offsets equal BAR0 offsets; the pages
-/// before the payload are never mapped and never allocated.
+/// offset of the payload plus its size, sealed at that size, of which only the
+/// payload's own pages are mapped (here, and by QEMU into the guest as a sparse mmap
+/// area of BAR0). The fd is BAR0's region fd at file offset 0, so file offsets equal
+/// BAR0 offsets; the pages before the payload are never mapped and never allocated.
 pub struct PayloadPage {
     file: File,
     map: MmapRegion,
@@ -383,23 +428,10 @@ impl std::fmt::Debug for PayloadPage {
 impl PayloadPage {
     /// A zeroed payload of `len` bytes at BAR0 offset `offset` (page aligned).
     pub fn memfd(offset: u64, len: usize) -> Result<Arc<Self>, StorageError> {
-        // SAFETY: the name is a valid NUL-terminated string; the returned fd, if valid,
-        // is owned by nobody else and is wrapped into an OwnedFd at once.
-        let fd =
-            unsafe { libc::memfd_create(c"cxl-accel-mbox-payload".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(StorageError::Memfd(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh, valid fd that we own exclusively.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let size = offset
             .checked_add(len as u64)
             .ok_or(StorageError::TooBig(offset))?;
-        file.set_len(size).map_err(|source| StorageError::Resize {
-            what: "mailbox payload memfd".into(),
-            size,
-            source,
-        })?;
+        let file = sealed_memfd(c"cxl-accel-mbox-payload", size, "mailbox payload memfd")?;
         let dup = file.try_clone().map_err(|source| StorageError::Open {
             path: "memfd".into(),
             source,
@@ -483,21 +515,48 @@ impl DeviceMemory for SharedDeviceMemory {
     }
 }
 
+/// The client's fd behind one DMA_MAP range.
+#[derive(Debug)]
+struct Backing {
+    file: File,
+    /// Offset of the range in the file.
+    offset: u64,
+    /// An I/O error on this range was logged already (a shrunk file fails every
+    /// transfer; once in the log is enough).
+    warned: AtomicBool,
+}
+
 /// One DMA_MAP range.
+#[derive(Debug, Clone)]
 struct DmaRegion {
     size: u64,
-    /// The mapping of the client's fd, and how far into it the range starts (the fd
-    /// offset rounded down to a page, for mmap). `None`: mapped without an fd (QEMU
-    /// does this for device BARs), so the range is known but not accessible.
-    map: Option<(MmapRegion, usize)>,
+    /// `None`: mapped without an fd (QEMU does this for device BARs and for RAM it
+    /// cannot share), so the range is known but not accessible.
+    backing: Option<Arc<Backing>>,
     readable: bool,
     writable: bool,
 }
 
-/// Guest RAM shared by the client, keyed by IOVA (guest physical address).
-#[derive(Default)]
+impl DmaRegion {
+    /// One past the last IOVA of the range (cannot overflow: checked at DMA_MAP).
+    fn end(&self, base: u64) -> u64 {
+        base.saturating_add(self.size)
+    }
+}
+
+/// Guest RAM shared by the client, keyed by IOVA (guest physical address), with at
+/// most `max_maps` ranges. Cloning it is cheap (the table is shared until the next
+/// DMA_MAP or DMA_UNMAP changes it), so a transfer can run on a snapshot.
+#[derive(Clone)]
 pub struct GuestRam {
-    regions: BTreeMap<u64, DmaRegion>,
+    regions: Arc<BTreeMap<u64, DmaRegion>>,
+    max_maps: usize,
+}
+
+impl Default for GuestRam {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_DMA_MAPS)
+    }
 }
 
 impl std::fmt::Debug for GuestRam {
@@ -506,7 +565,7 @@ impl std::fmt::Debug for GuestRam {
             .entries(
                 self.regions
                     .iter()
-                    .map(|(k, v)| (k, (v.size, v.map.is_some()))),
+                    .map(|(k, v)| (k, (v.size, v.backing.is_some()))),
             )
             .finish()
     }
@@ -516,69 +575,106 @@ impl std::fmt::Debug for GuestRam {
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
+/// The errno of an I/O error, for a reply.
+fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Check an fd that came with a DMA_MAP: only a regular file can back guest RAM (a
+/// memfd, a tmpfs or hugetlbfs file, a file on disk), not on FUSE, opened for the
+/// access the mapping allows, and long enough for the range. A pipe, socket, device
+/// or directory is EINVAL, a file not opened for the access EACCES.
+fn dma_backing(fd: OwnedFd, m: &DmaMapping) -> Result<Backing, Errno> {
+    let file = File::from(fd);
+    let raw = file.as_raw_fd();
+    let meta = file.metadata().map_err(|e| errno_of(&e))?;
+    if !meta.file_type().is_file() {
+        log::warn!("DMA_MAP {:#x}: the fd is not a regular file", m.iova);
+        return Err(libc::EINVAL);
+    }
+    if sys::fs_type(raw).map_err(|e| errno_of(&e))? == FUSE_SUPER_MAGIC {
+        log::warn!("DMA_MAP {:#x}: the fd is a FUSE file", m.iova);
+        return Err(libc::EINVAL);
+    }
+    let flags = sys::fd_flags(raw).map_err(|e| errno_of(&e))?;
+    let mode = flags & libc::O_ACCMODE;
+    let can_read = flags & libc::O_PATH == 0 && mode != libc::O_WRONLY;
+    let can_write = flags & (libc::O_PATH | libc::O_APPEND) == 0
+        && (mode == libc::O_WRONLY || mode == libc::O_RDWR);
+    if (m.readable && !can_read) || (m.writable && !can_write) {
+        log::warn!(
+            "DMA_MAP {:#x}: the fd is not opened for {}",
+            m.iova,
+            if m.writable { "read-write" } else { "reading" }
+        );
+        return Err(libc::EACCES);
+    }
+    if m.offset
+        .checked_add(m.size)
+        .is_none_or(|end| end > meta.len())
+    {
+        log::warn!(
+            "DMA_MAP {:#x}: the file holds {:#x} bytes, not {:#x}+{:#x}",
+            m.iova,
+            meta.len(),
+            m.offset,
+            m.size
+        );
+        return Err(libc::EINVAL);
+    }
+    Ok(Backing {
+        file,
+        offset: m.offset,
+        warned: AtomicBool::new(false),
+    })
+}
+
+/// One piece of a guest access: the range's backing, the file offset, and the part
+/// of the caller's buffer.
+type Piece<'a> = (&'a Backing, u64, Range<usize>);
+
 impl GuestRam {
-    /// Add a DMA_MAP range. Overlap with an existing range is EEXIST; an fd that
-    /// cannot be mapped for the range (too short, wrong mode) is the mmap errno.
-    pub fn map(&mut self, m: DmaMapping) -> Result<(), Errno> {
+    /// An empty table that holds at most `max_maps` ranges.
+    pub fn new(max_maps: u32) -> Self {
+        Self {
+            regions: Arc::new(BTreeMap::new()),
+            max_maps: usize::try_from(max_maps).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The most ranges the table holds.
+    pub fn max_maps(&self) -> usize {
+        self.max_maps
+    }
+
+    /// Add a DMA_MAP range. A zero or overflowing size is EINVAL, overlap with an
+    /// existing range EEXIST, a full table ENOSPC; an fd that cannot back the range
+    /// is refused as [`dma_backing`] says.
+    pub fn map(&mut self, mut m: DmaMapping) -> Result<(), Errno> {
         let end = m.iova.checked_add(m.size).ok_or(libc::EINVAL)?;
         if m.size == 0 {
             return Err(libc::EINVAL);
         }
         if let Some((&base, r)) = self.regions.range(..end).next_back() {
-            if base + r.size > m.iova {
+            if r.end(base) > m.iova {
                 return Err(libc::EEXIST);
             }
         }
-        let map = match m.fd {
-            Some(fd) if m.readable || m.writable => {
-                let skew = m.offset % page_size();
-                let len = m
-                    .size
-                    .checked_add(skew)
-                    .and_then(|l| usize::try_from(l).ok())
-                    .ok_or(libc::EINVAL)?;
-                let prot = if m.writable {
-                    libc::PROT_READ | libc::PROT_WRITE
-                } else {
-                    libc::PROT_READ
-                };
-                let file = File::from(fd);
-                // Touching a shared mapping past the end of its file raises SIGBUS, so
-                // a file too short for the range is refused up front.
-                let meta = file
-                    .metadata()
-                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
-                if meta.is_file() && m.offset.checked_add(m.size).is_none_or(|e| e > meta.len()) {
-                    return Err(libc::EINVAL);
-                }
-                let region = MmapRegion::build(
-                    Some(FileOffset::new(file, m.offset - skew)),
-                    len,
-                    prot,
-                    libc::MAP_SHARED | libc::MAP_NORESERVE,
-                )
-                .map_err(|e| match e {
-                    vm_memory::mmap::MmapRegionError::Mmap(io) => {
-                        io.raw_os_error().unwrap_or(libc::EINVAL)
-                    }
-                    _ => libc::EINVAL,
-                })?;
-                Some((region, skew as usize))
-            }
+        if self.regions.len() >= self.max_maps {
+            return Err(libc::ENOSPC);
+        }
+        let backing = match m.fd.take() {
+            Some(fd) if m.readable || m.writable => Some(Arc::new(dma_backing(fd, &m)?)),
             _ => None,
         };
-        self.regions.insert(
+        Arc::make_mut(&mut self.regions).insert(
             m.iova,
             DmaRegion {
                 size: m.size,
-                map,
+                backing,
                 readable: m.readable,
                 writable: m.writable,
             },
@@ -592,8 +688,8 @@ impl GuestRam {
     pub fn unmap(&mut self, iova: u64, size: u64) -> Result<usize, Errno> {
         let end = iova.saturating_add(size);
         let mut doomed = Vec::new();
-        for (&base, r) in &self.regions {
-            let rend = base + r.size;
+        for (&base, r) in self.regions.iter() {
+            let rend = r.end(base);
             if rend <= iova || base >= end {
                 continue;
             }
@@ -602,77 +698,112 @@ impl GuestRam {
             }
             doomed.push(base);
         }
-        for base in &doomed {
-            self.regions.remove(base);
+        if !doomed.is_empty() {
+            let regions = Arc::make_mut(&mut self.regions);
+            for base in &doomed {
+                regions.remove(base);
+            }
         }
         Ok(doomed.len())
     }
 
     /// Drop every mapping (the client went away).
     pub fn clear(&mut self) {
-        self.regions.clear();
+        self.regions = Arc::new(BTreeMap::new());
     }
 
     /// Number of ranges, and bytes covered.
     pub fn stats(&self) -> (usize, u64) {
         (
             self.regions.len(),
-            self.regions.values().map(|r| r.size).sum(),
+            self.regions
+                .values()
+                .fold(0u64, |sum, r| sum.saturating_add(r.size)),
         )
     }
 
-    /// Apply `f(slice_of_mapping, offset_in_mapping, chunk_range)` to each piece of
-    /// `gpa..gpa+len`, which may span adjacent ranges. Fails before touching anything
-    /// if any part is unmapped, mapped without an fd, or lacks the permission.
-    fn walk(
-        &self,
-        gpa: u64,
-        len: usize,
-        write: bool,
-        mut f: impl FnMut(&MmapRegion, usize, std::ops::Range<usize>) -> bool,
-    ) -> Result<(), MemoryError> {
-        let err = unmapped(gpa, len);
-        let end = gpa.checked_add(len as u64).ok_or_else(|| err.clone())?;
+    /// Split `gpa..gpa+len` into pieces of the ranges it spans (adjacent ranges are
+    /// fine). Fails if any part is unmapped, mapped without an fd, or lacks the
+    /// permission, before anything is read or written.
+    fn pieces(&self, gpa: u64, len: usize, write: bool) -> Result<Vec<Piece<'_>>, MemoryError> {
+        let err = || unmapped(gpa, len);
+        let end = gpa.checked_add(len as u64).ok_or_else(err)?;
         let mut pieces = Vec::new();
         let mut addr = gpa;
         while addr < end {
-            let (&base, r) = self
-                .regions
-                .range(..=addr)
-                .next_back()
-                .ok_or_else(|| err.clone())?;
-            let rend = base + r.size;
+            let (&base, r) = self.regions.range(..=addr).next_back().ok_or_else(err)?;
+            let rend = r.end(base);
             if addr >= rend || !(if write { r.writable } else { r.readable }) {
-                return Err(err);
+                return Err(err());
             }
-            let (map, skew) = r.map.as_ref().ok_or_else(|| err.clone())?;
+            let backing = r.backing.as_deref().ok_or_else(err)?;
             let chunk_end = end.min(rend);
-            let buf_start = (addr - gpa) as usize;
-            let buf_end = (chunk_end - gpa) as usize;
-            pieces.push((map, (addr - base) as usize + skew, buf_start..buf_end));
+            // addr >= base and addr < chunk_end <= end = gpa + len: all in range.
+            let file_off = backing
+                .offset
+                .checked_add(addr.saturating_sub(base))
+                .ok_or_else(err)?;
+            let from = usize::try_from(addr.saturating_sub(gpa)).map_err(|_| err())?;
+            let to = usize::try_from(chunk_end.saturating_sub(gpa)).map_err(|_| err())?;
+            pieces.push((backing, file_off, from..to));
             addr = chunk_end;
         }
-        for (map, off, range) in pieces {
-            if !f(map, off, range) {
-                return Err(err);
-            }
-        }
-        Ok(())
+        Ok(pieces)
     }
+}
+
+/// Logs the first I/O error on a range (with the range's context).
+fn io_error(backing: &Backing, gpa: u64, len: usize, e: &io::Error) -> MemoryError {
+    if !backing.warned.swap(true, Ordering::Relaxed) {
+        log::warn!(
+            "guest RAM at {gpa:#x}+{len:#x}: {e} (was the client's file shrunk after DMA_MAP?); \
+             the transfer fails"
+        );
+    }
+    unmapped(gpa, len)
 }
 
 impl GuestMemory for GuestRam {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let len = buf.len();
-        self.walk(gpa, len, false, |map, off, r| {
-            map.as_volatile_slice().read_slice(&mut buf[r], off).is_ok()
-        })
+        for (backing, off, range) in self.pieces(gpa, len, false)? {
+            let part = buf.get_mut(range).ok_or_else(|| unmapped(gpa, len))?;
+            // A file shorter than the range reads short: UnexpectedEof.
+            backing
+                .file
+                .read_exact_at(part, off)
+                .map_err(|e| io_error(backing, gpa, len, &e))?;
+        }
+        Ok(())
     }
 
     fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.walk(gpa, data.len(), true, |map, off, r| {
-            map.as_volatile_slice().write_slice(&data[r], off).is_ok()
-        })
+        let len = data.len();
+        let pieces = self.pieces(gpa, len, true)?;
+        // pwrite past the end would grow the client's file: a file shrunk since
+        // DMA_MAP fails the transfer instead, before anything is written.
+        for (backing, off, range) in &pieces {
+            let end = off.saturating_add(range.len() as u64);
+            match backing.file.metadata() {
+                Ok(meta) if meta.len() >= end => {}
+                Ok(meta) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the file holds {:#x} bytes, not {end:#x}", meta.len()),
+                    );
+                    return Err(io_error(backing, gpa, len, &e));
+                }
+                Err(e) => return Err(io_error(backing, gpa, len, &e)),
+            }
+        }
+        for (backing, off, range) in pieces {
+            let part = data.get(range).ok_or_else(|| unmapped(gpa, len))?;
+            backing
+                .file
+                .write_all_at(part, off)
+                .map_err(|e| io_error(backing, gpa, len, &e))?;
+        }
+        Ok(())
     }
 }
 
@@ -757,14 +888,160 @@ impl LsaSyncer {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests: a panic is a failed test"
+)]
 mod tests {
     use super::*;
     use std::io::Write;
 
+    /// ftruncate through a second fd of the file, as a peer holding it would.
+    fn truncate_as_peer(file: &File, len: u64) -> io::Result<()> {
+        file.try_clone()?.set_len(len)
+    }
+
+    #[test]
+    fn memfds_handed_to_qemu_keep_their_size() {
+        let m = DeviceMemoryFile::memfd(1 << 20).unwrap();
+        let page = PayloadPage::memfd(0x1000, 4096).unwrap();
+        for (what, file, len) in [
+            ("device memory", &m.file, 1u64 << 20),
+            ("payload", &page.file, 0x2000),
+        ] {
+            for to in [0, len / 2, len * 2] {
+                let e = truncate_as_peer(file, to).unwrap_err();
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM),
+                    "{what} resized to {to:#x}"
+                );
+            }
+            assert_eq!(file.metadata().unwrap().len(), len);
+        }
+        // Hole punching (Sanitize) is still allowed.
+        m.write(0, b"x").unwrap();
+        m.zero(0, 4096).unwrap();
+    }
+
+    #[test]
+    fn a_memory_file_shrunk_by_a_peer_reads_short_not_a_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = DeviceMemoryFile::file(&dir.path().join("mem"), 1 << 20).unwrap();
+        m.write(0x8_0000, b"tail").unwrap();
+        truncate_as_peer(&m.file, 4096).unwrap();
+        let mut b = [0u8; 4];
+        assert!(m.read(0x8_0000, &mut b).is_err());
+        assert!(m.read(4094, &mut b).is_err(), "straddling the new end");
+        m.read(0, &mut b).unwrap();
+        // A write restores the daemon's own file where it writes.
+        m.write(0x8_0000, b"back").unwrap();
+        m.read(0x8_0000, &mut b).unwrap();
+        assert_eq!(&b, b"back");
+    }
+
+    #[test]
+    fn guest_ram_shrunk_after_dma_map_fails_transfers_and_is_not_grown() {
+        let mut ram = GuestRam::default();
+        let fd = memfd_with(b"", 0x4000);
+        let peer = File::from(fd.try_clone().unwrap());
+        ram.map(mapping(0x10000, 0x4000, Some(fd))).unwrap();
+        ram.write(0x10000, b"head").unwrap();
+        ram.write(0x13000, b"tail").unwrap();
+        peer.set_len(0x1000).unwrap();
+        let mut b = [0u8; 4];
+        assert!(ram.read(0x13000, &mut b).is_err());
+        assert!(ram.write(0x13000, b"more").is_err());
+        assert!(
+            ram.write(0x10ffe, b"edge").is_err(),
+            "straddling the new end"
+        );
+        assert_eq!(peer.metadata().unwrap().len(), 0x1000, "grown back");
+        ram.read(0x10000, &mut b).unwrap();
+        assert_eq!(&b, b"head");
+        ram.write(0x10ffc, b"last").unwrap();
+    }
+
+    #[test]
+    fn guest_ram_holds_at_most_its_limit() {
+        let mut ram = GuestRam::new(2);
+        assert_eq!(ram.max_maps(), 2);
+        ram.map(mapping(0, 0x1000, None)).unwrap();
+        ram.map(mapping(0x1000, 0x1000, Some(memfd_with(b"", 0x1000))))
+            .unwrap();
+        assert_eq!(ram.map(mapping(0x2000, 0x1000, None)), Err(libc::ENOSPC));
+        ram.unmap(0, 0x1000).unwrap();
+        ram.map(mapping(0x2000, 0x1000, None)).unwrap();
+        assert_eq!(ram.stats(), (2, 0x2000));
+    }
+
+    #[test]
+    fn a_guest_ram_snapshot_outlives_changes_to_the_table() {
+        let mut ram = GuestRam::default();
+        ram.map(mapping(0, 0x1000, Some(memfd_with(b"snap", 0x1000))))
+            .unwrap();
+        let snapshot = ram.clone();
+        ram.unmap(0, 0x1000).unwrap();
+        ram.clear();
+        let mut b = [0u8; 4];
+        assert!(ram.read(0, &mut b).is_err());
+        snapshot.read(0, &mut b).unwrap();
+        assert_eq!(&b, b"snap");
+        snapshot.write(0, b"SNAP").unwrap();
+    }
+
+    #[test]
+    fn dma_fds_must_be_regular_files_open_for_the_access() {
+        let mut ram = GuestRam::default();
+        let mut p = [0; 2];
+        // SAFETY: pipe(2) fills `p`.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        // SAFETY: fresh fds from pipe(2), owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        assert_eq!(ram.map(mapping(0, 0x1000, Some(r))), Err(libc::EINVAL));
+        assert_eq!(ram.map(mapping(0, 0x1000, Some(w))), Err(libc::EINVAL));
+        let dir = tempfile::tempdir().unwrap();
+        let dirfd = OwnedFd::from(File::open(dir.path()).unwrap());
+        assert_eq!(ram.map(mapping(0, 0x1000, Some(dirfd))), Err(libc::EINVAL));
+        let path = dir.path().join("ram");
+        std::fs::write(&path, vec![7u8; 0x1000]).unwrap();
+        let ro = OwnedFd::from(File::open(&path).unwrap());
+        assert_eq!(ram.map(mapping(0, 0x1000, Some(ro))), Err(libc::EACCES));
+        let ro = OwnedFd::from(File::open(&path).unwrap());
+        let mut m = mapping(0, 0x1000, Some(ro));
+        m.writable = false;
+        ram.map(m).unwrap();
+        let mut b = [0u8; 2];
+        ram.read(0, &mut b).unwrap();
+        assert_eq!(b, [7, 7]);
+        let app = OwnedFd::from(
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .unwrap(),
+        );
+        assert_eq!(
+            ram.map(mapping(0x1000, 0x1000, Some(app))),
+            Err(libc::EACCES)
+        );
+        assert_eq!(ram.stats().0, 1);
+    }
+
+    /// Guest RAM as QEMU's memory-backend-memfd shares it (unsealed here, so that
+    /// a test can play a peer that shrinks it).
     fn memfd_with(bytes: &[u8], size: u64) -> OwnedFd {
-        let m = DeviceMemoryFile::memfd(size).unwrap();
-        m.write(0, bytes).unwrap();
-        OwnedFd::from(m.file.try_clone().unwrap())
+        // SAFETY: a valid NUL-terminated name; the fd is owned at once.
+        let fd = unsafe { libc::memfd_create(c"test-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh fd nobody else owns.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(size).unwrap();
+        file.write_all_at(bytes, 0).unwrap();
+        OwnedFd::from(file)
     }
 
     fn mapping(iova: u64, size: u64, fd: Option<OwnedFd>) -> DmaMapping {

@@ -71,9 +71,10 @@ pub enum Args {
     NoExec,
     /// `ioctl(fd, FIONBIO, ...)` only (std's `set_nonblocking`).
     Fionbio,
-    /// `fcntl(fd, F_GETFD)` only (debug builds of std check that an fd is open before
-    /// closing it).
-    GetFd,
+    /// `fcntl(fd, F_GETFD | F_GETFL | F_SETFL)` only: debug builds of std check that
+    /// an fd is open before closing it; interrupt eventfds are made and kept
+    /// non-blocking, DMA_MAP fds checked for their access mode.
+    Fcntl,
 }
 
 /// One allowed system call.
@@ -131,7 +132,7 @@ mod table {
         any("close", SYS_close),
         any("exit", SYS_exit),
         any("exit_group", SYS_exit_group),
-        with("fcntl", SYS_fcntl, Args::GetFd),
+        with("fcntl", SYS_fcntl, Args::Fcntl),
         any("futex", SYS_futex),
         any("madvise", SYS_madvise),
         with("mmap", SYS_mmap, Args::NoExec),
@@ -149,10 +150,11 @@ mod table {
         any("accept4", SYS_accept4),
         any("fallocate", SYS_fallocate),
         any("fdatasync", SYS_fdatasync),
-        any("msync", SYS_msync),
+        any("fstatfs", SYS_fstatfs),
         any("poll", SYS_poll),
         any("pread64", SYS_pread64),
         any("pwrite64", SYS_pwrite64),
+        any("readlink", SYS_readlink),
         any("recvmsg", SYS_recvmsg),
         any("sendmsg", SYS_sendmsg),
         any("statx", SYS_statx),
@@ -216,11 +218,10 @@ fn rules(args: Args) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
             SeccompCmpOp::Eq,
             libc::FIONBIO,
         )?])?],
-        Args::GetFd => vec![SeccompRule::new(vec![condition(
-            1,
-            SeccompCmpOp::Eq,
-            libc::F_GETFD as u64,
-        )?])?],
+        Args::Fcntl => [libc::F_GETFD, libc::F_GETFL, libc::F_SETFL]
+            .into_iter()
+            .map(|cmd| SeccompRule::new(vec![condition(1, SeccompCmpOp::Eq, cmd as u64)?]))
+            .collect::<Result<_, _>>()?,
     })
 }
 

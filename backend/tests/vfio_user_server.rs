@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,8 @@ use backend::vfio_user::protocol::{
     MAX_MESSAGE_SIZE, TYPE_REPLY,
 };
 use backend::vfio_user::{
-    DmaMapping, Errno, IrqInfo, RegionInfo, ServeOutcome, Server, ServerError, StatsSnapshot,
-    VfioUserDevice,
+    DmaMapping, Errno, IrqEventFd, IrqInfo, RegionInfo, ServeOutcome, Server, ServerError, Signal,
+    StatsSnapshot, VfioUserDevice,
 };
 use vfio_bindings::bindings::vfio::*;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -48,7 +48,7 @@ struct Mock {
     config: Vec<u8>,
     bar2: File,
     bar4: File,
-    irqs: Vec<Option<OwnedFd>>,
+    irqs: Vec<Option<IrqEventFd>>,
     set_irqs_calls: Vec<(u32, u32, u32, u32, Vec<bool>)>,
     dma_maps: Vec<(u64, u64, u64, bool, bool)>,
     dma_unmaps: Vec<(u64, u64)>,
@@ -193,7 +193,7 @@ impl VfioUserDevice for Mock {
         flags: u32,
         start: u32,
         count: u32,
-        fds: Vec<Option<OwnedFd>>,
+        fds: Vec<Option<IrqEventFd>>,
     ) -> Result<(), Errno> {
         let has: Vec<bool> = fds.iter().map(Option::is_some).collect();
         self.set_irqs_calls.push((index, flags, start, count, has));
@@ -202,8 +202,9 @@ impl VfioUserDevice for Mock {
                 let slot = start as usize + i;
                 if let Some(fd) = &fd {
                     // Fire the interrupt once, so the test can see the fd arrived.
-                    let mut f = File::from(fd.try_clone().map_err(|_| libc::EBADF)?);
-                    f.write_all(&1u64.to_ne_bytes()).map_err(|_| libc::EIO)?;
+                    if fd.signal() != Signal::Sent {
+                        return Err(libc::EIO);
+                    }
                 }
                 self.irqs[slot] = fd;
             }
@@ -898,6 +899,28 @@ fn set_irqs_fd_runs_and_limits() {
     let mut b = set_irqs_body(2, VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_MASK, 0, 4);
     b.extend_from_slice(&[1, 1, 0, 1]);
     assert_eq!(r.request(CMD_SET_IRQS, 0, &b).errno(), None);
+    // Fds that are not eventfds: refused before the device sees them (the calls
+    // checked below do not include them).
+    let mut p = [0; 2];
+    // SAFETY: pipe(2) fills `p`; both ends are owned at once.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    // SAFETY: fresh fds from pipe(2), owned by nobody else.
+    let pipe: Vec<OwnedFd> = p
+        .iter()
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    let file = temp_file(8);
+    for fd in [pipe[0].as_raw_fd(), pipe[1].as_raw_fd(), file.as_raw_fd()] {
+        r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 1), &[fd]);
+        assert_eq!(r.recv().errno(), Some(libc::EINVAL));
+    }
+    // One bad fd among eventfds spoils the message.
+    r.send_with_fds(
+        CMD_SET_IRQS,
+        &set_irqs_body(2, trig, 0, 2),
+        &[raw[0], pipe[1].as_raw_fd()],
+    );
+    assert_eq!(r.recv().errno(), Some(libc::EINVAL));
     // Too many fds on one message: at most 16 kept, the message is refused.
     let many: Vec<File> = (0..20).map(|_| File::open("/dev/null").unwrap()).collect();
     let many_raw: Vec<RawFd> = many.iter().map(|f| f.as_raw_fd()).collect();
@@ -926,6 +949,7 @@ fn set_irqs_fd_runs_and_limits() {
             (2, mask_none, 3, 1, vec![]),
         ]
     );
+    assert_eq!(done.stats.refused_fds, 4);
 }
 
 #[test]

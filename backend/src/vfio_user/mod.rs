@@ -5,15 +5,29 @@
 //! of CXL: it serves any [`VfioUserDevice`].
 //!
 //! API CONTRACT (the daemon builds against this; extend, do not break):
-//! `VfioUserDevice`, `RegionInfo`, `IrqInfo`, `DmaMapping`, `Server`, `ServeOutcome`.
+//! `VfioUserDevice`, `RegionInfo`, `IrqInfo`, `DmaMapping`, `IrqEventFd`, `Server`,
+//! `ServeOutcome`.
+//!
+//! Everything here reads what a peer sent, so nothing may panic on it: the module
+//! denies `unwrap`, `expect`, indexing and unchecked arithmetic; each `allow` says
+//! why it cannot fire.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+pub mod irq;
 pub mod protocol;
 pub mod server;
-mod sys;
+pub(crate) mod sys;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::io::RawFd;
 
+pub use irq::{IrqEventFd, Signal};
 pub use server::{ServeOutcome, Server, ServerError, ServerStats, StatsSnapshot};
 
 /// A positive errno value, sent back in an error reply.
@@ -71,14 +85,15 @@ pub trait VfioUserDevice {
         self.dma_unmap(0, u64::MAX)
     }
     /// VFIO_DEVICE_SET_IRQS. `fds` are the eventfds for `start..start+count` when
-    /// `flags` has VFIO_IRQ_SET_DATA_EVENTFD (an fd of -1 on the wire is `None`).
+    /// `flags` has VFIO_IRQ_SET_DATA_EVENTFD (an fd of -1 on the wire is `None`);
+    /// the server has checked that each is an eventfd and made it non-blocking.
     fn set_irqs(
         &mut self,
         index: u32,
         flags: u32,
         start: u32,
         count: u32,
-        fds: Vec<Option<OwnedFd>>,
+        fds: Vec<Option<IrqEventFd>>,
     ) -> Result<(), Errno>;
     /// VFIO_DEVICE_SET_IRQS with VFIO_IRQ_SET_DATA_BOOL: `data[i]` says whether
     /// the action applies to vector `start + i`. By default, each run of `true`
@@ -96,7 +111,7 @@ pub trait VfioUserDevice {
         let mut i = 0usize;
         while i < data.len() {
             if !data.get(i).copied().unwrap_or(false) {
-                i += 1;
+                i = i.saturating_add(1);
                 continue;
             }
             let run = data
@@ -113,11 +128,18 @@ pub trait VfioUserDevice {
                 }
                 _ => return Err(libc::EINVAL),
             }
-            i += run;
+            // run >= 1: data[i] is true.
+            i = i.saturating_add(run);
         }
         Ok(())
     }
     fn reset(&mut self) -> Result<(), Errno>;
+    /// The most DMA mappings the device keeps at once, announced to the client in
+    /// the VERSION reply (`max_dma_maps`; QEMU then refuses set-ups that could need
+    /// more). `None`: not announced (the protocol's default, 65535, applies).
+    fn max_dma_maps(&self) -> Option<u32> {
+        None
+    }
     /// Called when no message arrived for a while, and after each message: do
     /// time-driven work. Returns how long the server may sleep before calling again.
     fn tick(&mut self) -> Option<std::time::Duration> {

@@ -274,7 +274,8 @@ impl<'a> Reader<'a> {
                 })?;
         let mut out = [0u8; N];
         out.copy_from_slice(slice);
-        self.pos += N;
+        // `end` above: pos + N did not overflow.
+        self.pos = self.pos.saturating_add(N);
         Ok(out)
     }
 
@@ -390,12 +391,16 @@ fn parse_client_caps(raw: &[u8]) -> Result<ClientCaps> {
 }
 
 /// The body of our VERSION reply: version, then the NUL-terminated JSON
-/// capabilities. Kept short: QEMU's reply buffer is the size of its request.
-pub fn encode_version_reply(client_minor: u16, out: &mut Vec<u8>) {
+/// capabilities, with `max_dma_maps` when the device bounds its DMA mappings.
+/// Kept short: QEMU's reply buffer is the size of its request.
+pub fn encode_version_reply(client_minor: u16, max_dma_maps: Option<u32>, out: &mut Vec<u8>) {
     out.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
     out.extend_from_slice(&client_minor.min(VERSION_MINOR).to_le_bytes());
+    let maps = max_dma_maps
+        .map(|n| format!(",\"max_dma_maps\":{n}"))
+        .unwrap_or_default();
     let caps = format!(
-        "{{\"capabilities\":{{\"max_msg_fds\":{MAX_MSG_FDS},\"max_data_xfer_size\":{MAX_DATA_XFER_SIZE},\"pgsizes\":{PGSIZES}}}}}"
+        "{{\"capabilities\":{{\"max_msg_fds\":{MAX_MSG_FDS},\"max_data_xfer_size\":{MAX_DATA_XFER_SIZE},\"pgsizes\":{PGSIZES}{maps}}}}}"
     );
     out.extend_from_slice(caps.as_bytes());
     out.push(0);
@@ -676,7 +681,7 @@ impl SetIrqsRequest {
             let raw = r.rest();
             let raw = raw.get(..count as usize).ok_or(ProtocolError::Truncated {
                 what: "DEVICE_SET_IRQS bools",
-                need: Self::SIZE + count as usize,
+                need: Self::SIZE.saturating_add(count as usize),
                 got: body.len(),
             })?;
             bools = raw.iter().map(|&b| b != 0).collect();
@@ -734,7 +739,7 @@ impl RegionAccess {
         if data.len() != access.count as usize {
             return Err(ProtocolError::Truncated {
                 what: "REGION_WRITE data",
-                need: REGION_ACCESS_SIZE + access.count as usize,
+                need: REGION_ACCESS_SIZE.saturating_add(access.count as usize),
                 got: body.len(),
             });
         }
@@ -798,6 +803,13 @@ impl<'a> Request<'a> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests: a panic is a failed test"
+)]
 mod tests {
     use super::*;
 
@@ -868,16 +880,19 @@ mod tests {
     #[test]
     fn version_reply_is_nul_terminated_json_with_our_limits() {
         let mut out = Vec::new();
-        encode_version_reply(0, &mut out);
+        encode_version_reply(0, None, &mut out);
         assert_eq!(&out[..4], &[0, 0, 0, 0], "minor follows the client's 0");
         assert_eq!(out.last(), Some(&0));
         let v: serde_json::Value = serde_json::from_slice(&out[4..out.len() - 1]).unwrap();
         assert_eq!(v["capabilities"]["max_msg_fds"], 16);
         assert_eq!(v["capabilities"]["max_data_xfer_size"], 1 << 20);
         assert!(v["capabilities"].get("migration").is_none());
+        assert!(v["capabilities"].get("max_dma_maps").is_none());
         let mut out = Vec::new();
-        encode_version_reply(7, &mut out);
+        encode_version_reply(7, Some(300), &mut out);
         assert_eq!(&out[2..4], &VERSION_MINOR.to_le_bytes());
+        let v: serde_json::Value = serde_json::from_slice(&out[4..out.len() - 1]).unwrap();
+        assert_eq!(v["capabilities"]["max_dma_maps"], 300);
     }
 
     fn region_access(offset: u64, region: u32, count: u32) -> Vec<u8> {

@@ -11,12 +11,14 @@
 //! - every other error is answered with a real errno after the whole message
 //!   was read, so the stream never desyncs;
 //! - a message with the no-reply flag is never answered, not even on error;
-//! - at most `MAX_MSG_FDS` fds are kept per message; unused ones are closed.
+//! - at most `MAX_MSG_FDS` fds are kept per message; unused ones are closed;
+//! - fds of the wrong kind for the message are refused (EINVAL) before the
+//!   device sees them: SET_IRQS takes eventfds only (see [`super::irq`]).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +35,8 @@ use super::protocol::{
     self, Command, Header, RegionAccess, Request, SetIrqsRequest, HEADER_SIZE, MAX_DRAIN_SIZE,
     MAX_MESSAGE_SIZE, MAX_MSG_FDS, REGION_ACCESS_SIZE, TYPE_COMMAND, TYPE_REPLY, VERSION_MAJOR,
 };
-use super::sys::{self, Ready};
-use super::{DmaMapping, Errno, VfioUserDevice};
+use super::sys::{self, FileId, Ready};
+use super::{DmaMapping, Errno, IrqEventFd, VfioUserDevice};
 
 /// Default for [`Server::set_stall_timeout`]: far above any pause of a live
 /// QEMU (which writes each message whole), short enough that a wedged peer
@@ -89,6 +91,8 @@ pub struct ServerStats {
     /// Connections the server ended because the framing could not be trusted.
     dropped_connections: AtomicU64,
     posted_writes: AtomicU64,
+    /// Messages refused for an fd of the wrong kind (SET_IRQS with a non-eventfd).
+    refused_fds: AtomicU64,
 }
 
 /// A point-in-time copy of [`ServerStats`].
@@ -103,6 +107,7 @@ pub struct StatsSnapshot {
     pub protocol_errors: u64,
     pub dropped_connections: u64,
     pub posted_writes: u64,
+    pub refused_fds: u64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -140,6 +145,7 @@ impl ServerStats {
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
             dropped_connections: self.dropped_connections.load(Ordering::Relaxed),
             posted_writes: self.posted_writes.load(Ordering::Relaxed),
+            refused_fds: self.refused_fds.load(Ordering::Relaxed),
         }
     }
 }
@@ -150,7 +156,7 @@ pub struct Server {
     path: PathBuf,
     /// Device and inode of the socket file we created, so that Drop does not
     /// remove a file that someone else has put at the path since.
-    file_id: (u64, u64),
+    file_id: FileId,
     stats: Arc<ServerStats>,
     stall_timeout: Duration,
 }
@@ -189,18 +195,14 @@ impl Server {
                 })
             }
         }
-        let listener = sys::bind_unix(path).map_err(|source| ServerError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let meta = std::fs::symlink_metadata(path).map_err(|source| ServerError::Path {
+        let (listener, file_id) = sys::bind_unix(path).map_err(|source| ServerError::Bind {
             path: path.to_path_buf(),
             source,
         })?;
         Ok(Server {
             listener,
             path: path.to_path_buf(),
-            file_id: (meta.dev(), meta.ino()),
+            file_id,
             stats: Arc::new(ServerStats::default()),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
         })
@@ -302,11 +304,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.file_id {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
+        sys::remove_if_ours(&self.path, self.file_id);
     }
 }
 
@@ -432,7 +430,8 @@ impl Connection<'_> {
                         partial: started || done > 0,
                     })
                 }
-                Ok(n) => done += n,
+                // n <= rest.len(): done stays within buf.len().
+                Ok(n) => done = done.saturating_add(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let timeout = (started || done > 0).then_some(stall);
                     match sys::poll(stream, libc::POLLIN, stop, timeout).map_err(Exit::Io)? {
@@ -461,7 +460,7 @@ impl Connection<'_> {
             let chunk = scratch.get_mut(..n).unwrap_or(&mut []);
             Self::read_exact(self.fd(), self.stop, self.stall, chunk, &mut self.fds, true)?;
             self.fds.clear();
-            len -= n;
+            len = len.saturating_sub(n);
         }
         Ok(())
     }
@@ -472,7 +471,7 @@ impl Connection<'_> {
         while let Some(rest) = buf.get(done..).filter(|r| !r.is_empty()) {
             match sys::send_with_fd(self.fd(), rest, pass) {
                 Ok(n) => {
-                    done += n;
+                    done = done.saturating_add(n);
                     if n > 0 {
                         pass = None;
                     }
@@ -647,7 +646,7 @@ impl Connection<'_> {
                     v.caps
                 );
                 self.negotiated = true;
-                protocol::encode_version_reply(v.minor, &mut self.out);
+                protocol::encode_version_reply(v.minor, dev.max_dma_maps(), &mut self.out);
                 Ok(None)
             }
             Request::DmaMap(m) => {
@@ -724,9 +723,9 @@ impl Connection<'_> {
                 check_region(&mut self.regions, dev, &a, false)?;
                 let start = self.out.len();
                 a.encode(&mut self.out);
-                let data_at = start + REGION_ACCESS_SIZE;
+                let data_at = start.saturating_add(REGION_ACCESS_SIZE);
                 // count <= MAX_DATA_XFER_SIZE, checked by the decoder.
-                self.out.resize(data_at + a.count as usize, 0);
+                self.out.resize(data_at.saturating_add(a.count as usize), 0);
                 let data = self.out.get_mut(data_at..).unwrap_or(&mut []);
                 dev.region_read(a.region, a.offset, data)?;
                 Ok(None)
@@ -755,11 +754,12 @@ impl Connection<'_> {
         }
         let info = dev.irq_info(req.index)?;
         // start + count cannot overflow: checked by the decoder.
-        if req.count > 0 && req.start + req.count > info.count {
+        let end = req.start.saturating_add(req.count);
+        if req.count > 0 && end > info.count {
             log::warn!(
                 "vfio-user: SET_IRQS {}..{} beyond the {} vectors of index {}",
                 req.start,
-                req.start + req.count,
+                end,
                 info.count,
                 req.index
             );
@@ -769,10 +769,21 @@ impl Connection<'_> {
         match req.data_type() {
             VFIO_IRQ_SET_DATA_EVENTFD => {
                 // QEMU sends a run of valid fds, or a run of -1 (no fds at all).
-                let list: Vec<Option<OwnedFd>> = if fds.is_empty() {
+                let list: Vec<Option<IrqEventFd>> = if fds.is_empty() {
                     (0..req.count).map(|_| None).collect()
                 } else if fds.len() == req.count as usize {
-                    fds.into_iter().map(Some).collect()
+                    let checked: Result<Vec<_>, Errno> = fds
+                        .into_iter()
+                        .map(|fd| IrqEventFd::new(fd).map(Some))
+                        .collect();
+                    checked.inspect_err(|_| {
+                        bump(&self.stats.refused_fds);
+                        log::warn!(
+                            "vfio-user: SET_IRQS index {} with an fd that is not an eventfd \
+                             (or cannot be made non-blocking); refused",
+                            req.index
+                        );
+                    })?
                 } else {
                     log::warn!(
                         "vfio-user: SET_IRQS with {} fds for {} vectors",
@@ -826,7 +837,7 @@ fn check_region(
             };
             if slot < REGION_CACHE_LEN {
                 if cache.len() <= slot {
-                    cache.resize(slot + 1, None);
+                    cache.resize(slot.saturating_add(1), None);
                 }
                 if let Some(s) = cache.get_mut(slot) {
                     *s = Some(info);

@@ -1,12 +1,14 @@
-//! The few syscalls the server needs that std does not offer: a UNIX listener
-//! that is chmod'ed before it listens, recvmsg/sendmsg with SCM_RIGHTS, and
-//! poll(2) on a socket plus a stop fd. All the module's unsafe code is here.
+//! The few syscalls the daemon needs that std does not offer: a UNIX listener
+//! that is private from the moment it exists, recvmsg/sendmsg with SCM_RIGHTS,
+//! poll(2) on a socket plus a stop fd, and the fd checks the transport makes on
+//! what a peer sends (file status flags, file system type, eventfd identity). All
+//! the module's unsafe code is here.
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
@@ -77,10 +79,18 @@ pub(super) fn poll(
     }
 }
 
-/// Creates a listening UNIX stream socket at `path` with mode 0600. The mode
-/// is set between bind(2) and listen(2), so no client can connect while the
-/// file still has the umask's mode. The socket is non-blocking and CLOEXEC.
-pub(super) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+/// Identity (device, inode) of a file we created, to remove it later only if
+/// the path still names it.
+pub(crate) type FileId = (u64, u64);
+
+/// Creates a listening UNIX stream socket at `path` with mode 0600, and returns
+/// it with the identity of the socket file. The file is 0600 from the moment
+/// bind(2) creates it: Linux creates a socket file with the mode of the socket's
+/// own inode less the umask (net/unix/af_unix.c, `unix_bind_bsd`), and that mode
+/// is set with fchmod(2) first. It is chmod'ed to 0600 again (in case the umask
+/// took owner bits) before listen(2), and nobody can connect before listen. The
+/// socket is non-blocking and CLOEXEC.
+pub(crate) fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let raw = unsafe {
         libc::socket(
@@ -94,6 +104,10 @@ pub(super) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     }
     // SAFETY: `raw` is a freshly created fd that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: fchmod(2) on the socket fd we own; no memory is involved.
+    if unsafe { libc::fchmod(sock.as_raw_fd(), 0o600) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
 
     // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -109,12 +123,14 @@ pub(super) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = src as libc::c_char;
     }
+    // At most size_of::<sockaddr_un>() (checked just above): no overflow.
+    #[allow(clippy::arithmetic_side_effects)]
     let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
     // SAFETY: `addr` is an initialised sockaddr_un and `len` does not exceed
     // its size; `sock` is a valid socket fd.
     let r = unsafe {
         libc::bind(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            sock.as_raw_fd(),
             (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>(),
             len,
         )
@@ -122,18 +138,111 @@ pub(super) fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        let _ = std::fs::remove_file(path);
-        return Err(e);
+    let ready = || -> io::Result<FileId> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let meta = std::fs::symlink_metadata(path)?;
+        // SAFETY: listen(2) on the valid socket fd we own.
+        if unsafe { libc::listen(sock.as_raw_fd(), 8) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((meta.dev(), meta.ino()))
+    };
+    match ready() {
+        Ok(id) => Ok((UnixListener::from(sock), id)),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
     }
-    // SAFETY: listen(2) on the valid socket fd we own.
-    let r = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&sock), 8) };
-    if r < 0 {
+}
+
+/// Removes the file at `path` if it is still the one whose identity is `id`
+/// (we created it); a file somebody else put there since is left alone.
+pub(crate) fn remove_if_ours(path: &Path, id: FileId) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if (meta.dev(), meta.ino()) == id => {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+        Ok(_) => log::warn!(
+            "{} is no longer the socket this process created; leaving it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+}
+
+/// The file status flags of `fd` (fcntl F_GETFL: access mode, O_NONBLOCK,
+/// O_APPEND, O_PATH...).
+pub(crate) fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: fcntl(2) F_GETFL reads flags of an fd; no memory is involved.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl)
+}
+
+/// Sets O_NONBLOCK on `fd`'s open file description (shared with every other
+/// fd of that description, in this process and in the peer's).
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    let fl = fd_flags(fd)?;
+    if fl & libc::O_NONBLOCK != 0 {
+        return Ok(());
+    }
+    // SAFETY: fcntl(2) F_SETFL on an fd; no memory is involved.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The type (`f_type`, a magic number) of the file system `fd` lives on.
+pub(crate) fn fs_type(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs(2) writes one statfs into `st`, which outlives the call.
+    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type)
+}
+
+/// What `/proc/self/fd/N` names an eventfd: the name Linux gives the anonymous
+/// inode file of every eventfd (fs/eventfd.c: `anon_inode_getfile("[eventfd]",
+/// ...)`).
+const EVENTFD_LINK: &[u8] = b"anon_inode:[eventfd]";
+
+/// Whether `fd` is an eventfd. Read from the fd's link in /proc, the only place
+/// that tells an eventfd from the other anonymous-inode files (timerfd, signalfd,
+/// epoll...), which share one inode and look alike to fstat(2).
+pub(crate) fn is_eventfd(fd: RawFd) -> io::Result<bool> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    Ok(link.as_os_str().as_bytes() == EVENTFD_LINK)
+}
+
+/// Writes one eventfd increment without waiting: an error of kind WouldBlock
+/// means the counter is full (the interrupt is pending already).
+pub(crate) fn write_eventfd(fd: RawFd, value: u64) -> io::Result<()> {
+    let bytes = value.to_ne_bytes();
+    loop {
+        // SAFETY: write(2) of 8 bytes from a live local buffer.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n == 8 {
+            return Ok(());
+        }
+        if n >= 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("short eventfd write of {n} bytes"),
+            ));
+        }
         let e = io::Error::last_os_error();
-        let _ = std::fs::remove_file(path);
-        return Err(e);
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
-    Ok(UnixListener::from(sock))
 }
 
 /// Room for `MAX` fds in one control message, as u64 words so that the
@@ -182,7 +291,10 @@ pub(super) fn recv_with_fds(
         if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN is a pure size computation.
             let head = unsafe { libc::CMSG_LEN(0) } as usize;
-            let count = (hdr.cmsg_len as usize).saturating_sub(head) / size_of::<libc::c_int>();
+            let count = (hdr.cmsg_len as usize)
+                .saturating_sub(head)
+                .checked_div(size_of::<libc::c_int>())
+                .unwrap_or(0);
             // SAFETY: the data of this cmsghdr lies within the control buffer.
             let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<libc::c_int>();
             for i in 0..count {
@@ -256,6 +368,13 @@ pub(super) fn send_with_fd(fd: RawFd, buf: &[u8], pass: Option<RawFd>) -> io::Re
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests: a panic is a failed test"
+)]
 mod tests {
     use super::*;
 

@@ -323,43 +323,79 @@ impl Drop for Backend {
     }
 }
 
-// --- register access through the client --------------------------------------
+// --- register access through a client ---------------------------------------
 
-pub fn read32(c: &mut Client, region: u32, off: u64) -> u32 {
+/// REGION_READ/WRITE over a connection: the `vfio_user` crate's client, or a
+/// hand-framed [`Raw`] one (which also sees the errno of every reply).
+pub trait Regions {
+    fn rd(&mut self, region: u32, off: u64, buf: &mut [u8]);
+    fn wr(&mut self, region: u32, off: u64, data: &[u8]);
+}
+
+impl Regions for Client {
+    fn rd(&mut self, region: u32, off: u64, buf: &mut [u8]) {
+        self.region_read(region, off, buf).unwrap();
+    }
+    fn wr(&mut self, region: u32, off: u64, data: &[u8]) {
+        self.region_write(region, off, data).unwrap();
+    }
+}
+
+impl Regions for Raw {
+    fn rd(&mut self, region: u32, off: u64, buf: &mut [u8]) {
+        let r = self.read(region, off, buf.len() as u32);
+        assert!(
+            !r.is_error(),
+            "REGION_READ {region}:{off:#x}: errno {}",
+            r.errno
+        );
+        buf.copy_from_slice(&r.body[16..16 + buf.len()]);
+    }
+    fn wr(&mut self, region: u32, off: u64, data: &[u8]) {
+        let r = self.write(region, off, data);
+        assert!(
+            !r.is_error(),
+            "REGION_WRITE {region}:{off:#x}: errno {}",
+            r.errno
+        );
+    }
+}
+
+pub fn read32(c: &mut impl Regions, region: u32, off: u64) -> u32 {
     let mut b = [0u8; 4];
-    c.region_read(region, off, &mut b).unwrap();
+    c.rd(region, off, &mut b);
     u32::from_le_bytes(b)
 }
 
-pub fn read16(c: &mut Client, region: u32, off: u64) -> u16 {
+pub fn read16(c: &mut impl Regions, region: u32, off: u64) -> u16 {
     let mut b = [0u8; 2];
-    c.region_read(region, off, &mut b).unwrap();
+    c.rd(region, off, &mut b);
     u16::from_le_bytes(b)
 }
 
-pub fn read64(c: &mut Client, region: u32, off: u64) -> u64 {
+pub fn read64(c: &mut impl Regions, region: u32, off: u64) -> u64 {
     let mut b = [0u8; 8];
-    c.region_read(region, off, &mut b).unwrap();
+    c.rd(region, off, &mut b);
     u64::from_le_bytes(b)
 }
 
-pub fn write32(c: &mut Client, region: u32, off: u64, v: u32) {
-    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+pub fn write32(c: &mut impl Regions, region: u32, off: u64, v: u32) {
+    c.wr(region, off, &v.to_le_bytes());
 }
 
-pub fn write16(c: &mut Client, region: u32, off: u64, v: u16) {
-    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+pub fn write16(c: &mut impl Regions, region: u32, off: u64, v: u16) {
+    c.wr(region, off, &v.to_le_bytes());
 }
 
-pub fn write64(c: &mut Client, region: u32, off: u64, v: u64) {
-    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+pub fn write64(c: &mut impl Regions, region: u32, off: u64, v: u64) {
+    c.wr(region, off, &v.to_le_bytes());
 }
 
 /// The whole 4 KiB config space.
-pub fn config_space(c: &mut Client) -> Vec<u8> {
+pub fn config_space(c: &mut impl Regions) -> Vec<u8> {
     let mut cfg = vec![0u8; 4096];
     for (i, chunk) in cfg.chunks_mut(256).enumerate() {
-        c.region_read(CONFIG, (i * 256) as u64, chunk).unwrap();
+        c.rd(CONFIG, (i * 256) as u64, chunk);
     }
     cfg
 }
@@ -479,7 +515,7 @@ pub fn mailbox(c: &mut Client, opcode: u16, input: &[u8]) -> (u16, Vec<u8>) {
 // --- interrupts, DMA engine, LSA -------------------------------------------
 
 /// Enable MSI-X and bus mastering as a guest driver would.
-pub fn enable_msix(c: &mut vfio_user::Client) {
+pub fn enable_msix(c: &mut impl Regions) {
     let cfg = config_space(c);
     let cmd = le16(&cfg, pci::COMMAND) | pci::CMD_MEMORY_SPACE | pci::CMD_BUS_MASTER;
     write16(c, CONFIG, pci::COMMAND as u64, cmd);
@@ -512,7 +548,7 @@ pub fn register_msix(c: &mut vfio_user::Client, vector: u32) -> EventFd {
     e
 }
 
-pub fn dma(c: &mut vfio_user::Client, src: u64, dst: u64, len: u64, to_guest: bool) -> u32 {
+pub fn dma(c: &mut impl Regions, src: u64, dst: u64, len: u64, to_guest: bool) -> u32 {
     use layout::engine::*;
     write32(c, BAR4, STATUS, STATUS_DONE | STATUS_ERROR);
     write64(c, BAR4, SRC, src);
@@ -668,6 +704,8 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
 pub const CMD_VERSION: u16 = 1;
 pub const CMD_DMA_MAP: u16 = 2;
 pub const CMD_DEVICE_GET_INFO: u16 = 4;
+pub const CMD_GET_IRQ_INFO: u16 = 7;
+pub const CMD_SET_IRQS: u16 = 8;
 pub const CMD_REGION_READ: u16 = 9;
 pub const CMD_REGION_WRITE: u16 = 10;
 pub const FLAG_REPLY: u32 = 1;
@@ -785,6 +823,57 @@ impl Raw {
 
     pub fn read(&mut self, region: u32, offset: u64, count: u32) -> Reply {
         self.call(CMD_REGION_READ, &Self::region_access(offset, region, count))
+    }
+
+    pub fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Reply {
+        let mut body = Self::region_access(offset, region, data.len() as u32);
+        body.extend_from_slice(data);
+        self.call(CMD_REGION_WRITE, &body)
+    }
+
+    /// Send a command with `fds` attached (SCM_RIGHTS) and wait for the reply.
+    pub fn call_with_fds(&mut self, cmd: u16, body: &[u8], fds: &[RawFd]) -> Reply {
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut m = Self::header(id, cmd, 16 + body.len() as u32, 0);
+        m.extend_from_slice(body);
+        let n = self.stream.send_with_fds(&[&m[..]], fds).unwrap();
+        assert_eq!(n, m.len(), "short send");
+        let r = self.recv();
+        assert_eq!(r.id, id, "reply to another message");
+        r
+    }
+
+    /// SET_IRQS (`flags` = action | data type) with `fds` attached.
+    pub fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: &[RawFd],
+    ) -> Reply {
+        let mut b = Vec::new();
+        b.extend_from_slice(&20u32.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&index.to_le_bytes());
+        b.extend_from_slice(&start.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        self.call_with_fds(CMD_SET_IRQS, &b, fds)
+    }
+
+    /// DMA_MAP (read and write) of `size` bytes at `iova`, backed by `fd` at
+    /// `offset` when given.
+    pub fn dma_map(&mut self, iova: u64, size: u64, offset: u64, fd: Option<RawFd>) -> Reply {
+        let mut b = Vec::new();
+        b.extend_from_slice(&32u32.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&offset.to_le_bytes());
+        b.extend_from_slice(&iova.to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        self.call_with_fds(CMD_DMA_MAP, &b, &fds)
     }
 
     /// True when the peer closes the connection within a few seconds (an error reply
