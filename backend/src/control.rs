@@ -13,11 +13,27 @@
 //!
 //! Replies are `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A bad request gets
 //! an error reply; the connection and the server carry on.
+//!
+//! Bounds: a request line is at most [`MAX_LINE`] bytes (a longer one gets an error
+//! reply, then the connection closes), a reply at most [`MAX_REPLY`] (a longer one is
+//! replaced by an error reply), and a connection's unread replies at most
+//! [`MAX_PENDING_REPLIES`]: past it, the daemon reads no more of that connection's
+//! requests until the client reads its replies.
+//!
+//! The socket is private (0600) from the moment it exists, and at shutdown it is
+//! removed only if the path still names the socket this process created.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -34,9 +50,15 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::device::{lock, Shared};
 use crate::seccomp::{self, Role};
 use crate::vfio_user::server::ServerStats;
+use crate::vfio_user::sys::{self, FileId};
 
 /// Longest accepted request line.
 pub const MAX_LINE: usize = 64 << 10;
+/// Longest reply line.
+pub const MAX_REPLY: usize = 1 << 20;
+/// Most reply bytes queued on one connection before the daemon stops reading its
+/// requests.
+pub const MAX_PENDING_REPLIES: usize = 1 << 20;
 /// Most simultaneous control connections.
 pub const MAX_CONNECTIONS: usize = 16;
 
@@ -65,9 +87,10 @@ pub enum ControlError {
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
-/// Bind a UNIX socket at `path` with mode 0600. A stale socket (nobody listening) is
-/// replaced; a live one, or any other kind of file, is an error.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, ControlError> {
+/// Bind a UNIX socket at `path`, mode 0600 from its creation on, and return it with
+/// the identity of the socket file. A stale socket (nobody listening) is replaced; a
+/// live one, or any other kind of file, is an error.
+pub fn bind_socket(path: &Path) -> Result<(UnixListener, FileId), ControlError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ControlError::NotASocket { path: path.into() });
@@ -80,17 +103,10 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ControlError> {
             source,
         })?;
     }
-    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+    sys::bind_unix(path).map_err(|source| ControlError::Bind {
         path: path.into(),
         source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        ControlError::Bind {
-            path: path.into(),
-            source,
-        }
-    })?;
-    Ok(listener)
+    })
 }
 
 /// Executes requests against the shared device state.
@@ -374,10 +390,16 @@ impl MutEventSubscriber for ListenerSubscriber {
 struct ConnectionSubscriber {
     stream: UnixStream,
     handler: Arc<Handler>,
+    /// Bytes read and not answered yet: complete lines waiting for room in `output`,
+    /// and the start of the next line.
     input: Vec<u8>,
     output: Vec<u8>,
     closed: Rc<Cell<bool>>,
-    watching_out: bool,
+    /// The events the loop watches for this connection.
+    interest: EventSet,
+    /// No more requests will be read: the client closed its side, or sent a line
+    /// too long. The connection closes once the replies are out.
+    eof: bool,
 }
 
 impl ConnectionSubscriber {
@@ -386,27 +408,43 @@ impl ConnectionSubscriber {
         self.closed.set(true);
     }
 
-    fn read_requests(&mut self) -> io::Result<bool> {
+    /// Whether to read more requests: not past the end, and room for replies.
+    fn wants_input(&self) -> bool {
+        !self.eof && self.output.len() < MAX_PENDING_REPLIES
+    }
+
+    /// Answer the complete request lines in `input` while replies have room.
+    fn answer_pending(&mut self) {
+        while self.output.len() < MAX_PENDING_REPLIES {
+            let Some(pos) = self.input.iter().position(|b| *b == b'\n') else {
+                break;
+            };
+            let line: Vec<u8> = self.input.drain(..=pos).collect();
+            self.answer(line.get(..pos).unwrap_or_default());
+        }
+    }
+
+    /// Read what the socket holds, while replies have room, answering each line.
+    fn read_requests(&mut self) -> io::Result<()> {
         let mut buf = [0u8; 4096];
-        loop {
+        while self.wants_input() {
             match self.stream.read(&mut buf) {
-                Ok(0) => return Ok(false),
-                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Ok(0) => self.eof = true,
+                Ok(n) => self
+                    .input
+                    .extend_from_slice(buf.get(..n).unwrap_or_default()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            while let Some(pos) = self.input.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.input.drain(..=pos).collect();
-                self.answer(&line[..line.len() - 1]);
-            }
-            if self.input.len() > MAX_LINE {
+            self.answer_pending();
+            if !self.input.contains(&b'\n') && self.input.len() > MAX_LINE {
                 self.input.clear();
                 self.push_reply(&error(format!("request longer than {MAX_LINE} bytes")));
-                return Ok(false);
+                self.eof = true;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     fn answer(&mut self, line: &[u8]) {
@@ -419,7 +457,19 @@ impl ConnectionSubscriber {
     }
 
     fn push_reply(&mut self, reply: &Value) {
-        self.output.extend_from_slice(reply.to_string().as_bytes());
+        let mut text = reply.to_string();
+        if text.len() > MAX_REPLY {
+            warn!(
+                "control socket: a reply of {} bytes is over the limit",
+                text.len()
+            );
+            text = error(format!(
+                "the reply ({} bytes) is longer than {MAX_REPLY} bytes",
+                text.len()
+            ))
+            .to_string();
+        }
+        self.output.extend_from_slice(text.as_bytes());
         self.output.push(b'\n');
     }
 
@@ -427,7 +477,7 @@ impl ConnectionSubscriber {
         while !self.output.is_empty() {
             match self.stream.write(&self.output) {
                 Ok(n) => {
-                    self.output.drain(..n);
+                    self.output.drain(..n.min(self.output.len()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -441,41 +491,39 @@ impl ConnectionSubscriber {
 impl MutEventSubscriber for ConnectionSubscriber {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let set = events.event_set();
-        let mut open = true;
-        if set.contains(EventSet::IN) {
-            match self.read_requests() {
-                Ok(o) => open = o,
-                Err(e) => {
-                    debug!("control connection: {e}");
-                    self.close(ops);
-                    return;
-                }
-            }
+        if set.contains(EventSet::ERROR) {
+            self.close(ops);
+            return;
         }
-        if let Err(e) = self.flush() {
+        let progress = self
+            .read_requests()
+            .and_then(|()| self.flush())
+            .map(|()| self.answer_pending())
+            .and_then(|()| self.flush());
+        if let Err(e) = progress {
             debug!("control connection: {e}");
             self.close(ops);
             return;
         }
-        if !open || set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-            // Best effort: the last reply (e.g. "request too long") may still be queued.
+        let done = self.eof && self.output.is_empty() && !self.input.contains(&b'\n');
+        if done || set.contains(EventSet::HANG_UP) {
             self.close(ops);
             return;
         }
-        let want_out = !self.output.is_empty();
-        if want_out != self.watching_out {
-            let mut interest = EventSet::IN;
-            if want_out {
-                interest |= EventSet::OUT;
-            }
-            if ops.modify(Events::new(&self.stream, interest)).is_ok() {
-                self.watching_out = want_out;
-            }
+        let mut interest = EventSet::empty();
+        if self.wants_input() {
+            interest |= EventSet::IN;
+        }
+        if !self.output.is_empty() {
+            interest |= EventSet::OUT;
+        }
+        if interest != self.interest && ops.modify(Events::new(&self.stream, interest)).is_ok() {
+            self.interest = interest;
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.stream, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.stream, self.interest)) {
             warn!("control connection: cannot watch it: {e:?}");
             self.closed.set(true);
         }
@@ -485,6 +533,8 @@ impl MutEventSubscriber for ConnectionSubscriber {
 /// The running control server.
 pub struct ControlServer {
     path: PathBuf,
+    /// Identity of the socket file this process created.
+    file_id: FileId,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -498,8 +548,7 @@ impl ControlServer {
         stop: &EventFd,
         confine: Option<Role>,
     ) -> Result<Self, ControlError> {
-        let listener = bind_socket(path)?;
-        listener.set_nonblocking(true).map_err(ControlError::Io)?;
+        let (listener, file_id) = bind_socket(path)?;
         let stop = stop.try_clone().map_err(ControlError::Io)?;
         let handler = Arc::new(handler);
         let thread_path = path.to_path_buf();
@@ -514,6 +563,7 @@ impl ControlServer {
             .map_err(ControlError::Thread)?;
         let server = Self {
             path: path.to_path_buf(),
+            file_id,
             thread: Some(thread),
         };
         // On error, dropping `server` joins the thread (which has returned) and
@@ -539,7 +589,7 @@ impl ControlServer {
     fn finish(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-            let _ = std::fs::remove_file(&self.path);
+            sys::remove_if_ours(&self.path, self.file_id);
         }
     }
 }
@@ -605,7 +655,8 @@ fn run_loop(
                 input: Vec::new(),
                 output: Vec::new(),
                 closed: closed.clone(),
-                watching_out: false,
+                interest: EventSet::IN,
+                eof: false,
             }));
             connections.push((id, closed));
         }
@@ -641,20 +692,29 @@ pub fn request(path: &Path, cmd: &str, args: Option<&str>) -> Result<Value, Cont
     line.push('\n');
     stream.write_all(line.as_bytes())?;
     let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while reply.len() <= MAX_LINE * 16 {
-        match stream.read(&mut byte)? {
-            0 => break,
-            _ if byte[0] == b'\n' => break,
-            _ => reply.push(byte[0]),
-        }
+    let mut reader = io::BufReader::new(stream).take((MAX_REPLY as u64).saturating_add(1));
+    io::BufRead::read_until(&mut reader, b'\n', &mut reply)?;
+    if reply.last() == Some(&b'\n') {
+        reply.pop();
+    } else if reply.len() > MAX_REPLY {
+        return Err(ControlError::BadReply(format!(
+            "the reply is longer than {MAX_REPLY} bytes"
+        )));
     }
     serde_json::from_slice(&reply).map_err(|e| ControlError::BadReply(e.to_string()))
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests: a panic is a failed test"
+)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn hex() {

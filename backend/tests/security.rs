@@ -276,3 +276,147 @@ fn seccomp_that_cannot_be_installed_is_a_clear_error() {
     );
     assert!(!sock.exists() && !ctl.exists() && !mem.exists());
 }
+
+#[test]
+fn shutdown_removes_only_its_own_sockets() {
+    let mut b = Backend::start(&[]);
+    // While the daemon runs, somebody else puts their own files at both paths.
+    for path in [&b.socket, &b.control] {
+        std::fs::remove_file(path).unwrap();
+        std::fs::write(path, b"not the daemon's").unwrap();
+    }
+    let status = b.stop();
+    assert!(status.success(), "{status}\n{}", b.log());
+    for path in [&b.socket, &b.control] {
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            b"not the daemon's",
+            "{} was removed at shutdown",
+            path.display()
+        );
+    }
+}
+
+/// Watches `path` from another thread while `bind` creates and removes a socket
+/// there `rounds` times; returns every mode other than 0600 seen.
+fn modes_seen_while_binding(rounds: usize, bind: impl Fn(&std::path::Path)) -> Vec<u32> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (path, done) = (path.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut odd = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    let mode = m.permissions().mode() & 0o777;
+                    if mode != 0o600 && !odd.contains(&mode) {
+                        odd.push(mode);
+                    }
+                }
+            }
+            odd
+        })
+    };
+    for _ in 0..rounds {
+        bind(&path);
+        std::fs::remove_file(&path).unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap()
+}
+
+#[test]
+fn sockets_never_exist_with_a_wider_mode_than_0600() {
+    // SAFETY: umask(2) has no preconditions; 022 is the usual default, under which a
+    // socket created without care is 0755 until it is chmod'ed.
+    let old = unsafe { libc::umask(0o022) };
+    let control =
+        modes_seen_while_binding(400, |p| drop(backend::control::bind_socket(p).unwrap()));
+    let vfio = modes_seen_while_binding(400, |p| {
+        let s = backend::vfio_user::Server::bind(p).unwrap();
+        // Keep the file: the server removes it when dropped.
+        std::mem::forget(s);
+    });
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let octal = |m: &[u32]| m.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>();
+    assert!(
+        control.is_empty(),
+        "control socket seen with modes {:?}",
+        octal(&control)
+    );
+    assert!(
+        vfio.is_empty(),
+        "vfio-user socket seen with modes {:?}",
+        octal(&vfio)
+    );
+}
+
+/// Writes control requests without reading a reply; returns the bytes written when
+/// the daemon stopped taking them (no progress for two seconds), or `cap`.
+fn write_until_refused(s: &mut UnixStream, request: &[u8], cap: usize) -> usize {
+    let chunk = request.repeat(4096);
+    let mut written = 0usize;
+    while written < cap {
+        let at = written % chunk.len();
+        match s.write(&chunk[at..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, 2000) } == 0 {
+                    return written;
+                }
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    written
+}
+
+#[test]
+fn control_replies_are_bounded_by_a_reader_that_never_reads() {
+    let b = Backend::start(&[]);
+    let request = b"{\"cmd\":\"x\"}\n";
+    let mut s = UnixStream::connect(&b.control).unwrap();
+    s.set_nonblocking(true).unwrap();
+    const CAP: usize = 8 << 20;
+    let written = write_until_refused(&mut s, request, CAP);
+    assert!(
+        written < 2 << 20,
+        "the daemon read {written} bytes of requests while none of their replies was read"
+    );
+    // Complete the last request, then read every reply: none was lost.
+    s.set_nonblocking(false).unwrap();
+    let rest = (request.len() - written % request.len()) % request.len();
+    let mut reader = s.try_clone().unwrap();
+    let replies = std::thread::spawn(move || {
+        reader
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        all
+    });
+    s.write_all(&request[request.len() - rest..]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let all = replies.join().unwrap();
+    let lines = all.split(|&c| c == b'\n').filter(|l| !l.is_empty()).count();
+    assert_eq!(
+        lines,
+        written.div_ceil(request.len()),
+        "one reply per request"
+    );
+    assert!(
+        all.starts_with(b"{\"error\":\"unknown command"),
+        "{}",
+        String::from_utf8_lossy(&all[..80])
+    );
+    assert_eq!(b.ctl(r#"{"cmd":"status"}"#)["ok"], true);
+}
