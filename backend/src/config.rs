@@ -576,13 +576,12 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
         .strip_suffix("ib")
         .or_else(|| lower.strip_suffix('b'))
         .unwrap_or(&lower);
-    let (digits, shift) = match stem.chars().last() {
-        Some('k') => (&stem[..stem.len() - 1], 10),
-        Some('m') => (&stem[..stem.len() - 1], 20),
-        Some('g') => (&stem[..stem.len() - 1], 30),
-        Some('t') => (&stem[..stem.len() - 1], 40),
-        _ => (stem, 0),
-    };
+    let suffixed = |suffix: char, shift| stem.strip_suffix(suffix).map(|d| (d, shift));
+    let (digits, shift) = suffixed('k', 10)
+        .or_else(|| suffixed('m', 20))
+        .or_else(|| suffixed('g', 30))
+        .or_else(|| suffixed('t', 40))
+        .unwrap_or((stem, 0));
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }

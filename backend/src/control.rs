@@ -23,13 +23,6 @@
 //! The socket is private (0600) from the moment it exists, and at shutdown it is
 //! removed only if the path still names the socket this process created.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -705,13 +698,6 @@ pub fn request(path: &Path, cmd: &str, args: Option<&str>) -> Result<Value, Cont
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    reason = "tests: a panic is a failed test"
-)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

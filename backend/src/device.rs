@@ -7,13 +7,6 @@
 //! [`crate::vfio_user::irq`]), guest RAM is copied with pread/pwrite (see
 //! [`crate::memory`]).
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -619,13 +612,6 @@ fn set_irqs(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    reason = "tests: a panic is a failed test"
-)]
 mod tests {
     use super::*;
     use accel_type2::{AccelConfig, DefaultFirmware, MemLsa, CONFIG_SPACE_SIZE};

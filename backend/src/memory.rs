@@ -28,13 +28,6 @@
 //!   are sealed with F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, so their size is
 //!   fixed for good; the payload page, which the daemon does map, can never fault.
 
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -888,13 +881,6 @@ impl LsaSyncer {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    reason = "tests: a panic is a failed test"
-)]
 mod tests {
     use super::*;
     use std::io::Write;

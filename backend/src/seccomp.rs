@@ -300,25 +300,34 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
 
 /// Appends `n` in decimal to `buf` at `*len` (no allocation: signal context).
 fn push_decimal(buf: &mut [u8], len: &mut usize, n: u64) {
+    // u64::MAX has 20 digits; they are produced last first.
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    let mut used = 0usize;
     let mut v = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+    for slot in digits.iter_mut().rev() {
+        // v % 10 < 10: the sum is an ASCII digit.
+        *slot = b'0'.saturating_add((v % 10) as u8);
+        used = used.saturating_add(1);
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    push(buf, len, &digits[i..]);
+    push(
+        buf,
+        len,
+        digits
+            .get(digits.len().saturating_sub(used)..)
+            .unwrap_or_default(),
+    );
 }
 
 fn push(buf: &mut [u8], len: &mut usize, s: &[u8]) {
     for &b in s {
         if let Some(slot) = buf.get_mut(*len) {
             *slot = b;
-            *len += 1;
+            // *len < buf.len(): `slot` exists.
+            *len = len.saturating_add(1);
         }
     }
 }

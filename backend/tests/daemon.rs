@@ -2,6 +2,14 @@
 //! socket by the `vfio_user` crate's client (an independent implementation of the
 //! protocol, standing in for QEMU), by raw frames, and over its control socket.
 
+// Tests: a panic is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::os::fd::AsRawFd;

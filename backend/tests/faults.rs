@@ -4,6 +4,14 @@
 //! values fail at startup with a clear message and exit status, and leave nothing
 //! behind. (QEMU killed in mid-traffic is in scripts/lib/faults.sh, with a real VM.)
 
+// Tests: a panic is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,14 @@
 //! to it afterwards, the daemon must not block, must not die, and must keep serving
 //! the next client. Driven over raw frames, which see the errno of every reply.
 
+// Tests: a panic is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -2,6 +2,14 @@
 //! connection sees after the DEVICE_RESET that QEMU sends when it connects, and a
 //! CXL Reset with Mem Clr on a memory file.
 
+// Tests: a panic is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -3,6 +3,14 @@
 //! confined to the system calls it makes, which a whole vfio-user session, the
 //! control socket, a stop/continue and a clean shutdown need and no more.
 
+// Tests: a panic is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -5,6 +5,14 @@
 //! hand over a raw socket. After each malformed message, a good request on the
 //! same (or a new) connection must still work and the device must be unchanged.
 
+// Tests: a panic is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -96,13 +96,6 @@ pub fn check_support() -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    reason = "tests: a panic is a failed test"
-)]
 mod tests {
     use super::*;
     use std::os::fd::FromRawFd;

@@ -803,13 +803,6 @@ impl<'a> Request<'a> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    reason = "tests: a panic is a failed test"
-)]
 mod tests {
     use super::*;
 

@@ -368,13 +368,6 @@ pub(super) fn send_with_fd(fd: RawFd, buf: &[u8], pass: Option<RawFd>) -> io::Re
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    reason = "tests: a panic is a failed test"
-)]
 mod tests {
     use super::*;
 
