@@ -189,6 +189,83 @@ fn main() {
         .r(BAR0, layout::HDM_OFFSET + 0x10, 0x20);
     seeds.push(("bios", s.bytes.clone()));
 
+    // Hostile interrupt fds (issue 10): a full blocking pipe, a blocking eventfd
+    // with a full counter and fds of every other kind offered as MSI-X vectors,
+    // then fired by the client and by a DMA completion; eventfds made blocking
+    // again by the client before more interrupts.
+    let mut s = S::new(0);
+    let fire = |id| set_irqs(id, TRIGGER | DATA_NONE, 2, 0, 4, 0, &[]);
+    s.push(|id| region_write(id, CONFIG, 0x92, &[0x03, 0x80], false))
+        .push(|id| {
+            with_hint(
+                set_irqs(id, TRIGGER | DATA_EVENTFD, 2, 2, 1, 1, &[]),
+                FdKind::FullPipe.hint(1),
+            )
+        })
+        .push(|id| {
+            with_hint(
+                set_irqs(id, TRIGGER | DATA_EVENTFD, 2, 3, 1, 1, &[]),
+                FdKind::FullBlockingEventFd.hint(1),
+            )
+        })
+        .push(fire)
+        .push(|id| dma_map(id, 0x4000_0000, 0x8000, 0, true))
+        .bus_master()
+        .dma(0x4000_0000, 0, 0x100, false);
+    for kind in [
+        FdKind::PipeReadEnd,
+        FdKind::RegularFile,
+        FdKind::Socket,
+        FdKind::DevNull,
+        FdKind::Memfd,
+        FdKind::Directory,
+        FdKind::TimerFd,
+    ] {
+        s.push(|id| {
+            with_hint(
+                set_irqs(id, TRIGGER | DATA_EVENTFD, 2, 0, 1, 1, &[]),
+                kind.hint(1),
+            )
+        });
+    }
+    s.push(|id| set_irqs(id, TRIGGER | DATA_EVENTFD, 2, 0, 2, 2, &[]))
+        .push(|id| with_hint(set_irqs(id, TRIGGER | DATA_EVENTFD, 3, 0, 1, 1, &[]), 1))
+        .push(|id| with_hint(fire(id), HINT_MAKE_BLOCKING))
+        .push(fire)
+        .dma(0x4000_0000, 0, 0x100, false);
+    seeds.push(("hostile-irq-fds", s.bytes.clone()));
+
+    // Guest RAM shrunk by the client after DMA_MAP, then DMA from and to it, past
+    // the new end and straddling it; DMA_MAP with fds of the wrong kind.
+    let mut s = S::new(0);
+    s.push(|id| dma_map(id, 0x10_0000, 0x1_0000, 0, true))
+        .bus_master()
+        .dma(0x10_8000, 0x2000, 0x1000, false)
+        .push(|id| with_hint(get_info(id), shrink_hint(1)))
+        .dma(0x10_8000, 0x2000, 0x1000, false)
+        .dma(0x2000, 0x10_8000, 0x1000, true)
+        .dma(0x2000, 0x10_0800, 0x1000, true)
+        .dma(0x10_0000, 0x3000, 0x100, false)
+        .push(|id| with_hint(get_info(id), shrink_hint(0)))
+        .dma(0x10_0000, 0x3000, 0x100, false);
+    for (i, kind) in [
+        FdKind::FullPipe,
+        FdKind::Socket,
+        FdKind::EventFd,
+        FdKind::DevNull,
+        FdKind::Directory,
+        FdKind::RegularFile,
+        FdKind::Memfd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let iova = 0x100_0000 * (i as u64 + 1);
+        s.push(|id| with_hint(dma_map(id, iova, 0x1_0000, 0, false), kind.hint(1)))
+            .dma(iova, 0x4000, 0x100, false);
+    }
+    seeds.push(("hostile-dma-fds", s.bytes.clone()));
+
     for (name, bytes) in seeds {
         std::fs::write(dir.join(name), bytes).expect("write seed");
     }

@@ -8,9 +8,17 @@
 //! client: it writes the input (byte 0 picks the firmware and device shape, the
 //! rest is the stream) and reads every reply. The stream is sent message by message, as the
 //! header sizes delimit it; a message whose `error` field (unused in requests)
-//! has a hint gets fds attached with SCM_RIGHTS: the harness's guest-RAM memfd
-//! (so DMA_MAP can map real guest memory and the DMA engine can reach it) or
-//! eventfds (SET_IRQS), up to 31 of them (more than the server keeps).
+//! has a hint gets fds attached with SCM_RIGHTS, up to 31 of them (more than the
+//! server keeps): the harness's guest-RAM memfd (so DMA_MAP can map real guest
+//! memory and the DMA engine can reach it), eventfds (SET_IRQS), or hostile fds of
+//! any kind for any message (`FdKind`: a full blocking pipe, a blocking eventfd
+//! with a full counter, a pipe's read end, a regular file, a socket, /dev/null, a
+//! stray memfd, a directory, a timerfd). A hint can also make the client, before
+//! it sends the message, shrink the guest-RAM memfd (after DMA_MAP, as a hostile
+//! peer would) or make the eventfds it sent blocking again. The client keeps its
+//! own end of everything (pipe read ends, eventfd copies) until the connection
+//! ends, so that a write the server should not make really would block: a hang
+//! shows as a libFuzzer timeout, a SIGBUS as a crash.
 //!
 //! Checked, beyond not panicking:
 //! - `serve` returns `Ok` (no I/O error of its own), and never stalls;
@@ -31,7 +39,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use accel_type2::{AccelConfig, AccelDevice, Clock, MemLsa, IRQ_INTX, IRQ_MSIX};
+use accel_type2::{AccelConfig, AccelDevice, Clock, MemLsa, IRQ_ERR, IRQ_INTX, IRQ_MSIX};
 use backend::device::{lock, Shared, VfioDevice};
 use backend::memory::{DeviceMemoryFile, SharedDeviceMemory};
 use backend::vfio_user::protocol::{
@@ -39,7 +47,9 @@ use backend::vfio_user::protocol::{
     TYPE_REPLY,
 };
 use backend::vfio_user::Server;
-use cxl_accel_fuzz::vfio::{HINT_FDS_MASK, HINT_GUEST_RAM};
+use cxl_accel_fuzz::vfio::{
+    FdKind, HINT_FDS_MASK, HINT_GUEST_RAM, HINT_MAKE_BLOCKING, HINT_SHRINK, HINT_SHRINK_PAGES_SHIFT,
+};
 use cxl_accel_fuzz::{stats, FakeClock};
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -81,11 +91,15 @@ struct Expect {
     error_only: bool,
 }
 
-/// One chunk to send: bytes and the fds to attach (hint) to its first byte.
+/// One chunk to send: bytes, and the hint saying which fds to attach to its first
+/// byte and what the client does before sending it.
 struct Chunk {
     bytes: Vec<u8>,
-    fds: u32,
-    guest_ram: bool,
+    hint: u32,
+    /// Replies owed for the messages before this one. A hint that changes the
+    /// client's fds (shrink, make blocking) waits for them, so that it lands
+    /// between the same two messages on every run.
+    replies_before: usize,
 }
 
 fn le32(b: &[u8], at: usize) -> Option<u32> {
@@ -97,15 +111,15 @@ fn plan(stream: &[u8]) -> (Vec<Chunk>, Vec<Expect>) {
     let mut chunks = Vec::new();
     let mut expect = Vec::new();
     let mut pos = 0usize;
-    let raw = |b: &[u8]| Chunk {
+    let raw = |b: &[u8], replies_before| Chunk {
         bytes: b.to_vec(),
-        fds: 0,
-        guest_ram: false,
+        hint: 0,
+        replies_before,
     };
     while pos < stream.len() {
         let rest = &stream[pos..];
         let Some(h) = rest.get(..HEADER_SIZE) else {
-            chunks.push(raw(rest));
+            chunks.push(raw(rest, expect.len()));
             break;
         };
         let hdr = Header::decode(h.try_into().expect("16 bytes"));
@@ -121,20 +135,19 @@ fn plan(stream: &[u8]) -> (Vec<Chunk>, Vec<Expect>) {
             if !hdr.no_reply() {
                 expect.push(reply(None, true));
             }
-            chunks.push(raw(rest));
+            chunks.push(raw(rest, expect.len()));
             break;
         }
         let Some(msg) = rest.get(..size) else {
             // Cut short: the server waits for the rest, then sees the close.
-            chunks.push(raw(rest));
+            chunks.push(raw(rest, expect.len()));
             break;
         };
         let body = &msg[HEADER_SIZE..];
-        let hint = hdr.error;
         chunks.push(Chunk {
             bytes: msg.to_vec(),
-            fds: hint & HINT_FDS_MASK,
-            guest_ram: hint & HINT_GUEST_RAM != 0,
+            hint: hdr.error,
+            replies_before: expect.len(),
         });
         pos += size;
         if hdr.no_reply() {
@@ -165,16 +178,133 @@ fn plan(stream: &[u8]) -> (Vec<Chunk>, Vec<Expect>) {
     (chunks, expect)
 }
 
-fn new_fd(guest_ram: Option<RawFd>) -> Option<OwnedFd> {
-    // SAFETY: dup/eventfd return a fresh fd (or -1, checked) that nothing else owns.
-    let fd = unsafe {
-        match guest_ram {
-            Some(ram) => libc::fcntl(ram, libc::F_DUPFD_CLOEXEC, 0),
-            None => libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK),
-        }
-    };
-    // SAFETY: see above.
+fn owned(fd: libc::c_int) -> Option<OwnedFd> {
+    // SAFETY: a fresh fd (or -1, checked) returned by the kernel, owned by nobody
+    // else.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_blocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd this thread owns; no memory involved.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// The fds the client holds on to until the connection ends: the other ends of
+/// what it sent, so that a write the server should never make would block.
+#[derive(Default)]
+struct Kept {
+    /// Copies of the non-blocking eventfds sent (HINT_MAKE_BLOCKING works on them).
+    eventfds: Vec<OwnedFd>,
+    others: Vec<OwnedFd>,
+}
+
+/// One fd of `kind` to attach, or a dup of the guest RAM; what the client must
+/// keep of it goes to `kept`.
+fn new_fd(kind: FdKind, guest_ram: Option<RawFd>, kept: &mut Kept) -> Option<OwnedFd> {
+    if let Some(ram) = guest_ram {
+        // SAFETY: F_DUPFD_CLOEXEC returns a fresh fd or -1.
+        return owned(unsafe { libc::fcntl(ram, libc::F_DUPFD_CLOEXEC, 0) });
+    }
+    // SAFETY (every call below): the syscalls take constant arguments or buffers
+    // that live on this stack frame, and return fresh fds (or -1, checked).
+    unsafe {
+        match kind {
+            FdKind::EventFd => {
+                let e = owned(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+                kept.eventfds.push(e.try_clone().ok()?);
+                Some(e)
+            }
+            FdKind::FullBlockingEventFd => {
+                let e = owned(libc::eventfd(0, libc::EFD_CLOEXEC))?;
+                let full = (u64::MAX - 1).to_ne_bytes();
+                libc::write(e.as_raw_fd(), full.as_ptr().cast(), 8);
+                kept.others.push(e.try_clone().ok()?);
+                Some(e)
+            }
+            FdKind::FullPipe | FdKind::PipeReadEnd => {
+                let mut p = [0; 2];
+                if libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
+                    return None;
+                }
+                let (r, w) = (owned(p[0])?, owned(p[1])?);
+                let chunk = [0u8; 4096];
+                while libc::write(w.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) > 0 {}
+                set_blocking(w.as_raw_fd());
+                if kind == FdKind::FullPipe {
+                    kept.others.push(r);
+                    Some(w)
+                } else {
+                    kept.others.push(w);
+                    Some(r)
+                }
+            }
+            FdKind::RegularFile => {
+                let f = std::fs::File::from(owned(libc::open(
+                    c"/tmp".as_ptr(),
+                    libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                    0o600,
+                ))?);
+                f.set_len(GUEST_RAM as u64).ok()?;
+                Some(OwnedFd::from(f))
+            }
+            FdKind::Socket => {
+                let mut p = [0; 2];
+                if libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    p.as_mut_ptr(),
+                ) != 0
+                {
+                    return None;
+                }
+                kept.others.push(owned(p[0])?);
+                owned(p[1])
+            }
+            FdKind::DevNull => owned(libc::open(
+                c"/dev/null".as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC,
+            )),
+            FdKind::Memfd => {
+                let m = owned(libc::memfd_create(
+                    c"fuzz-stray".as_ptr(),
+                    libc::MFD_CLOEXEC,
+                ))?;
+                libc::ftruncate(m.as_raw_fd(), GUEST_RAM);
+                Some(m)
+            }
+            FdKind::Directory => owned(libc::open(
+                c"/".as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )),
+            FdKind::TimerFd => owned(libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC,
+            )),
+        }
+    }
+}
+
+/// What a hint asks the client to do before it sends the message.
+fn act_before(hint: u32, guest_ram: &OwnedFd, kept: &Kept) {
+    if hint & HINT_SHRINK != 0 {
+        let pages = i64::from((hint >> HINT_SHRINK_PAGES_SHIFT) & 0xf);
+        // SAFETY: ftruncate on the fd the client owns.
+        unsafe { libc::ftruncate(guest_ram.as_raw_fd(), pages * 4096) };
+        stats::count("guest RAM shrunk");
+    }
+    if hint & HINT_MAKE_BLOCKING != 0 {
+        // Only eventfds whose counter is not full: a blocking write to a full one
+        // can still race the server's check of the flag (vfio_user::irq says why).
+        for e in &kept.eventfds {
+            set_blocking(e.as_raw_fd());
+        }
+    }
 }
 
 /// The client: send `chunks` (with their fds), half-close, read replies to EOF.
@@ -187,15 +317,27 @@ fn client(sock: UnixStream, chunks: Vec<Chunk>, guest_ram: OwnedFd) -> Vec<(Head
     let mut writing = true;
     let mut inbuf: Vec<u8> = Vec::new();
     let mut replies = Vec::new();
+    let mut kept = Kept::default();
+    // The fds of the front chunk, made on its first attempt, until they are sent.
+    let mut pending: Option<Vec<OwnedFd>> = None;
     let mut buf = vec![0u8; 256 << 10];
     loop {
         if writing && queue.is_empty() {
             let _ = sock.shutdown(std::net::Shutdown::Write);
             writing = false;
         }
+        // A chunk whose hint changes the client's fds waits for the replies to
+        // everything before it.
+        let barrier = queue.front().is_some_and(|c| {
+            sent == 0
+                && pending.is_none()
+                && c.hint & (HINT_SHRINK | HINT_MAKE_BLOCKING) != 0
+                && replies.len() < c.replies_before
+        });
+        let out = writing && !barrier;
         let mut pfd = libc::pollfd {
             fd,
-            events: libc::POLLIN | if writing { libc::POLLOUT } else { 0 },
+            events: libc::POLLIN | if out { libc::POLLOUT } else { 0 },
             revents: 0,
         };
         // SAFETY: one valid pollfd.
@@ -204,19 +346,34 @@ fn client(sock: UnixStream, chunks: Vec<Chunk>, guest_ram: OwnedFd) -> Vec<(Head
         if r < 0 {
             continue; // EINTR
         }
-        if writing && pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
-            let chunk = queue.front().expect("not empty while writing");
-            let mut fds = Vec::new();
-            if sent == 0 {
-                for _ in 0..chunk.fds {
-                    let ram = chunk.guest_ram.then(|| guest_ram.as_raw_fd());
-                    fds.extend(new_fd(ram));
+        if out && pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
+            let chunk = queue.front_mut().expect("not empty while writing");
+            if sent == 0 && pending.is_none() {
+                // The chunk's first attempt: act on its hint, make its fds.
+                let hint = std::mem::take(&mut chunk.hint);
+                act_before(hint, &guest_ram, &kept);
+                let ram = (hint & HINT_GUEST_RAM != 0).then(|| guest_ram.as_raw_fd());
+                let kind = FdKind::from_hint(hint);
+                let mut fds = Vec::new();
+                for _ in 0..hint & HINT_FDS_MASK {
+                    fds.extend(new_fd(kind, ram, &mut kept));
                 }
+                if kind != FdKind::EventFd && !fds.is_empty() && ram.is_none() {
+                    stats::count("hostile fds sent");
+                }
+                pending = Some(fds);
             }
-            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let raw: Vec<RawFd> = match (&pending, sent) {
+                (Some(fds), 0) => fds.iter().map(|f| f.as_raw_fd()).collect(),
+                _ => Vec::new(),
+            };
             match sock.send_with_fds(&[&chunk.bytes[sent..]], &raw) {
                 Ok(n) => {
                     sent += n;
+                    if n > 0 {
+                        // Passed with the first byte; our copies close here.
+                        pending = None;
+                    }
                     if sent >= chunk.bytes.len() {
                         queue.pop_front();
                         sent = 0;
@@ -226,10 +383,10 @@ fn client(sock: UnixStream, chunks: Vec<Chunk>, guest_ram: OwnedFd) -> Vec<(Head
                 // The server dropped the connection: read what it said before.
                 Err(_) => {
                     queue.clear();
+                    pending = None;
                     writing = false;
                 }
             }
-            // Our copies of the passed fds close here.
         }
         if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             match (&sock).read(&mut buf) {
@@ -345,7 +502,10 @@ fuzz_target!(|data: &[u8]| {
             panic!("HDM invariants: {e}");
         }
         assert_eq!(s.guest.stats(), (0, 0), "DMA mappings outlive the client");
-        assert_eq!(s.irqs.registered(IRQ_MSIX) + s.irqs.registered(IRQ_INTX), 0);
+        assert_eq!(
+            s.irqs.registered(IRQ_MSIX) + s.irqs.registered(IRQ_INTX) + s.irqs.registered(IRQ_ERR),
+            0
+        );
         let st = s.device.status();
         if st.dma_completions > 0 {
             stats::count("dma completed");

@@ -91,11 +91,69 @@ pub fn hook_rc(r: &mut Rng) -> u16 {
 /// vfio-user wire helpers for the seed corpus (examples/gen_seeds.rs) and tests.
 pub mod vfio {
     /// Header flag bits the harness reads from the (otherwise unused) `error`
-    /// field of a request: attach this many fds (low nibble) of this kind.
+    /// field of a request: attach this many fds (bits 4:0) of this kind.
     pub const HINT_FDS_MASK: u32 = 0x1f;
-    /// With this bit the fds are the guest-RAM memfd (DMA_MAP); without it,
-    /// eventfds (SET_IRQS).
+    /// With this bit the fds are the guest-RAM memfd (DMA_MAP); without it, fds
+    /// of the kind in bits 11:8 ([`FdKind`]; eventfds by default, for SET_IRQS).
     pub const HINT_GUEST_RAM: u32 = 0x20;
+    /// Before the message is sent, the guest-RAM memfd is shrunk (as a hostile
+    /// peer would after DMA_MAP) to the number of 4 KiB pages in bits 15:12.
+    pub const HINT_SHRINK: u32 = 0x40;
+    pub const HINT_SHRINK_PAGES_SHIFT: u32 = 12;
+    /// Before the message is sent, every (non-blocking) eventfd sent so far is
+    /// made blocking again through the client's copy: the description is shared.
+    pub const HINT_MAKE_BLOCKING: u32 = 0x80;
+    pub const HINT_KIND_SHIFT: u32 = 8;
+    pub const HINT_KIND_MASK: u32 = 0xf << HINT_KIND_SHIFT;
+
+    /// Kinds of fd the harness attaches (bits 11:8 of the hint): an eventfd is
+    /// the right kind for SET_IRQS, a regular file or memfd for DMA_MAP, and the
+    /// rest are hostile.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum FdKind {
+        EventFd = 0,
+        /// A blocking eventfd whose counter is full: writing 1 to it blocks.
+        FullBlockingEventFd = 1,
+        /// The write end of a full, blocking pipe (its read end stays open).
+        FullPipe = 2,
+        PipeReadEnd = 3,
+        RegularFile = 4,
+        Socket = 5,
+        DevNull = 6,
+        /// A fresh memfd of 64 KiB (not the guest RAM).
+        Memfd = 7,
+        /// An O_PATH fd of a directory.
+        Directory = 8,
+        TimerFd = 9,
+    }
+
+    impl FdKind {
+        pub fn from_hint(hint: u32) -> FdKind {
+            match (hint & HINT_KIND_MASK) >> HINT_KIND_SHIFT {
+                1 => FdKind::FullBlockingEventFd,
+                2 => FdKind::FullPipe,
+                3 => FdKind::PipeReadEnd,
+                4 => FdKind::RegularFile,
+                5 => FdKind::Socket,
+                6 => FdKind::DevNull,
+                7 => FdKind::Memfd,
+                8 => FdKind::Directory,
+                9 => FdKind::TimerFd,
+                _ => FdKind::EventFd,
+            }
+        }
+
+        /// The hint that attaches `count` fds of this kind.
+        pub fn hint(self, count: u32) -> u32 {
+            ((self as u32) << HINT_KIND_SHIFT) | (count & HINT_FDS_MASK)
+        }
+    }
+
+    /// The hint that shrinks the guest RAM to `pages` 4 KiB pages first.
+    pub fn shrink_hint(pages: u32) -> u32 {
+        HINT_SHRINK | ((pages & 0xf) << HINT_SHRINK_PAGES_SHIFT)
+    }
 
     /// One request: header (id, command, size, flags, error=hint) and body.
     pub fn msg(id: u16, command: u16, flags: u32, hint: u32, body: &[u8]) -> Vec<u8> {
@@ -200,6 +258,14 @@ pub mod vfio {
         b.extend_from_slice(&count.to_le_bytes());
         b.extend_from_slice(bools);
         msg(id, 8, 0, eventfds & HINT_FDS_MASK, &b)
+    }
+
+    /// `m` (one encoded request) with its hint replaced by `hint`.
+    pub fn with_hint(mut m: Vec<u8>, hint: u32) -> Vec<u8> {
+        if let Some(h) = m.get_mut(12..16) {
+            h.copy_from_slice(&hint.to_le_bytes());
+        }
+        m
     }
 
     pub fn reset(id: u16) -> Vec<u8> {
