@@ -48,9 +48,9 @@ use crate::vfio_user::{sys, DmaMapping, Errno};
 /// Default bound on the DMA mappings a client may hold (`--max-dma-maps`). QEMU's
 /// vfio-user client maps each RAM section of the guest's address space once
 /// (hw/vfio/listener.c): the RAM below and above 4 GiB in a few pieces, the ROMs,
-/// and the mmapped BARs of every device, 22 in this project's e2e VM (9 without an
-/// fd). Memory hotplug adds one per DIMM, at most 256 on x86 (`-m slots=`, ACPI's
-/// limit of 256 memory devices). QEMU's own estimate of the worst case, used when it
+/// and the mmapped BARs of every device; a `scripts/run-vm` boot held at most 8 at
+/// once (25 DMA_MAPs over the boot, 12 without an fd). Memory hotplug adds one per
+/// DIMM, at most 256 on x86 (`-m slots=`, ACPI's limit of 256 memory devices). QEMU's own estimate of the worst case, used when it
 /// checks a virtio-mem set-up against the server's `max_dma_maps`, is one mapping
 /// per memory slot: 512 under TCG, the KVM memslot count (32764 on x86) under KVM.
 /// 1024 covers the first with room, and QEMU fails such a set-up with a clear
