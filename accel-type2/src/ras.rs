@@ -2,11 +2,13 @@
 //! block, with fault injection.
 //!
 //! Register attributes: the status registers are RW1CS (a written 1 clears), mask and
-//! severity are RWS, the First Error Pointer and Header Log are ROS. Sticky ("S")
-//! registers keep their value across conventional reset, FLR and CXL Reset (CXL r3.1
-//! §8.2.4.17 and Table 8-1, PCIe r6 §7.4; the `Sticky` class of [`crate::reset`]),
-//! so no reset of the device touches them; only [`Ras::cold_reset`] clears them.
-//! Bits that the spec does not define read zero and ignore writes.
+//! severity are RWS, the First Error Pointer and Header Log are ROS, and
+//! Poison_Enabled reads 1 and ignores writes (hardwired for a device that is not an
+//! eRCD, §8.2.4.17.6). Sticky ("S") registers keep their value across conventional
+//! reset, FLR and CXL Reset (CXL r3.1 §8.2.4.17 and Table 8-1, PCIe r6 §7.4; the
+//! `Sticky` class of [`crate::reset`]), so no reset of the device touches them; only
+//! [`Ras::cold_reset`] clears them. Bits that the spec does not define read zero and
+//! ignore writes.
 
 use cxl_regs::component::ras::*;
 use thiserror::Error;
@@ -30,6 +32,7 @@ pub struct Ras {
     ue_severity: u32,
     ce_status: u32,
     ce_mask: u32,
+    /// First_Error_Pointer; Poison_Enabled is added on read.
     cap_control: u32,
     header_log: [u32; 16],
     injected: u64,
@@ -53,7 +56,7 @@ impl Ras {
             UNCORRECTABLE_SEVERITY => self.ue_severity,
             CORRECTABLE_STATUS => self.ce_status,
             CORRECTABLE_MASK => self.ce_mask,
-            CAP_CONTROL => self.cap_control,
+            CAP_CONTROL => self.cap_control | POISON_ENABLED,
             o if (HEADER_LOG..HEADER_LOG + HEADER_LOG_LEN).contains(&o) => {
                 let i = ((o - HEADER_LOG) / 4) as usize;
                 self.header_log.get(i).copied().unwrap_or(0)
@@ -75,7 +78,7 @@ impl Ras {
             }
             CORRECTABLE_STATUS => self.ce_status &= !(v & CORRECTABLE_BITS),
             CORRECTABLE_MASK => self.ce_mask = merge(self.ce_mask, value, mask & CORRECTABLE_BITS),
-            CAP_CONTROL => self.cap_control = merge(self.cap_control, value, mask & POISON_ENABLED),
+            // First_Error_Pointer is ROS, Poison_Enabled hardwired, the rest reserved.
             _ => {}
         }
     }

@@ -78,26 +78,71 @@ pub mod ras {
     pub const HEADER_LOG: u32 = 0x18;
     pub const HEADER_LOG_LEN: u32 = 0x40;
 
-    /// The defined uncorrectable error bits: \[11:0\] (cache/mem data and address
-    /// parity, BE parity, data ECC, REINIT/REJECT, receiver overflow, internal
-    /// error, CXL IDE tx/rx) and \[16:14\] (CXL.mem poison, poison received, receiver
-    /// error). Bits 13:12 and 31:17 are reserved.
-    pub const UNCORRECTABLE_BITS: u32 = (0b111 << 14) | 0xfff;
-    /// Uncorrectable status bit 14: Memory Poison Received.
-    pub const UE_MEM_POISON_RECEIVED: u32 = 1 << 14;
-    /// The defined correctable error bits \[6:0\]: cache data ECC, mem data ECC, CRC
-    /// threshold, retry threshold, cache poison received, mem poison received,
-    /// physical layer error.
-    pub const CORRECTABLE_BITS: u32 = 0x7f;
-    /// Correctable status bit 1: Mem_Data_ECC.
-    pub const CE_MEM_DATA_ECC: u32 = 1 << 1;
+    // Uncorrectable Error Status (§8.2.4.17.1), one bit per error; Uncorrectable
+    // Error Mask (§8.2.4.17.2) and Severity (§8.2.4.17.3) use the same positions.
+    // Bits 13:12 and 31:17 are reserved.
+    pub const UE_CACHE_DATA_PARITY: u32 = 1 << 0;
+    pub const UE_CACHE_ADDRESS_PARITY: u32 = 1 << 1;
+    pub const UE_CACHE_BE_PARITY: u32 = 1 << 2;
+    pub const UE_CACHE_DATA_ECC: u32 = 1 << 3;
+    pub const UE_MEM_DATA_PARITY: u32 = 1 << 4;
+    pub const UE_MEM_ADDRESS_PARITY: u32 = 1 << 5;
+    pub const UE_MEM_BE_PARITY: u32 = 1 << 6;
+    pub const UE_MEM_DATA_ECC: u32 = 1 << 7;
+    pub const UE_REINIT_THRESHOLD: u32 = 1 << 8;
+    pub const UE_RSVD_ENCODING_VIOLATION: u32 = 1 << 9;
+    /// Poison_Received: poison received on CXL.cache or CXL.mem (with
+    /// Poison_Enabled clear).
+    pub const UE_POISON_RECEIVED: u32 = 1 << 10;
+    pub const UE_RECEIVER_OVERFLOW: u32 = 1 << 11;
+    /// Internal_Error: a component-specific uncorrectable error.
+    pub const UE_INTERNAL_ERROR: u32 = 1 << 14;
+    pub const UE_CXL_IDE_TX_ERROR: u32 = 1 << 15;
+    pub const UE_CXL_IDE_RX_ERROR: u32 = 1 << 16;
+    /// Every defined uncorrectable error bit: \[11:0\] and \[16:14\].
+    pub const UNCORRECTABLE_BITS: u32 = UE_CACHE_DATA_PARITY
+        | UE_CACHE_ADDRESS_PARITY
+        | UE_CACHE_BE_PARITY
+        | UE_CACHE_DATA_ECC
+        | UE_MEM_DATA_PARITY
+        | UE_MEM_ADDRESS_PARITY
+        | UE_MEM_BE_PARITY
+        | UE_MEM_DATA_ECC
+        | UE_REINIT_THRESHOLD
+        | UE_RSVD_ENCODING_VIOLATION
+        | UE_POISON_RECEIVED
+        | UE_RECEIVER_OVERFLOW
+        | UE_INTERNAL_ERROR
+        | UE_CXL_IDE_TX_ERROR
+        | UE_CXL_IDE_RX_ERROR;
 
-    /// Error Capabilities and Control: First_Error_Pointer \[5:0\] (ROS), the bit
-    /// index of the first uncorrectable error recorded.
+    // Correctable Error Status (§8.2.4.17.4); Correctable Error Mask (§8.2.4.17.5)
+    // uses the same positions. Bits 31:7 are reserved.
+    pub const CE_CACHE_DATA_ECC: u32 = 1 << 0;
+    pub const CE_MEM_DATA_ECC: u32 = 1 << 1;
+    pub const CE_CRC_THRESHOLD: u32 = 1 << 2;
+    pub const CE_RETRY_THRESHOLD: u32 = 1 << 3;
+    pub const CE_CACHE_POISON_RECEIVED: u32 = 1 << 4;
+    pub const CE_MEM_POISON_RECEIVED: u32 = 1 << 5;
+    pub const CE_PHYSICAL_LAYER_ERROR: u32 = 1 << 6;
+    /// Every defined correctable error bit: \[6:0\].
+    pub const CORRECTABLE_BITS: u32 = CE_CACHE_DATA_ECC
+        | CE_MEM_DATA_ECC
+        | CE_CRC_THRESHOLD
+        | CE_RETRY_THRESHOLD
+        | CE_CACHE_POISON_RECEIVED
+        | CE_MEM_POISON_RECEIVED
+        | CE_PHYSICAL_LAYER_ERROR;
+
+    /// Error Capabilities and Control (§8.2.4.17.6): First_Error_Pointer \[5:0\]
+    /// (ROS), the bit position of the first error reported in Uncorrectable Error
+    /// Status.
     pub const FIRST_ERROR_POINTER_MASK: u32 = 0x3f;
     /// Multiple_Header_Recording_Capability, bit 9 (RO).
     pub const MULTIPLE_HEADER_RECORDING: u32 = 1 << 9;
-    /// Poison_Enabled, bit 13 (RWS).
+    /// Poison_Enabled, bit 13 (RWS; 1 = received poison is logged as a correctable
+    /// error). It defaults to 1 and is hardwired to 1 in a CXL device that is not an
+    /// eRCD, such as this one.
     pub const POISON_ENABLED: u32 = 1 << 13;
 }
 
