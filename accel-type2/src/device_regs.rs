@@ -15,16 +15,34 @@ use mailbox::{Mailbox, MailboxEvent, VendorHooks};
 
 use crate::access::{offset_in, qword_half};
 use crate::firmware::Firmware;
+use crate::DeviceMemory;
 
 /// The three capabilities listed in the array.
 const CAP_COUNT: u16 = 3;
 
-/// Adapter that lets the mailbox reach the firmware's vendor-command hook.
-pub struct FirmwareHooks<'a>(pub &'a mut dyn Firmware);
+/// What the mailbox reaches outside itself: the firmware's vendor-command hook, and
+/// device memory for the data Clear Poison writes.
+pub struct DeviceHooks<'a> {
+    pub fw: &'a mut dyn Firmware,
+    pub mem: &'a mut dyn DeviceMemory,
+}
 
-impl VendorHooks for FirmwareHooks<'_> {
+impl VendorHooks for DeviceHooks<'_> {
     fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
-        self.0.vendor_command(opcode, input, output)
+        self.fw.vendor_command(opcode, input, output)
+    }
+
+    /// Clear Poison (CXL r3.1 §8.2.9.9.4.3): the command's 64 bytes replace the
+    /// poisoned line. The mailbox has checked that the line lies within capacity, so
+    /// a failure here is the storage's own: Internal Error, and the poison stays.
+    fn media_write(&mut self, dpa: u64, data: &[u8]) -> u16 {
+        match self.mem.write(dpa, data) {
+            Ok(()) => cxl_regs::mailbox::RC_SUCCESS,
+            Err(e) => {
+                log::warn!("Clear Poison: writing the line at DPA {dpa:#x} failed: {e}");
+                cxl_regs::mailbox::RC_INTERNAL_ERROR
+            }
+        }
     }
 }
 
@@ -131,14 +149,15 @@ impl DeviceRegs {
     }
 
     /// Write the masked bits of `value` to the dword at `offset` within the block.
-    /// Only the mailbox has writable registers.
+    /// Only the mailbox has writable registers; its commands reach the firmware and
+    /// device memory through `hooks`.
     pub fn write(
         &mut self,
         offset: u64,
         value: u32,
         mask: u32,
         now_ns: u64,
-        fw: &mut dyn Firmware,
+        hooks: &mut DeviceHooks<'_>,
     ) -> Option<MailboxEvent> {
         let off = offset & !3;
         let rel = self.mailbox_offset(off)?;
@@ -146,7 +165,6 @@ impl DeviceRegs {
         {
             self.doorbells = self.doorbells.wrapping_add(1);
         }
-        let mut hooks = FirmwareHooks(fw);
-        self.mailbox.write(rel, value, mask, now_ns, &mut hooks)
+        self.mailbox.write(rel, value, mask, now_ns, hooks)
     }
 }

@@ -45,7 +45,7 @@ use thiserror::Error;
 use crate::access::{read_dwords, write_dwords};
 use crate::component::ComponentBlock;
 use crate::config_space::{ConfigEffects, ConfigParams, ConfigSpace};
-use crate::device_regs::DeviceRegs;
+use crate::device_regs::{DeviceHooks, DeviceRegs};
 use crate::engine::{Engine, TransferCtx};
 use crate::msix::Msix;
 pub use crate::ras::RasError;
@@ -705,13 +705,19 @@ impl AccelDevice {
                 let mut events = Vec::new();
                 let component = &mut self.component;
                 let fw = self.firmware.as_mut();
+                let mem = self.mem.as_mut();
                 let mut regs = self.device_regs.as_mut();
                 write_dwords(offset, data, |d, v, m| {
                     if d < layout::DEVICE_BLOCK_OFFSET {
-                        component.write(d, v, m, fw, now);
+                        component.write(d, v, m, &mut *fw, now);
                     } else if d < layout::BAR0_SIZE {
                         if let Some(r) = regs.as_mut() {
-                            events.extend(r.write(d - layout::DEVICE_BLOCK_OFFSET, v, m, now, fw));
+                            let mut hooks = DeviceHooks {
+                                fw: &mut *fw,
+                                mem: &mut *mem,
+                            };
+                            let rel = d - layout::DEVICE_BLOCK_OFFSET;
+                            events.extend(r.write(rel, v, m, now, &mut hooks));
                         }
                     }
                 });

@@ -364,6 +364,33 @@ fn poison_injection_is_listed_and_stops_dma_reads() {
     assert_eq!(s, STATUS_ERROR | (ERR_POISON << STATUS_ERR_SHIFT));
 }
 
+#[test]
+fn clear_poison_writes_its_data_to_device_memory() {
+    let (mut d, _) = device(small_config());
+    let dpa = 0x12_3440u64;
+    // Inject Poison through the mailbox (CXL r3.1 §8.2.9.9.4.2).
+    let (rc, _) = mbox_cmd(&mut d, mb::OP_INJECT_POISON, &dpa.to_le_bytes());
+    assert_eq!(rc, mb::RC_SUCCESS);
+    assert_eq!(d.mailbox().unwrap().poison_list(), vec![(dpa, 64)]);
+    // Clear Poison (§8.2.9.9.4.3): the DPA, then 64 bytes of write data.
+    let pattern: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+    let mut input = dpa.to_le_bytes().to_vec();
+    input.extend_from_slice(&pattern);
+    assert_eq!(input.len(), 72);
+    let (rc, _) = mbox_cmd(&mut d, mb::OP_CLEAR_POISON, &input);
+    assert_eq!(rc, mb::RC_SUCCESS);
+    assert!(d.mailbox().unwrap().poison_list().is_empty());
+    // BAR2 reads the data the command carried, and only that line changed.
+    let mut line = vec![0u8; 64];
+    d.bar_read(2, dpa, &mut line);
+    assert_eq!(line, pattern);
+    let mut around = [0xffu8; 8];
+    d.bar_read(2, dpa - 8, &mut around);
+    assert_eq!(around, [0; 8]);
+    d.bar_read(2, dpa + 64, &mut around);
+    assert_eq!(around, [0; 8]);
+}
+
 fn dma(d: &mut AccelDevice, guest: &TestGuest, src: u64, dst: u64, len: u64, control: u32) -> u32 {
     bar_w64(d, 4, SRC, src);
     bar_w64(d, 4, DST, dst);
