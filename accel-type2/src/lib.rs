@@ -12,14 +12,22 @@
 //! `DeviceMemory`, `VecMemory`, `Clock`, `RegionDesc`, `IrqDesc`, `Firmware`.
 //! Extensions: `AccelDevice::{try_inject_ras, intx_asserted, firmware,
 //! set_firmware, hdm, mailbox, mailbox_mut, memory, memory_mut, config_space,
-//! bar2_size, reset_kind, cxl_reset_in_progress}`, `DeviceMemory::zero`,
+//! bar2_size, reset_kind, cxl_reset_in_progress, set_offload, take_jobs,
+//! complete_dma, wipe_progress, complete_wipe}`, `DeviceMemory::zero`,
 //! `firmware::{by_name, names, SlowCommitFirmware, BiosFirmware, parse_u64,
 //! CxlResetDecision}`, `Firmware::on_cxl_reset`, `reset::{ResetKind, RegisterClass,
-//! Effect, effect, keeps}`.
+//! Effect, effect, keeps}`, `jobs::{Job, WipeJob, WipeError}`,
+//! `engine::{DmaJob, CancelFlag}`.
+//!
+//! Long work (DMA transfers, the wipe of device memory by Sanitize or by a CXL
+//! Reset with Mem Clr) runs within the access that starts it, unless the transport
+//! asks for it ([`AccelDevice::set_offload`]) to run it elsewhere, off its lock: see
+//! [`jobs`].
 //!
 //! Modules, one per register file: [`config_space`] (PCIe r6 §7.5, CXL r3.1 §8.1),
 //! [`component`] and [`ras`] (CXL r3.1 §8.2.4), [`device_regs`] (CXL r3.1 §8.2.8),
-//! [`engine`] (the DMA engine), [`msix`] (PCIe r6 §7.7.2). Every register file is a
+//! [`engine`] (the DMA engine), [`msix`] (PCIe r6 §7.7.2); [`jobs`] is the long
+//! work handed to the transport. Every register file is a
 //! dword array with masked writes; [`access`] splits guest accesses of any width and
 //! alignment into those. [`reset`] says what each kind of reset does to each of them.
 
@@ -29,6 +37,7 @@ pub mod config_space;
 pub mod device_regs;
 pub mod engine;
 pub mod firmware;
+pub mod jobs;
 pub mod msix;
 pub mod ras;
 pub mod reset;
@@ -46,7 +55,9 @@ use crate::access::{read_dwords, write_dwords};
 use crate::component::ComponentBlock;
 use crate::config_space::{ConfigEffects, ConfigParams, ConfigSpace};
 use crate::device_regs::{DeviceHooks, DeviceRegs};
-use crate::engine::{Engine, TransferCtx};
+pub use crate::engine::DmaJob;
+use crate::engine::{CancelFlag, Engine, StartCtx};
+pub use crate::jobs::{Job, WipeError, WipeJob};
 use crate::msix::Msix;
 pub use crate::ras::RasError;
 pub use crate::reset::ResetKind;
@@ -291,6 +302,14 @@ pub struct DeviceStatus {
     pub mem_enable: bool,
     pub dma_completions: u64,
     pub dma_errors: u64,
+    /// A DMA transfer is running (engine STATUS BUSY).
+    pub dma_busy: bool,
+    /// Doorbells and SRC/DST/LEN/CONTROL writes ignored while a transfer ran.
+    pub dma_ignored_doorbells: u64,
+    pub dma_ignored_writes: u64,
+    /// Transfers a reset aborted, and completions that came too late to count.
+    pub dma_aborted: u64,
+    pub dma_stale_completions: u64,
     pub config_reads: u64,
     pub config_writes: u64,
     pub bar_reads: u64,
@@ -331,6 +350,25 @@ struct CxlResetFlow {
     ok: bool,
     /// CXL Reset Mem Clr Enable as it was when the reset was initiated.
     mem_clr: bool,
+    /// Its time is up and the Mem Clr wipe runs: it ends when that does.
+    clearing: bool,
+}
+
+/// Why device memory is being wiped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WipePurpose {
+    /// Sanitize (CXL r3.1 §8.2.9.9.5.1).
+    Sanitize,
+    /// A CXL Reset with Mem Clr (§9.7.1).
+    CxlResetMemClr,
+}
+
+/// A wipe of device memory handed out as a [`WipeJob`].
+#[derive(Debug, Clone)]
+struct Wipe {
+    id: u64,
+    cancel: CancelFlag,
+    purpose: WipePurpose,
 }
 
 /// Access counters.
@@ -392,6 +430,12 @@ pub struct AccelDevice {
     counters: Counters,
     bar2_size: u64,
     cxl_reset: Option<CxlResetFlow>,
+    /// Long work goes to `jobs` for the transport instead of running in place.
+    offload: bool,
+    jobs: Vec<Job>,
+    /// The running wipe of device memory.
+    wipe: Option<Wipe>,
+    next_wipe_id: u64,
 }
 
 impl std::fmt::Debug for AccelDevice {
@@ -486,6 +530,10 @@ impl AccelDevice {
             counters: Counters::default(),
             bar2_size,
             cxl_reset: None,
+            offload: false,
+            jobs: Vec::new(),
+            wipe: None,
+            next_wipe_id: 0,
         };
         dev.apply_power_on();
         Ok(dev)
@@ -615,23 +663,153 @@ impl AccelDevice {
             E::EventAdded => {
                 self.raise_msix(layout::MSIX_VEC_EVENTS);
             }
-            E::SanitizeComplete { interrupt } => {
-                self.zero_memory("sanitize");
-                if interrupt {
-                    self.raise_msix(layout::MSIX_VEC_MAILBOX);
-                }
-            }
+            E::SanitizeStarted => self.start_wipe(WipePurpose::Sanitize),
             other => log::debug!("mailbox event {other:?} needs no action"),
         }
     }
 
-    /// Zero all of device memory (Sanitize, CXL Reset Mem Clr). The memory's own
-    /// `zero` punches holes where it can, so a sparse backing stays sparse.
-    fn zero_memory(&mut self, why: &str) {
-        let size = self.mem.size();
-        if let Err(e) = self.mem.zero(0, size) {
-            log::error!("{why}: zeroing device memory failed: {e}");
+    // --- long work ---------------------------------------------------------------
+
+    /// Where long work runs. With `offload`, a DMA doorbell or a Sanitize only
+    /// queues a [`Job`] for [`AccelDevice::take_jobs`]; the transport runs it (off
+    /// its lock) and posts the result with [`AccelDevice::complete_dma`] or
+    /// [`AccelDevice::complete_wipe`]. Without (the default), the device runs the
+    /// same job within the register write that started it, on its own device memory
+    /// and the guest memory passed to [`AccelDevice::bar_write`]: the synchronous path
+    /// that unit tests and fuzzers drive. Set it before the first access.
+    pub fn set_offload(&mut self, offload: bool) {
+        self.offload = offload;
+    }
+
+    /// Drain the jobs queued since the last call (only with offload).
+    pub fn take_jobs(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// The DMA doorbell was rung on an idle engine.
+    fn start_dma(&mut self, guest: &dyn GuestMemory) {
+        let regs = self.device_regs.as_ref();
+        let poisoned = |dpa: u64, len: u64| regs.is_some_and(|r| r.mailbox().is_poisoned(dpa, len));
+        let ctx = StartCtx {
+            mem_size: self.mem.size(),
+            bus_master: self.config.bus_master(),
+            poisoned: &poisoned,
+        };
+        let Some(job) = self.engine.start(ctx) else {
+            // Refused at once: its completion (ERROR) is already in STATUS.
+            if !self.engine.busy() {
+                self.dma_finished();
+            }
+            return;
+        };
+        if self.offload {
+            self.jobs.push(Job::Dma(job));
+            return;
         }
+        let result = job.run(self.mem.as_mut(), guest, &|| false);
+        self.complete_dma(job.id(), result);
+    }
+
+    /// Post the result of DMA job `id` (Ok, or a STATUS error code) and raise its
+    /// completion interrupt. Returns false, changing nothing, when `id` is not the
+    /// running transfer (a reset aborted it).
+    pub fn complete_dma(&mut self, id: u64, result: Result<(), u32>) -> bool {
+        if !self.engine.complete(id, result) {
+            return false;
+        }
+        self.dma_finished();
+        true
+    }
+
+    /// A transfer's completion is in STATUS: signal it if it asked for that.
+    fn dma_finished(&mut self) {
+        if self.engine.irq_enabled() {
+            self.raise_msix(layout::MSIX_VEC_DMA);
+        }
+        self.update_intx();
+    }
+
+    /// Wipe all of device memory, for Sanitize or a CXL Reset's Mem Clr. A wipe
+    /// already running (which cannot happen: each waits for its own) is aborted.
+    fn start_wipe(&mut self, purpose: WipePurpose) {
+        self.abort_wipe(|_| true);
+        let id = self.next_wipe_id;
+        self.next_wipe_id = self.next_wipe_id.wrapping_add(1);
+        let cancel = CancelFlag::new();
+        let job = WipeJob::new(id, self.mem.size(), cancel.clone());
+        self.wipe = Some(Wipe {
+            id,
+            cancel,
+            purpose,
+        });
+        if self.offload {
+            self.jobs.push(Job::Wipe(job));
+            return;
+        }
+        let result = job.run(self.mem.as_mut(), &|| false, &mut |_| {});
+        self.complete_wipe(id, result);
+    }
+
+    /// Abort the running wipe if `which` says so for its purpose: its job stops at
+    /// its next step, and its result is ignored.
+    fn abort_wipe(&mut self, which: impl Fn(WipePurpose) -> bool) {
+        if let Some(w) = self.wipe.take_if(|w| which(w.purpose)) {
+            log::info!("{:?}: the wipe of device memory is aborted", w.purpose);
+            w.cancel.cancel();
+            self.jobs.retain(|j| !j.is_cancelled());
+        }
+    }
+
+    /// Progress of wipe job `id`: `done` bytes zeroed (Sanitize's Percentage
+    /// Complete, CXL r3.1 §8.2.8.4.7). Ignored for a job that is not running.
+    pub fn wipe_progress(&mut self, id: u64, done: u64) {
+        let Some(w) = self.wipe.as_ref().filter(|w| w.id == id) else {
+            return;
+        };
+        if w.purpose != WipePurpose::Sanitize {
+            return;
+        }
+        let size = self.mem.size().max(1);
+        let percent = (u128::from(done.min(size)) * 100 / u128::from(size)) as u8;
+        if let Some(r) = self.device_regs.as_mut() {
+            r.mailbox_mut().sanitize_progress(percent);
+        }
+    }
+
+    /// Post the result of wipe job `id`. Sanitize completes with Success, or with
+    /// Internal Error when the wipe failed (then the poison list stays); a CXL Reset
+    /// ends with CXL Reset Complete, or Error when the wipe failed. Returns false,
+    /// changing nothing, when `id` is not the running wipe (a reset aborted it).
+    pub fn complete_wipe(&mut self, id: u64, result: Result<(), WipeError>) -> bool {
+        let Some(w) = self.wipe.take_if(|w| w.id == id) else {
+            log::debug!("stale completion of wipe {id} ignored");
+            return false;
+        };
+        if let Err(e) = &result {
+            log::error!("{:?}: wiping device memory failed: {e}", w.purpose);
+        }
+        match w.purpose {
+            WipePurpose::Sanitize => {
+                let rc = match result {
+                    Ok(()) => cxl_regs::mailbox::RC_SUCCESS,
+                    Err(_) => cxl_regs::mailbox::RC_INTERNAL_ERROR,
+                };
+                let now = self.now();
+                let ev = self
+                    .device_regs
+                    .as_mut()
+                    .and_then(|r| r.mailbox_mut().sanitize_wiped(rc, now));
+                if let Some(ev) = ev {
+                    self.handle_mailbox_event(ev);
+                }
+            }
+            WipePurpose::CxlResetMemClr => {
+                if self.cxl_reset.take_if(|f| f.clearing).is_some() {
+                    self.cxl_reset_done(result.is_ok());
+                }
+            }
+        }
+        true
     }
 
     // --- BARs -------------------------------------------------------------------
@@ -692,7 +870,8 @@ impl AccelDevice {
         }
     }
 
-    /// Write a BAR at any offset and width. `guest` is used by the DMA engine.
+    /// Write a BAR at any offset and width. `guest` is used by the DMA engine when it
+    /// runs a transfer in place (without offload, see [`AccelDevice::set_offload`]).
     pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8], guest: &dyn GuestMemory) {
         self.counters.bar_writes = self.counters.bar_writes.wrapping_add(1);
         if self.silenced(bar) {
@@ -738,26 +917,11 @@ impl AccelDevice {
                     }
                 });
                 if doorbell {
-                    self.run_dma(guest);
+                    self.start_dma(guest);
                 }
                 self.update_intx();
             }
             _ => {}
-        }
-    }
-
-    fn run_dma(&mut self, guest: &dyn GuestMemory) {
-        let regs = self.device_regs.as_ref();
-        let poisoned = |dpa: u64, len: u64| regs.is_some_and(|r| r.mailbox().is_poisoned(dpa, len));
-        let ctx = TransferCtx {
-            mem: self.mem.as_mut(),
-            guest,
-            bus_master: self.config.bus_master(),
-            poisoned: &poisoned,
-        };
-        let _ = self.engine.execute(ctx);
-        if self.engine.irq_enabled() && !self.raise_msix(layout::MSIX_VEC_DMA) {
-            self.update_intx();
         }
     }
 
@@ -869,6 +1033,7 @@ impl AccelDevice {
             ResetKind::Conventional => {
                 if self.cxl_reset.take().is_some() {
                     log::info!("conventional reset ends the CXL Reset under way");
+                    self.abort_wipe(|p| p == WipePurpose::CxlResetMemClr);
                 }
                 self.apply_reset(kind);
                 self.firmware.on_reset();
@@ -889,11 +1054,17 @@ impl AccelDevice {
         // HdmDecoders, HdmGlobalControl, Sticky (RAS).
         self.component.reset(kind);
         if resets(RegisterClass::DmaEngine) {
-            // The engine's reset also stops a transfer under way.
+            // The engine's reset also stops a transfer under way (its job's cancel
+            // flag), and its job, if not handed out yet, is dropped.
             self.engine.reset();
+            self.jobs.retain(|j| !j.is_cancelled());
         }
         if resets(RegisterClass::MsixTable) {
             self.msix.reset();
+        }
+        if resets(RegisterClass::MailboxRegisters) {
+            // The mailbox's reset aborts Sanitize, so its wipe stops too.
+            self.abort_wipe(|p| p == WipePurpose::Sanitize);
         }
         if let Some(r) = self.device_regs.as_mut() {
             if resets(RegisterClass::MailboxRegisters) {
@@ -929,20 +1100,33 @@ impl AccelDevice {
             deadline_ns: self.now().saturating_add(ns),
             ok,
             mem_clr,
+            clearing: false,
         });
         self.poll();
     }
 
-    /// End the CXL Reset: device memory zeroed if Mem Clr was asked for and the
-    /// reset succeeds, then CXL Reset Complete or Error.
+    /// The CXL Reset's time is up: if Mem Clr was asked for and the reset succeeds,
+    /// device memory is wiped first (a wipe job; the reset stays under way until it
+    /// ends, see [`AccelDevice::complete_wipe`]); then CXL Reset Complete or Error.
     fn finish_cxl_reset(&mut self, flow: CxlResetFlow) {
         let clears = reset::effect(RegisterClass::DeviceMemory, ResetKind::CxlReset)
             == Effect::ClearedOnRequest;
         if flow.ok && flow.mem_clr && clears {
-            self.zero_memory("CXL Reset Mem Clr");
+            self.cxl_reset = Some(CxlResetFlow {
+                clearing: true,
+                ..flow
+            });
+            self.start_wipe(WipePurpose::CxlResetMemClr);
+            return;
         }
-        self.config.set_cxl_reset_done(flow.ok);
-        log::info!("CXL Reset {}", if flow.ok { "complete" } else { "failed" });
+        self.cxl_reset = None;
+        self.cxl_reset_done(flow.ok);
+    }
+
+    /// Status2: CXL Reset Complete, or Error.
+    fn cxl_reset_done(&mut self, ok: bool) {
+        self.config.set_cxl_reset_done(ok);
+        log::info!("CXL Reset {}", if ok { "complete" } else { "failed" });
     }
 
     /// Whether a CXL Reset is under way.
@@ -957,8 +1141,10 @@ impl AccelDevice {
             return;
         }
         let now = self.now();
-        if let Some(flow) = self.cxl_reset.filter(|f| f.deadline_ns <= now) {
-            self.cxl_reset = None;
+        if let Some(flow) = self
+            .cxl_reset
+            .filter(|f| !f.clearing && f.deadline_ns <= now)
+        {
             self.finish_cxl_reset(flow);
         }
         self.component.poll(now);
@@ -992,7 +1178,10 @@ impl AccelDevice {
         [
             self.component.next_deadline(),
             mb,
-            self.cxl_reset.map(|f| f.deadline_ns),
+            // A reset whose Mem Clr wipe runs ends with the wipe, not by time.
+            self.cxl_reset
+                .filter(|f| !f.clearing)
+                .map(|f| f.deadline_ns),
         ]
         .into_iter()
         .flatten()
@@ -1084,6 +1273,11 @@ impl AccelDevice {
             mem_enable: self.config.mem_enable(),
             dma_completions: es.completions,
             dma_errors: es.errors,
+            dma_busy: self.engine.busy(),
+            dma_ignored_doorbells: es.ignored_doorbells,
+            dma_ignored_writes: es.ignored_writes,
+            dma_aborted: es.aborted,
+            dma_stale_completions: es.stale_completions,
             config_reads: self.counters.config_reads,
             config_writes: self.counters.config_writes,
             bar_reads: self.counters.bar_reads,

@@ -75,7 +75,10 @@ fn named_constants_sit_at_the_spec_positions() {
         (ras::UE_MEM_BE_PARITY, ue("Mem_BE_Parity")),
         (ras::UE_MEM_DATA_ECC, ue("Mem_Data_ECC")),
         (ras::UE_REINIT_THRESHOLD, ue("REINIT_Threshold")),
-        (ras::UE_RSVD_ENCODING_VIOLATION, ue("Rsvd_Encoding_Violation")),
+        (
+            ras::UE_RSVD_ENCODING_VIOLATION,
+            ue("Rsvd_Encoding_Violation"),
+        ),
         (ras::UE_POISON_RECEIVED, ue("Poison_Received")),
         (ras::UE_RECEIVER_OVERFLOW, ue("Receiver_Overflow")),
         (ras::UE_INTERNAL_ERROR, ue("Internal_Error")),
@@ -153,10 +156,7 @@ fn every_spec_bit_and_no_other_through_bar0() {
             defined,
             "correctable bit {bit}"
         );
-        assert_eq!(
-            ras_r(&mut d, CE_STATUS),
-            if defined { 1 << bit } else { 0 }
-        );
+        assert_eq!(ras_r(&mut d, CE_STATUS), if defined { 1 << bit } else { 0 });
     }
     // Mask and severity hold exactly the defined bits.
     let (mut d, _) = device(small_config());

@@ -68,6 +68,21 @@ pub const MSIX_VEC_DMA: u16 = 2;
 pub const MSIX_VEC_SPARE: u16 = 3;
 
 /// DMA engine registers, offsets in BAR4 (the accelerator's own, not spec-defined).
+///
+/// Programming model: write SRC, DST, LEN and CONTROL, then 1 to DOORBELL. The
+/// doorbell latches the four registers and STATUS reads BUSY while the transfer
+/// runs; the doorbell write itself returns at once. The transfer ends with DONE or
+/// ERROR (and an error code) in STATUS, and with the DMA MSI-X vector (or INTx when
+/// MSI-X is off) if the latched CONTROL had IRQ_ENABLE.
+///
+/// While BUSY:
+/// - a doorbell is ignored (the running transfer goes on; none is queued), and the
+///   backend counts it (`dma_ignored_doorbells` in the control socket's `status`);
+/// - writes to SRC, DST, LEN and CONTROL are ignored (and counted per dword,
+///   `dma_ignored_writes`): the registers read back the transfer in progress;
+/// - a reset of the function (conventional reset or FLR) aborts the transfer: it
+///   stops at its next 64 KiB step, the registers read 0, and no completion or
+///   interrupt follows.
 pub mod engine {
     /// RO: `b"CXLA"` little-endian.
     pub const ID: u64 = 0x00;
@@ -75,21 +90,25 @@ pub mod engine {
     /// RO: engine interface version.
     pub const VERSION: u64 = 0x04;
     pub const VERSION_VALUE: u32 = 1;
-    /// RW 64-bit: source address (a guest physical address, or a DPA).
+    /// RW 64-bit (ignored while BUSY): source address (a guest physical address, or
+    /// a DPA).
     pub const SRC: u64 = 0x08;
-    /// RW 64-bit: destination address.
+    /// RW 64-bit (ignored while BUSY): destination address.
     pub const DST: u64 = 0x10;
-    /// RW 64-bit: length in bytes.
+    /// RW 64-bit (ignored while BUSY): length in bytes.
     pub const LEN: u64 = 0x18;
-    /// RW: control.
+    /// RW (ignored while BUSY): control.
     pub const CONTROL: u64 = 0x20;
     /// CONTROL bit 0: direction, 0 = guest RAM -> device memory, 1 = device -> guest.
     pub const CONTROL_DIR_TO_GUEST: u32 = 1 << 0;
-    /// CONTROL bit 1: raise the DMA MSI-X vector on completion.
+    /// CONTROL bit 1: raise the DMA MSI-X vector on completion (or assert INTx while
+    /// that completion is in STATUS, when MSI-X is off).
     pub const CONTROL_IRQ_ENABLE: u32 = 1 << 1;
-    /// WO: writing 1 to bit 0 starts a transfer. Reads 0.
+    /// WO: writing 1 to bit 0 starts a transfer (ignored while BUSY). Reads 0.
     pub const DOORBELL: u64 = 0x24;
-    /// Status: bit 0 busy (RO), bit 1 done (RW1C), bit 2 error (RW1C), error code [15:8] (RO).
+    /// Status: bit 0 busy (RO: a transfer runs), bit 1 done (RW1C), bit 2 error
+    /// (RW1C), error code \[15:8\] (RO, cleared with the error bit). A doorbell
+    /// replaces DONE/ERROR of the previous transfer with BUSY.
     pub const STATUS: u64 = 0x28;
     pub const STATUS_BUSY: u32 = 1 << 0;
     pub const STATUS_DONE: u32 = 1 << 1;
@@ -107,6 +126,9 @@ pub mod engine {
     /// The device-memory source range holds poison: the transfer stops before any
     /// poisoned data reaches guest RAM.
     pub const ERR_POISON: u32 = 5;
+    /// The transfer was abandoned part-way by the backend (it could not run it, or
+    /// it is shutting down); the bytes before that point have been copied.
+    pub const ERR_ABORTED: u32 = 6;
     /// RO: number of completed transfers (wraps).
     pub const COMPLETIONS: u64 = 0x2c;
     /// Largest single transfer.

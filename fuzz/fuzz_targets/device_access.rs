@@ -5,7 +5,7 @@
 //! reads and writes at any width and offset, with helpers that reach deep states
 //! quickly (decoder programming and commit, mailbox commands, DMA transfers,
 //! MSI-X and bus-master toggles), time advancing on a fake clock, polls, resets,
-//! FLRs, CXL Resets and fault injection. Device memory is a `VecMemory`; guest RAM is a fake
+//! FLRs, CXL Resets and fault injection. Device memory is a sparse fake; guest RAM is a fake
 //! with a few mapped ranges that records every access; firmware is one of the
 //! shipped models or one driven by the input (commit decisions, vendor commands,
 //! power-on decoders).
@@ -40,7 +40,7 @@ use std::sync::Arc;
 use accel_type2::config_space::{DVSEC_DEVICE as DVSEC, EXP_CAP, MSIX_CAP};
 use accel_type2::{
     AccelConfig, AccelDevice, CommitDecision, CxlResetDecision, DeviceMemory, EventLog,
-    EventRecord, Firmware, FlitMode, GuestMemory, Interrupt, MemLsa, MemoryError, VecMemory,
+    EventRecord, Firmware, FlitMode, GuestMemory, Interrupt, MemLsa, MemoryError,
 };
 use arbitrary::Arbitrary;
 use cxl_accel_fuzz::{hook_rc, spec_rc, stats, FakeClock, Rng};
@@ -270,28 +270,81 @@ enum Op {
 
 // ---- test doubles ----------------------------------------------------------------
 
-/// Device memory: a `VecMemory`, with a whole-memory zero (Sanitize) done by
-/// replacing the buffer instead of writing 256 MiB of zeros.
-struct FuzzMem(VecMemory);
+/// Device memory, sparse: 4 KiB pages allocated on first write, absent pages read
+/// zero, and a zero over whole pages (Sanitize's wipe, in 64 MiB steps) drops them
+/// instead of writing 256 MiB of zeros.
+struct FuzzMem {
+    size: u64,
+    pages: std::collections::BTreeMap<u64, Box<[u8; MEM_PAGE]>>,
+}
+
+const MEM_PAGE: usize = 4096;
+
+impl FuzzMem {
+    fn new(size: u64) -> Self {
+        Self {
+            size,
+            pages: Default::default(),
+        }
+    }
+    fn check(&self, dpa: u64, len: usize) -> Result<(), MemoryError> {
+        match dpa.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(MemoryError::Unmapped {
+                addr: dpa,
+                len: len as u64,
+            }),
+        }
+    }
+    /// Call `f(page, offset in page, range of the buffer)` for each page piece.
+    fn pieces(dpa: u64, len: usize, mut f: impl FnMut(u64, usize, std::ops::Range<usize>)) {
+        let mut done = 0usize;
+        while done < len {
+            let at = dpa + done as u64;
+            let off = (at % MEM_PAGE as u64) as usize;
+            let n = (MEM_PAGE - off).min(len - done);
+            f(at / MEM_PAGE as u64, off, done..done + n);
+            done += n;
+        }
+    }
+}
 
 impl DeviceMemory for FuzzMem {
     fn size(&self) -> u64 {
-        self.0.size()
+        self.size
     }
     fn read(&self, dpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.0.read(dpa, buf)
+        self.check(dpa, buf.len())?;
+        Self::pieces(dpa, buf.len(), |p, off, r| {
+            let n = r.len();
+            match self.pages.get(&p) {
+                Some(page) => buf[r].copy_from_slice(&page[off..off + n]),
+                None => buf[r].fill(0),
+            }
+        });
+        Ok(())
     }
     fn write(&mut self, dpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.0.write(dpa, data)
+        self.check(dpa, data.len())?;
+        let pages = &mut self.pages;
+        Self::pieces(dpa, data.len(), |p, off, r| {
+            let n = r.len();
+            let page = pages.entry(p).or_insert_with(|| Box::new([0; MEM_PAGE]));
+            page[off..off + n].copy_from_slice(&data[r]);
+        });
+        Ok(())
     }
     fn zero(&mut self, dpa: u64, len: u64) -> Result<(), MemoryError> {
-        if dpa == 0 && len == self.size() {
-            self.0 = VecMemory::new(self.0 .0.len());
-            return Ok(());
-        }
-        let end = dpa.checked_add(len).filter(|&e| e <= self.size());
-        let end = end.ok_or(MemoryError::Unmapped { addr: dpa, len })?;
-        self.0 .0[dpa as usize..end as usize].fill(0);
+        let n = usize::try_from(len).map_err(|_| MemoryError::Unmapped { addr: dpa, len })?;
+        self.check(dpa, n)?;
+        let pages = &mut self.pages;
+        Self::pieces(dpa, n, |p, off, r| {
+            if r.len() == MEM_PAGE {
+                pages.remove(&p);
+            } else if let Some(page) = pages.get_mut(&p) {
+                page[off..off + r.len()].fill(0);
+            }
+        });
         Ok(())
     }
 }
@@ -815,7 +868,7 @@ fuzz_target!(|input: Input| {
     let clock = Arc::new(FakeClock::new(0));
     let dev = AccelDevice::new(
         cfg.clone(),
-        Box::new(FuzzMem(VecMemory::new(MEM_SIZE as usize))),
+        Box::new(FuzzMem::new(MEM_SIZE)),
         Box::new(MemLsa(vec![0; cfg.lsa_size])),
         firmware(input.firmware),
         clock.clone(),

@@ -398,7 +398,7 @@ impl Mailbox {
             mb::OP_INJECT_POISON => self.inject_poison_cmd(input, now_ns),
             mb::OP_CLEAR_POISON => self.clear_poison_cmd(input, now_ns, hooks),
             mb::OP_SANITIZE => {
-                self.start_background(opcode, now_ns, self.cfg.sanitize_duration_ns);
+                self.start_background(opcode, now_ns, self.cfg.sanitize_duration_ns, true);
                 Ok(Done::BackgroundStarted)
             }
             _ => Err(CmdError::Unsupported),

@@ -12,13 +12,18 @@
 //! - A write that sets the Control doorbell runs the command synchronously, inside
 //!   that write: when it returns, the doorbell already reads 0, Status[47:32] holds
 //!   the return code and Command[36:16] the output length (§8.2.8.4.4..6).
-//! - Sanitize (0x4400) is a background command: it returns Background Command
-//!   Started, Status bit 0 and the Background Command Status register show it
-//!   running, and its percentage grows with `now_ns`. It completes only in
-//!   [`Mailbox::poll`] (not lazily in `read`), because the device model must wipe
-//!   device memory on [`MailboxEvent::SanitizeComplete`] before the guest may see
-//!   the completion. Call `poll` whenever [`Mailbox::next_deadline`] passes, and
-//!   before serving mailbox reads; until then a read shows at most 99 %.
+//! - Sanitize (0x4400, §8.2.9.9.5.1) is a background command: it returns Background
+//!   Command Started, and Status bit 0 and the Background Command Status register
+//!   (§8.2.8.4.7) show it running. The doorbell write hands
+//!   [`MailboxEvent::SanitizeStarted`] to the device model, which wipes device
+//!   memory (on a worker, if it likes) and reports its progress
+//!   ([`Mailbox::sanitize_progress`]) and its end ([`Mailbox::sanitize_wiped`]). The
+//!   command completes once the wipe has ended and at least
+//!   `sanitize_duration_ns` has passed; its percentage is the smaller of the wipe's
+//!   progress and the elapsed share of that duration, at most 99 until it
+//!   completes. Completion happens only in [`Mailbox::poll`] or
+//!   [`Mailbox::sanitize_wiped`] (not lazily in `read`): call `poll` whenever
+//!   [`Mailbox::next_deadline`] passes, and before serving mailbox reads.
 //!
 //! Payload storage: the payload registers live behind [`PayloadBuf`], a `Vec<u8>` by
 //! default. A transport can swap in memory the guest maps directly
@@ -91,7 +96,8 @@ pub struct MailboxConfig {
     pub irq_msgnum: u16,
     /// Running firmware revision (Identify, Get FW Info slot 1), up to 16 bytes.
     pub fw_revision: String,
-    /// Simulated duration of Sanitize, in nanoseconds.
+    /// Shortest duration of Sanitize, in nanoseconds: it completes when the device
+    /// model's wipe has ended and this much time has passed.
     pub sanitize_duration_ns: u64,
     /// Records each event log holds before it overflows (Identify event log sizes).
     pub event_log_capacity: u16,
@@ -132,10 +138,11 @@ pub enum MailboxEvent {
     /// A new event record was added and its log's interrupt policy is MSI/MSI-X:
     /// raise the event vector (`event_irq_msgnum`).
     EventAdded,
-    /// Sanitize completed (§8.2.9.9.5.1): the device model must zero all device
-    /// memory now (the mailbox already dropped its poison list). If `interrupt`,
-    /// also raise the mailbox vector as for [`MailboxEvent::BackgroundComplete`].
-    SanitizeComplete { interrupt: bool },
+    /// Sanitize started (§8.2.9.9.5.1): the device model must wipe all of device
+    /// memory and report the end with [`Mailbox::sanitize_wiped`]; until then the
+    /// command stays in progress. Its completion comes later, as
+    /// [`MailboxEvent::BackgroundComplete`] when the interrupt is enabled.
+    SanitizeStarted,
 }
 
 /// Health values reported by Get Health Info (CXL r3.1 §8.2.9.9.3.1). Settable for
@@ -188,7 +195,26 @@ pub struct MailboxStats {
 struct BgOp {
     opcode: u16,
     start_ns: u64,
+    /// It completes no earlier than this.
     end_ns: u64,
+    /// Work the device model does for it (Sanitize's wipe), if any.
+    media: Option<MediaWork>,
+}
+
+/// The device model's share of a background operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaWork {
+    /// Running, this far (percent).
+    Running(u8),
+    /// Ended with this return code.
+    Done(u16),
+}
+
+impl BgOp {
+    /// Whether the operation waits for the device model, whatever the time.
+    fn waiting_for_media(&self) -> bool {
+        matches!(self.media, Some(MediaWork::Running(_)))
+    }
 }
 
 /// Background Command Status contents once the last operation finished.
@@ -338,14 +364,19 @@ impl Mailbox {
         bg | (u64::from(self.last_rc) << mb::STATUS_RC_SHIFT)
     }
 
-    /// Background Command Status register (§8.2.8.4.7) at `now_ns`.
+    /// Background Command Status register (§8.2.8.4.7) at `now_ns`: while the
+    /// operation runs, Percentage Complete is the smaller of the elapsed share of
+    /// its duration and the device model's progress, at most 99.
     fn bg_status(&self, now_ns: u64) -> u64 {
         let (opcode, percent, rc) = match self.bg {
             Some(op) => {
                 let total = op.end_ns.saturating_sub(op.start_ns).max(1);
                 let done = now_ns.saturating_sub(op.start_ns);
-                let pct = (u128::from(done) * 100 / u128::from(total)).min(99);
-                (op.opcode, pct as u64, 0)
+                let mut pct = (u128::from(done) * 100 / u128::from(total)).min(99) as u64;
+                if let Some(MediaWork::Running(p)) = op.media {
+                    pct = pct.min(u64::from(p));
+                }
+                (op.opcode, pct, 0)
             }
             None => (
                 self.bg_done.opcode,
@@ -403,7 +434,9 @@ impl Mailbox {
                 // `__cxl_pci_mbox_send_cmd` does, also disables the interrupt.
                 self.control = merge(self.control) & mb::CTRL_BG_IRQ;
                 if value & mask & mb::CTRL_DOORBELL != 0 {
-                    self.ring_doorbell(now_ns, hooks);
+                    if self.ring_doorbell(now_ns, hooks) {
+                        return Some(MailboxEvent::SanitizeStarted);
+                    }
                     return self.poll(now_ns);
                 }
             }
@@ -428,8 +461,9 @@ impl Mailbox {
         None
     }
 
-    /// Execute the command in the Command register (§8.2.8.4.4, Doorbell).
-    fn ring_doorbell(&mut self, now_ns: u64, hooks: &mut dyn VendorHooks) {
+    /// Execute the command in the Command register (§8.2.8.4.4, Doorbell). Returns
+    /// true when it started Sanitize (the device model's wipe is due).
+    fn ring_doorbell(&mut self, now_ns: u64, hooks: &mut dyn VendorHooks) -> bool {
         let opcode = (self.command & mb::CMD_OPCODE_MASK) as u16;
         let len = ((self.command & mb::CMD_LEN_MASK) >> mb::CMD_LEN_SHIFT) as usize;
         let (rc, out_len) = self.execute(opcode, len, now_ns, hooks);
@@ -441,14 +475,17 @@ impl Mailbox {
         self.last_rc = rc;
         let out_len = (out_len as u64).min(u64::from(mb::CMD_LEN_MAX));
         self.command = u64::from(opcode) | ((out_len << mb::CMD_LEN_SHIFT) & mb::CMD_LEN_MASK);
+        rc == mb::RC_BACKGROUND_STARTED && opcode == mb::OP_SANITIZE
     }
 
-    /// Start a background operation lasting `duration_ns`.
-    fn start_background(&mut self, opcode: u16, now_ns: u64, duration_ns: u64) {
+    /// Start a background operation lasting at least `duration_ns`, and as long as
+    /// the device model's share of it when `media` (Sanitize's wipe).
+    fn start_background(&mut self, opcode: u16, now_ns: u64, duration_ns: u64, media: bool) {
         self.bg = Some(BgOp {
             opcode,
             start_ns: now_ns,
             end_ns: now_ns.saturating_add(duration_ns),
+            media: media.then_some(MediaWork::Running(0)),
         });
         self.stats.background_started = self.stats.background_started.wrapping_add(1);
     }
@@ -457,33 +494,71 @@ impl Mailbox {
     pub fn poll(&mut self, now_ns: u64) -> Option<MailboxEvent> {
         self.now_ns = self.now_ns.max(now_ns);
         let op = self.bg?;
-        if now_ns < op.end_ns {
+        if now_ns < op.end_ns || op.waiting_for_media() {
             return None;
         }
+        let rc = match op.media {
+            Some(MediaWork::Done(rc)) => rc,
+            _ => mb::RC_SUCCESS,
+        };
         self.bg = None;
         self.bg_done = BgDone {
             opcode: op.opcode,
-            rc: mb::RC_SUCCESS,
+            rc,
             percent: 100,
         };
         self.stats.background_completed = self.stats.background_completed.wrapping_add(1);
-        let interrupt = self.bg_irq_enabled();
-        if op.opcode == mb::OP_SANITIZE {
+        if op.opcode == mb::OP_SANITIZE && rc == mb::RC_SUCCESS {
+            // The media holds no data any more, hence no poison.
             self.poison.clear_all();
-            return Some(MailboxEvent::SanitizeComplete { interrupt });
         }
-        interrupt.then_some(MailboxEvent::BackgroundComplete)
+        self.bg_irq_enabled()
+            .then_some(MailboxEvent::BackgroundComplete)
     }
 
-    /// When `poll` next has something to do, if anything.
+    /// When `poll` next has something to do, if anything. A background operation
+    /// that waits for the device model's wipe has no deadline:
+    /// [`Mailbox::sanitize_wiped`] moves it on.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.bg.map(|op| op.end_ns)
+        self.bg
+            .filter(|op| !op.waiting_for_media())
+            .map(|op| op.end_ns)
+    }
+
+    /// The device model's wipe for a running Sanitize is `percent` done (0..=100).
+    /// Ignored when no Sanitize waits for its wipe.
+    pub fn sanitize_progress(&mut self, percent: u8) {
+        if let Some(op) = self.bg.as_mut() {
+            if let Some(MediaWork::Running(p)) = op.media.as_mut() {
+                *p = percent.min(100);
+            }
+        }
+    }
+
+    /// The device model's wipe for the running Sanitize ended with return code `rc`
+    /// (Success, or the code the command completes with: Internal Error, Media
+    /// Disabled, ...). The command then completes at once if its duration has
+    /// passed, or at its deadline. Ignored (None) when no Sanitize waits for its
+    /// wipe, as after a reset aborted it.
+    pub fn sanitize_wiped(&mut self, rc: u16, now_ns: u64) -> Option<MailboxEvent> {
+        let op = self.bg.as_mut()?;
+        if !op.waiting_for_media() {
+            return None;
+        }
+        op.media = Some(MediaWork::Done(rc));
+        self.poll(now_ns)
+    }
+
+    /// Whether a Sanitize waits for the device model's wipe.
+    pub fn sanitize_wiping(&self) -> bool {
+        self.bg.is_some_and(|op| op.waiting_for_media())
     }
 
     /// Reset of the mailbox interface, which conventional reset, FLR and CXL Reset
     /// all do (the device model's reset table). Mailbox registers return to their
-    /// power-on values, a running background operation is aborted (its Sanitize never
-    /// completes, so the media is not wiped), a partial firmware transfer is dropped
+    /// power-on values, a running background operation is aborted (a Sanitize never
+    /// completes: the device model stops its wipe, which may have cleared part of
+    /// the media, and the poison list stays), a partial firmware transfer is dropped
     /// and the event interrupt policy returns to "none" for the driver to program
     /// again. What a real device keeps in its own storage survives: LSA, event
     /// records, poison list, firmware slots and the timestamp.

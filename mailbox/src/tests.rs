@@ -1112,6 +1112,14 @@ fn bg_status(m: &mut Mailbox, now: u64) -> (u16, u8, u16) {
     )
 }
 
+/// Ring the doorbell for Sanitize at `now`; returns the event of the write.
+fn start_sanitize(m: &mut Mailbox, h: &mut dyn VendorHooks, now: u64) -> Option<MailboxEvent> {
+    m.write(mb::COMMAND, u32::from(mb::OP_SANITIZE), !0, now, h);
+    m.write(mb::COMMAND + 4, 0, !0, now, h);
+    let ctrl = m.read(mb::CONTROL, now);
+    m.write(mb::CONTROL, ctrl | mb::CTRL_DOORBELL, !0, now, h)
+}
+
 #[test]
 fn sanitize_progress_busy_completion_irq() {
     let mut m = mbx();
@@ -1120,11 +1128,23 @@ fn sanitize_progress_busy_completion_irq() {
     m.write(mb::CONTROL, mb::CTRL_BG_IRQ, !0, 0, &mut h);
     let t0 = 1_000 * NS_MS;
     assert_eq!(
-        run_at(&mut m, &mut h, mb::OP_SANITIZE, &[], t0).0,
-        mb::RC_BACKGROUND_STARTED
+        start_sanitize(&mut m, &mut h, t0),
+        Some(MailboxEvent::SanitizeStarted),
+        "the doorbell hands the wipe to the device model"
+    );
+    assert_eq!(
+        m.read(mb::STATUS + 4, t0) & 0xffff,
+        u32::from(mb::RC_BACKGROUND_STARTED)
     );
     assert_eq!(m.read(mb::STATUS, t0) & 1, 1);
-    assert_eq!(m.next_deadline(), Some(t0 + 200 * NS_MS));
+    assert!(m.sanitize_wiping());
+    // No deadline while the wipe runs: its end moves the command on.
+    assert_eq!(m.next_deadline(), None);
+    // Percentage: the smaller of the time share (50 of 200 ms: 25) and the wipe's.
+    assert_eq!(bg_status(&mut m, t0 + 50 * NS_MS), (mb::OP_SANITIZE, 0, 0));
+    m.sanitize_progress(10);
+    assert_eq!(bg_status(&mut m, t0 + 50 * NS_MS), (mb::OP_SANITIZE, 10, 0));
+    m.sanitize_progress(60);
     assert_eq!(bg_status(&mut m, t0 + 50 * NS_MS), (mb::OP_SANITIZE, 25, 0));
     // Other commands: media/config ones are Busy, status ones still run.
     assert_eq!(
@@ -1149,12 +1169,26 @@ fn sanitize_progress_busy_completion_irq() {
     assert_eq!(m.stats().busy, 2);
     // Status bit 0 stays set while running even though other commands completed.
     assert_eq!(m.read(mb::STATUS, t0 + NS_MS) & 1, 1);
+    // The time is up but the wipe is not: still running, at most the wipe's share.
+    assert_eq!(m.poll(t0 + 300 * NS_MS), None);
+    assert_eq!(
+        bg_status(&mut m, t0 + 300 * NS_MS),
+        (mb::OP_SANITIZE, 60, 0)
+    );
+    m.sanitize_progress(100);
+    assert_eq!(
+        bg_status(&mut m, t0 + 300 * NS_MS).1,
+        99,
+        "never 100 while running"
+    );
+    // The wipe ends before the shortest duration: completion waits for the deadline.
+    assert_eq!(m.sanitize_wiped(mb::RC_SUCCESS, t0 + 150 * NS_MS), None);
+    assert!(!m.sanitize_wiping());
+    assert_eq!(m.next_deadline(), Some(t0 + 200 * NS_MS));
     assert_eq!(m.poll(t0 + 199 * NS_MS), None);
-    // Past the deadline but not yet polled: at most 99 %.
-    assert_eq!(bg_status(&mut m, t0 + 300 * NS_MS).1, 99);
     assert_eq!(
         m.poll(t0 + 200 * NS_MS),
-        Some(MailboxEvent::SanitizeComplete { interrupt: true })
+        Some(MailboxEvent::BackgroundComplete)
     );
     assert_eq!(
         bg_status(&mut m, t0 + 201 * NS_MS),
@@ -1165,6 +1199,12 @@ fn sanitize_progress_busy_completion_irq() {
     assert_eq!(m.next_deadline(), None);
     assert_eq!(m.poll(t0 + 400 * NS_MS), None);
     assert_eq!(m.stats().background_completed, 1);
+    // A late or second report changes nothing.
+    assert_eq!(
+        m.sanitize_wiped(mb::RC_INTERNAL_ERROR, t0 + 500 * NS_MS),
+        None
+    );
+    assert_eq!(bg_status(&mut m, t0 + 501 * NS_MS).2, mb::RC_SUCCESS);
     assert_eq!(
         rc(&mut m, mb::OP_SANITIZE, &[0]),
         mb::RC_INVALID_PAYLOAD_LENGTH
@@ -1172,17 +1212,36 @@ fn sanitize_progress_busy_completion_irq() {
 }
 
 #[test]
-fn sanitize_without_irq_still_reports_completion() {
+fn sanitize_without_irq_completes_silently() {
     let mut m = mbx();
     run(&mut m, mb::OP_SANITIZE, &[]);
-    assert_eq!(
-        m.poll(u64::MAX),
-        Some(MailboxEvent::SanitizeComplete { interrupt: false })
-    );
+    assert_eq!(m.poll(u64::MAX), None, "the wipe has not ended");
+    assert!(m.background_busy());
+    assert_eq!(m.sanitize_wiped(mb::RC_SUCCESS, u64::MAX), None);
+    assert!(!m.background_busy());
+    assert_eq!(m.stats().background_completed, 1);
 }
 
 #[test]
-fn zero_duration_sanitize_completes_within_the_write() {
+fn a_failed_wipe_fails_the_sanitize_and_keeps_the_poison() {
+    let mut m = mbx();
+    let mut h = Hooks::default();
+    m.inject_poison(0x1000, 64).unwrap();
+    m.write(mb::CONTROL, mb::CTRL_BG_IRQ, !0, 0, &mut h);
+    start_sanitize(&mut m, &mut h, 0);
+    assert_eq!(
+        m.sanitize_wiped(mb::RC_INTERNAL_ERROR, 300 * NS_MS),
+        Some(MailboxEvent::BackgroundComplete)
+    );
+    assert_eq!(
+        bg_status(&mut m, 300 * NS_MS),
+        (mb::OP_SANITIZE, 100, mb::RC_INTERNAL_ERROR)
+    );
+    assert_eq!(m.poison_list(), vec![(0x1000, 64)]);
+}
+
+#[test]
+fn zero_duration_sanitize_completes_with_its_wipe() {
     let mut m = Mailbox::new(
         MailboxConfig {
             sanitize_duration_ns: 0,
@@ -1191,17 +1250,21 @@ fn zero_duration_sanitize_completes_within_the_write() {
         Box::new(MemLsa(vec![])),
     );
     let mut h = Hooks::default();
-    m.write(mb::COMMAND, u32::from(mb::OP_SANITIZE), !0, 5, &mut h);
-    let ev = m.write(mb::CONTROL, mb::CTRL_DOORBELL, !0, 5, &mut h);
     assert_eq!(
-        ev,
-        Some(MailboxEvent::SanitizeComplete { interrupt: false })
+        start_sanitize(&mut m, &mut h, 5),
+        Some(MailboxEvent::SanitizeStarted)
     );
     assert_eq!(
         m.read(mb::STATUS + 4, 5),
         u32::from(mb::RC_BACKGROUND_STARTED)
     );
+    assert_eq!(
+        m.sanitize_wiped(mb::RC_SUCCESS, 5),
+        None,
+        "no interrupt asked"
+    );
     assert_eq!(bg_status(&mut m, 5), (mb::OP_SANITIZE, 100, 0));
+    assert_eq!(m.read(mb::STATUS, 5) & 1, 0);
 }
 
 #[test]
@@ -1218,6 +1281,11 @@ fn reset_aborts_background_and_keeps_storage() {
     m.reset();
     assert_eq!(m.next_deadline(), None);
     assert_eq!(m.poll(u64::MAX), None, "aborted sanitize never completes");
+    assert_eq!(
+        m.sanitize_wiped(mb::RC_SUCCESS, u64::MAX),
+        None,
+        "nor does the end of its wipe complete it"
+    );
     assert_eq!(m.read(mb::STATUS, 0), 0);
     assert_eq!(m.read(mb::CONTROL, 0), 0);
     assert_eq!(m.read(mb::BG_CMD_STATUS, 0), 0);
