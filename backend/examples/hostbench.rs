@@ -6,9 +6,12 @@
 //! hostbench daemon --backend PATH [--runs N]
 //!                                         backend startup (spawn to socket ready), idle RSS
 //!                                         at 512 MiB and 64 GiB of device memory
-//! hostbench client --backend PATH [--iters N]
+//! hostbench client --backend PATH [--iters N] [--dma-mib N] [--dma-runs N]
 //!                                         REGION_READ/WRITE round trips to a backend from
-//!                                         this process (no QEMU): the backend's own share
+//!                                         this process (no QEMU): the backend's own share;
+//!                                         then the same read while the DMA engine copies
+//!                                         N MiB (default 1024), against the read with the
+//!                                         engine idle (target: at most 2x)
 //! hostbench rss --pid PID                 RSS of a running backend, and how much of
 //!                                         its device-memory memfd is allocated
 //! hostbench report --dir DIR              DIR/{console.log,host.json,ready.txt,
@@ -28,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -308,13 +311,27 @@ fn daemon(args: &[String]) -> Res<()> {
 // --- a vfio-user client of our own ------------------------------------------------------
 
 const CMD_VERSION: u16 = 1;
+const CMD_DMA_MAP: u16 = 2;
 const CMD_REGION_READ: u16 = 9;
 const CMD_REGION_WRITE: u16 = 10;
 
 /// Send one command and read its reply into `reply` (header included); returns the
 /// reply's length.
 fn transact(s: &mut UnixStream, id: u16, cmd: u16, body: &[u8], reply: &mut Vec<u8>) -> Res<usize> {
+    transact_fd(s, id, cmd, body, reply, None)
+}
+
+/// [`transact`], passing `fd` with the message (SCM_RIGHTS) when given.
+fn transact_fd(
+    s: &mut UnixStream,
+    id: u16,
+    cmd: u16,
+    body: &[u8],
+    reply: &mut Vec<u8>,
+    fd: Option<RawFd>,
+) -> Res<usize> {
     use std::io::Read;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
     let mut msg = Vec::with_capacity(16 + body.len());
     msg.extend_from_slice(&id.to_le_bytes());
     msg.extend_from_slice(&cmd.to_le_bytes());
@@ -322,7 +339,17 @@ fn transact(s: &mut UnixStream, id: u16, cmd: u16, body: &[u8], reply: &mut Vec<
     msg.extend_from_slice(&0u32.to_le_bytes());
     msg.extend_from_slice(&0u32.to_le_bytes());
     msg.extend_from_slice(body);
-    s.write_all(&msg).map_err(|e| format!("send: {e}"))?;
+    match fd {
+        None => s.write_all(&msg).map_err(|e| format!("send: {e}"))?,
+        Some(fd) => {
+            let n = s
+                .send_with_fd(&msg[..], fd)
+                .map_err(|e| format!("send with fd: {e}"))?;
+            if n != msg.len() {
+                return Err(format!("sent {n} of {} bytes", msg.len()));
+            }
+        }
+    }
     reply.resize(16, 0);
     s.read_exact(&mut reply[..16])
         .map_err(|e| format!("reply header: {e}"))?;
@@ -341,13 +368,19 @@ fn transact(s: &mut UnixStream, id: u16, cmd: u16, body: &[u8], reply: &mut Vec<
 }
 
 /// REGION_READ and REGION_WRITE of HDM decoder 1 Base Low in BAR0, straight to the
-/// backend: how much of a trapped access is the backend's own.
+/// backend: how much of a trapped access is the backend's own. Then the same read
+/// while the DMA engine copies `--dma-mib` MiB (see [`dma_phase`]).
 fn client(args: &[String]) -> Res<()> {
     let backend = PathBuf::from(opt(args, "--backend").ok_or("--backend needed")?);
     let iters = opt_num(args, "--iters", 20_000)? as usize;
+    let dma_mib = opt_num(args, "--dma-mib", 1024)?.min(1024);
+    let dma_runs = opt_num(args, "--dma-runs", 3)?.max(1) as usize;
     let dir = scratch_dir("cxl-accel-hostbench-c")?;
     let sock = dir.join("client.sock");
-    let mut child = spawn_backend(&backend, &sock, &["--once"])?;
+    // Device memory: at least the transfer, in 256 MiB steps.
+    let mem_mib = dma_mib.div_ceil(256).max(2) * 256;
+    let mem_size = format!("{mem_mib}M");
+    let mut child = spawn_backend(&backend, &sock, &["--once", "--memory-size", &mem_size])?;
     let t = Instant::now();
     let mut s = loop {
         if let Ok(s) = UnixStream::connect(&sock) {
@@ -392,15 +425,203 @@ fn client(args: &[String]) -> Res<()> {
             wr.push(w);
         }
     }
+    let mut out = json!({"backend_direct_read_ns": median(&mut rd), "backend_direct_write_ns": median(&mut wr),
+                         "backend_direct_read_p90_ns": percentile(&mut rd, 0.9), "iters": iters});
+    if dma_mib > 0 {
+        let mut conn = Conn { s, id: 0, reply };
+        let mut d = dma_phase(&mut conn, &read, dma_mib << 20, dma_runs)?;
+        s = conn.s;
+        eprintln!("hostbench: {}", d.summary());
+        if let (Some(o), Value::Object(m)) = (out.as_object_mut(), d.json()) {
+            o.extend(m);
+        }
+    }
     drop(s);
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "{}",
-        json!({"backend_direct_read_ns": median(&mut rd), "backend_direct_write_ns": median(&mut wr),
-               "backend_direct_read_p90_ns": percentile(&mut rd, 0.9), "iters": iters})
-    );
+    println!("{out}");
     Ok(())
+}
+
+/// A connection to the backend that numbers its messages.
+struct Conn {
+    s: UnixStream,
+    id: u16,
+    reply: Vec<u8>,
+}
+
+impl Conn {
+    fn call(&mut self, cmd: u16, body: &[u8], fd: Option<RawFd>) -> Res<()> {
+        self.id = self.id.wrapping_add(1);
+        transact_fd(&mut self.s, self.id, cmd, body, &mut self.reply, fd).map(|_| ())
+    }
+
+    fn access(region: u32, offset: u64, count: u32) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + count as usize);
+        b.extend_from_slice(&offset.to_le_bytes());
+        b.extend_from_slice(&region.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b
+    }
+
+    fn read32(&mut self, region: u32, offset: u64) -> Res<u32> {
+        self.call(CMD_REGION_READ, &Self::access(region, offset, 4), None)?;
+        let data = self.reply.get(32..36).ok_or("short REGION_READ reply")?;
+        Ok(u32::from_le_bytes(data.try_into().unwrap_or_default()))
+    }
+
+    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Res<()> {
+        let mut b = Self::access(region, offset, data.len() as u32);
+        b.extend_from_slice(data);
+        self.call(CMD_REGION_WRITE, &b, None)
+    }
+}
+
+/// What [`dma_phase`] measured.
+struct DmaFigures {
+    mib: u64,
+    idle: Vec<f64>,
+    busy: Vec<f64>,
+    transfer_ms: Vec<f64>,
+    doorbell_us: Vec<f64>,
+}
+
+/// The target: a trapped read while a transfer runs takes at most this many times
+/// the same read with the engine idle.
+const DMA_READ_TARGET: f64 = 2.0;
+
+impl DmaFigures {
+    fn ratio(&mut self) -> Option<f64> {
+        if self.busy.is_empty() || self.idle.is_empty() {
+            return None;
+        }
+        Some(median(&mut self.busy) / median(&mut self.idle))
+    }
+
+    fn json(mut self) -> Value {
+        let ratio = self.ratio();
+        let busy = (!self.busy.is_empty()).then(|| median(&mut self.busy));
+        let busy_p90 = (!self.busy.is_empty()).then(|| percentile(&mut self.busy, 0.9));
+        json!({
+            "backend_read_idle_ns": median(&mut self.idle),
+            "backend_read_during_dma_ns": busy,
+            "backend_read_during_dma_p90_ns": busy_p90,
+            "reads_during_dma": self.busy.len(),
+            "dma_mib": self.mib,
+            "dma_transfers": self.transfer_ms.len(),
+            "dma_transfer_ms": median(&mut self.transfer_ms),
+            "dma_doorbell_write_us": median(&mut self.doorbell_us),
+            "read_during_dma_ratio": ratio,
+            "read_during_dma_target": DMA_READ_TARGET,
+        })
+    }
+
+    fn summary(&mut self) -> String {
+        let idle = median(&mut self.idle);
+        let ms = median(&mut self.transfer_ms);
+        match self.ratio() {
+            Some(r) => {
+                format!(
+                "trapped read, engine idle {:.1} us; during a {} MiB DMA ({ms:.0} ms) {:.1} us \
+                 over {} reads: {r:.2}x (target <= {DMA_READ_TARGET}x: {})",
+                idle / 1e3,
+                self.mib,
+                median(&mut self.busy) / 1e3,
+                self.busy.len(),
+                if r <= DMA_READ_TARGET { "holds" } else { "MISSED" }
+            )
+            }
+            None => format!(
+                "trapped read, engine idle {:.1} us; no read was answered while a {} MiB \
+                 DMA ran ({ms:.0} ms; the doorbell write took {:.0} us)",
+                idle / 1e3,
+                self.mib,
+                median(&mut self.doorbell_us)
+            ),
+        }
+    }
+}
+
+/// DMA_MAP `len` bytes of guest RAM (a memfd) and enable bus mastering; then time
+/// the REGION_READ `read` (a BAR0 register) with the engine idle and while it copies
+/// `len` bytes, `runs` times, alternating the direction. A read counts as "during"
+/// when STATUS still reads BUSY after it. Each sample is one read; STATUS is read
+/// between them in both phases, so both see the same traffic.
+fn dma_phase(c: &mut Conn, read: &[u8], len: u64, runs: usize) -> Res<DmaFigures> {
+    use cxl_regs::layout::engine as e;
+    const GPA: u64 = 0x1_0000_0000;
+    const BAR4: u32 = 4;
+    const CONFIG: u32 = 7;
+    // SAFETY: a valid NUL-terminated name; the fd is owned at once.
+    let raw = unsafe { libc::memfd_create(c"hostbench-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh fd nobody else owns.
+    let ram = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    ram.set_len(len)
+        .map_err(|e| format!("guest RAM memfd: {e}"))?;
+    let mut map = Vec::with_capacity(32);
+    map.extend_from_slice(&32u32.to_le_bytes());
+    map.extend_from_slice(&3u32.to_le_bytes()); // READ | WRITE
+    map.extend_from_slice(&0u64.to_le_bytes());
+    map.extend_from_slice(&GPA.to_le_bytes());
+    map.extend_from_slice(&len.to_le_bytes());
+    c.call(CMD_DMA_MAP, &map, Some(ram.as_raw_fd()))?;
+    let cmd = cxl_regs::pci::CMD_MEMORY_SPACE | cxl_regs::pci::CMD_BUS_MASTER;
+    c.write(CONFIG, cxl_regs::pci::COMMAND as u64, &cmd.to_le_bytes())?;
+
+    let timed_read = |c: &mut Conn| -> Res<(f64, u32)> {
+        let t = Instant::now();
+        c.call(CMD_REGION_READ, read, None)?;
+        let ns = t.elapsed().as_nanos() as f64;
+        Ok((ns, c.read32(BAR4, e::STATUS)?))
+    };
+    let mut f = DmaFigures {
+        mib: len >> 20,
+        idle: Vec::new(),
+        busy: Vec::new(),
+        transfer_ms: Vec::new(),
+        doorbell_us: Vec::new(),
+    };
+    for i in 0..3000 {
+        let (ns, _) = timed_read(c)?;
+        if i >= 500 {
+            f.idle.push(ns);
+        }
+    }
+    for run in 0..runs {
+        let to_guest = run % 2 == 1;
+        let (src, dst) = if to_guest { (0, GPA) } else { (GPA, 0) };
+        c.write(
+            BAR4,
+            e::STATUS,
+            &(e::STATUS_DONE | e::STATUS_ERROR).to_le_bytes(),
+        )?;
+        c.write(BAR4, e::SRC, &src.to_le_bytes())?;
+        c.write(BAR4, e::DST, &dst.to_le_bytes())?;
+        c.write(BAR4, e::LEN, &len.to_le_bytes())?;
+        let control = if to_guest { e::CONTROL_DIR_TO_GUEST } else { 0 };
+        c.write(BAR4, e::CONTROL, &control.to_le_bytes())?;
+        let t = Instant::now();
+        c.write(BAR4, e::DOORBELL, &1u32.to_le_bytes())?;
+        f.doorbell_us.push(t.elapsed().as_nanos() as f64 / 1e3);
+        let status = loop {
+            let (ns, st) = timed_read(c)?;
+            if st & e::STATUS_BUSY == 0 {
+                break st;
+            }
+            f.busy.push(ns);
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err("the DMA did not finish within 60 s".into());
+            }
+        };
+        f.transfer_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if status & e::STATUS_DONE == 0 {
+            return Err(format!("DMA run {run} ended with STATUS {status:#x}"));
+        }
+    }
+    Ok(f)
 }
 
 // --- the report ----------------------------------------------------------------------------
@@ -608,6 +829,21 @@ fn report(args: &[String]) -> Res<()> {
             anchor: hf("pingpong_ns").map(|p| 2.0 * p),
             target: None,
             note: String::new(),
+        },
+        Row {
+            name: "trapped read during a DMA",
+            value: hf("backend_read_during_dma_ns"),
+            unit: "ns",
+            anchor_name: "same read, DMA engine idle (host)",
+            anchor: hf("backend_read_idle_ns"),
+            target: Some((2.0, true)),
+            note: format!(
+                "a client of our own; {} reads during {} transfers of {} MiB ({} ms each)",
+                fmt_num(hf("reads_during_dma")),
+                fmt_num(hf("dma_transfers")),
+                fmt_num(hf("dma_mib")),
+                fmt_num(hf("dma_transfer_ms"))
+            ),
         },
         Row {
             name: "mailbox Identify",

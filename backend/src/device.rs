@@ -2,17 +2,19 @@
 //! layout, access dispatch, DMA mappings, interrupt eventfds and counters.
 //!
 //! The device state ([`Shared`]) sits behind a mutex shared with the control socket
-//! thread; every vfio-user message takes the lock once, briefly. Nothing done under
-//! it may block on a peer: interrupt eventfds are written without blocking (see
-//! [`crate::vfio_user::irq`]), guest RAM is copied with pread/pwrite (see
-//! [`crate::memory`]).
+//! thread and the worker; every vfio-user message takes the lock once, briefly.
+//! Nothing done under it may block on a peer: interrupt eventfds are written without
+//! blocking (see [`crate::vfio_user::irq`]), guest RAM is copied with pread/pwrite
+//! (see [`crate::memory`]). Long work (DMA transfers, the wipes of Sanitize and of a
+//! CXL Reset with Mem Clr, the LSA's sync) goes to the worker ([`crate::worker`]) and
+//! runs without the lock.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use accel_type2::{
-    AccelDevice, Clock, Interrupt, IrqDesc, RegionBacking, RegionDesc, CONFIG_REGION_INDEX,
-    IRQ_ERR, IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
+    AccelDevice, Clock, Interrupt, IrqDesc, Job, RegionBacking, RegionDesc, WipeError,
+    CONFIG_REGION_INDEX, IRQ_ERR, IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
 };
 use log::{debug, info, warn};
 use serde::Serialize;
@@ -27,6 +29,7 @@ use crate::memory::{DeviceMemoryFile, GuestRam, PayloadPage, SharedPayload, Stor
 use crate::vfio_user::{
     DmaMapping, Errno, IrqEventFd, IrqInfo, RegionInfo, Signal, VfioUserDevice,
 };
+use crate::worker::{Work, WorkQueue};
 
 /// Monotonic nanoseconds since the daemon started.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +189,9 @@ pub struct Shared {
     /// The mailbox payload page, when it is shared memory that QEMU maps as a sparse
     /// area of BAR0 (see [`Shared::share_mailbox_payload`]).
     pub payload: Option<Arc<PayloadPage>>,
+    /// Where long work goes (see [`Shared::attach_worker`]); without it, the device
+    /// runs it in place.
+    worker: Option<WorkQueue>,
 }
 
 impl Shared {
@@ -198,7 +204,50 @@ impl Shared {
             counters: Counters::default(),
             connection: ConnectionState::default(),
             payload: None,
+            worker: None,
         }
+    }
+
+    /// Send the device's long work to `queue` from now on, instead of running it
+    /// within the access that starts it.
+    pub fn attach_worker(&mut self, queue: WorkQueue) {
+        self.device.set_offload(true);
+        self.worker = Some(queue);
+    }
+
+    /// Queue the jobs the device handed out, each with what it needs: a DMA transfer
+    /// takes a snapshot of the guest RAM mappings. A job the worker cannot take fails
+    /// at once (a transfer with ERR_ABORTED, a wipe with an error).
+    pub fn dispatch_jobs(&mut self) {
+        for job in self.device.take_jobs() {
+            let queued = match (&self.worker, &job) {
+                (Some(q), Job::Dma(j)) => q.send(Work::Dma {
+                    job: j.clone(),
+                    guest: self.guest.clone(),
+                }),
+                (Some(q), Job::Wipe(j)) => q.send(Work::Wipe(j.clone())),
+                (None, _) => false,
+            };
+            if queued {
+                continue;
+            }
+            warn!("no worker to run {job:?}; it fails");
+            match job {
+                Job::Dma(j) => {
+                    let code = cxl_regs::layout::engine::ERR_ABORTED;
+                    self.device.complete_dma(j.id(), Err(code));
+                }
+                Job::Wipe(j) => {
+                    self.device.complete_wipe(j.id(), Err(WipeError::Aborted));
+                }
+            }
+        }
+    }
+
+    /// After a device access: hand out its long work, deliver its interrupts.
+    pub fn settle(&mut self) {
+        self.dispatch_jobs();
+        self.deliver_interrupts();
     }
 
     /// Move the mailbox payload registers into a memfd page that BAR0's region info
@@ -428,7 +477,7 @@ impl VfioUserDevice for VfioDevice {
             None => s.device.config_read(offset, buf),
             Some(bar) => s.device.bar_read(bar, offset, buf),
         }
-        s.deliver_interrupts();
+        s.settle();
         Ok(())
     }
 
@@ -443,7 +492,7 @@ impl VfioUserDevice for VfioDevice {
             None => device.config_write(offset, data),
             Some(bar) => device.bar_write(bar, offset, data, guest),
         }
-        s.deliver_interrupts();
+        s.settle();
         Ok(())
     }
 
@@ -522,7 +571,7 @@ impl VfioUserDevice for VfioDevice {
         let mut s = lock(&self.shared);
         bump(&mut s.counters.resets);
         s.device.reset_kind(accel_type2::ResetKind::Conventional);
-        s.deliver_interrupts();
+        s.settle();
         info!("device reset by the client");
         Ok(())
     }
@@ -530,7 +579,7 @@ impl VfioUserDevice for VfioDevice {
     fn tick(&mut self) -> Option<Duration> {
         let mut s = lock(&self.shared);
         s.device.poll();
-        s.deliver_interrupts();
+        s.settle();
         let deadline = s.device.next_deadline()?;
         Some(Duration::from_nanos(
             deadline.saturating_sub(self.clock.now_ns()),

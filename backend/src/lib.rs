@@ -26,6 +26,7 @@ pub mod device;
 pub mod memory;
 pub mod seccomp;
 pub mod vfio_user;
+pub mod worker;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ use device::{lock, MonotonicClock, Shared, VfioDevice};
 use memory::{DeviceMemoryFile, FileLsa, GuestRam, LsaSyncer, SharedDeviceMemory, StorageError};
 use vfio_user::server::ServerError;
 use vfio_user::{ServeOutcome, Server};
+use worker::{Worker, WorkerError};
 
 /// Errors that end the daemon.
 #[derive(Debug, Error)]
@@ -73,6 +75,8 @@ pub enum Error {
     FdLimit { maps: u32, need: u64, hard: u64 },
     #[error("cannot raise the open-file limit: {0}")]
     SetFdLimit(#[source] std::io::Error),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
 
 /// Open files the daemon needs besides one per DMA mapping: standard streams, the
@@ -127,6 +131,7 @@ pub struct Daemon {
     devmem: Arc<DeviceMemoryFile>,
     lsa_sync: Option<LsaSyncer>,
     clock: Arc<dyn Clock>,
+    worker: Option<Worker>,
     server: Server,
     control: Option<ControlServer>,
     control_stop: EventFd,
@@ -168,13 +173,18 @@ impl Daemon {
             Some(path) => DeviceMemoryFile::file(path, config.memory_size)?,
             None => DeviceMemoryFile::memfd(config.memory_size)?,
         };
-        let (lsa, lsa_sync): (Box<dyn LsaStorage>, _) = match &config.lsa_file {
+        // Long work runs on the worker, off the device lock: DMA transfers,
+        // Sanitize's wipe, and the LSA's sync after Set LSA.
+        let (queue, inbox) = worker::queue();
+        let (lsa, lsa_sync, worker_lsa): (Box<dyn LsaStorage>, _, _) = match &config.lsa_file {
             Some(path) => {
-                let lsa = FileLsa::open(path, accel.lsa_size)?;
+                let mut lsa = FileLsa::open(path, accel.lsa_size)?;
                 let sync = lsa.syncer()?;
-                (Box::new(lsa), Some(sync))
+                let worker_sync = lsa.syncer()?;
+                lsa.defer_sync(queue.lsa_sync_request());
+                (Box::new(lsa), Some(sync), Some(worker_sync))
             }
-            None => (Box::new(MemLsa(vec![0; accel.lsa_size])), None),
+            None => (Box::new(MemLsa(vec![0; accel.lsa_size])), None, None),
         };
         // Validated by Config, so the lookup cannot fail; fall back to the default
         // firmware rather than panic if it ever did.
@@ -197,6 +207,17 @@ impl Daemon {
         let mut state = Shared::new(device);
         state.guest = GuestRam::new(config.max_dma_maps);
         let shared = Arc::new(Mutex::new(state));
+        lock(&shared).attach_worker(queue.clone());
+        // Started before the main thread confines itself (which would forbid
+        // creating threads); it confines itself first.
+        let worker = Worker::spawn(
+            inbox,
+            &queue,
+            shared.clone(),
+            SharedDeviceMemory(devmem.clone()),
+            worker_lsa,
+            config.seccomp,
+        )?;
         // The mailbox payload in shared memory (a sparse area of BAR0): created here,
         // before any seccomp filter, like the other memory.
         if lock(&shared).share_mailbox_payload()? {
@@ -245,6 +266,7 @@ impl Daemon {
             devmem,
             lsa_sync,
             clock,
+            worker: Some(worker),
             server,
             control,
             control_stop,
@@ -301,6 +323,9 @@ impl Daemon {
         }
         if let Some(c) = self.control.take() {
             c.join();
+        }
+        if let Some(w) = self.worker.take() {
+            w.stop();
         }
         if let Err(e) = self.devmem.flush() {
             error!("{e}");

@@ -800,13 +800,28 @@ impl GuestMemory for GuestRam {
     }
 }
 
+/// Asks another thread to sync the LSA file; false when it cannot.
+pub type SyncRequest = Box<dyn Fn() -> bool + Send>;
+
 /// The Label Storage Area in a file, written through (pwrite) so that it survives a
-/// crash of the daemon; [`LsaStorage::flush`] syncs it to disk.
-#[derive(Debug)]
+/// crash of the daemon. [`LsaStorage::flush`] (after Set LSA) syncs it to disk, or,
+/// after [`FileLsa::defer_sync`], asks a worker to, so that the `fdatasync` does not
+/// run under the device lock.
 pub struct FileLsa {
     file: File,
     size: usize,
     _lock: FileLock,
+    sync: Option<SyncRequest>,
+}
+
+impl std::fmt::Debug for FileLsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLsa")
+            .field("fd", &self.file.as_raw_fd())
+            .field("size", &self.size)
+            .field("deferred_sync", &self.sync.is_some())
+            .finish()
+    }
 }
 
 impl FileLsa {
@@ -816,7 +831,14 @@ impl FileLsa {
             file,
             size,
             _lock: lock,
+            sync: None,
         })
+    }
+
+    /// From now on, [`LsaStorage::flush`] calls `request` instead of syncing; only
+    /// when that returns false does it sync itself.
+    pub fn defer_sync(&mut self, request: SyncRequest) {
+        self.sync = Some(request);
     }
 
     /// A second handle on the same file, to sync it at shutdown while the device
@@ -861,13 +883,16 @@ impl LsaStorage for FileLsa {
             .map_err(|e| LsaError::Storage(e.to_string()))
     }
     fn flush(&mut self) -> Result<(), LsaError> {
+        if self.sync.as_ref().is_some_and(|request| request()) {
+            return Ok(());
+        }
         self.file
             .sync_data()
             .map_err(|e| LsaError::Storage(e.to_string()))
     }
 }
 
-/// Syncs the LSA file at shutdown.
+/// Syncs the LSA file (at shutdown, and on the worker after Set LSA).
 #[derive(Debug)]
 pub struct LsaSyncer(File);
 

@@ -1,13 +1,15 @@
 //! Optional seccomp confinement (`--seccomp on`), built with rust-vmm's `seccompiler`.
 //!
-//! Each of the daemon's three threads installs its own filter once its setup is done
+//! Each of the daemon's four threads installs its own filter once its setup is done
 //! (sockets bound, memory mapped, event loop built), listing exactly the system calls
 //! that thread makes from then on:
 //!
 //! - [`Role::Main`]: accepts and serves vfio-user clients (QEMU: the untrusted peer),
-//!   then shuts down (flush, unlink the sockets, join the control thread);
+//!   then shuts down (flush, unlink the sockets, join the other threads);
 //! - [`Role::Control`]: the control socket's event loop;
-//! - [`Role::Signals`]: waits for SIGINT/SIGTERM and writes the stop eventfd.
+//! - [`Role::Signals`]: waits for SIGINT/SIGTERM and writes the stop eventfd;
+//! - [`Role::Worker`]: runs the long work off the device lock (DMA transfers,
+//!   Sanitize's wipe, the LSA's sync; see [`crate::worker`]).
 //!
 //! The lists, with the reason for each call, are in `backend/SECCOMP.md`, and a unit
 //! test checks that file against the tables here. They were found by running the
@@ -39,10 +41,11 @@ pub enum Role {
     Main,
     Control,
     Signals,
+    Worker,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Main, Role::Control, Role::Signals];
+    pub const ALL: [Role; 4] = [Role::Main, Role::Control, Role::Signals, Role::Worker];
 
     /// The name used in SECCOMP.md and in the SIGSYS message.
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Role {
             Role::Main => "main",
             Role::Control => "control",
             Role::Signals => "signals",
+            Role::Worker => "worker",
         }
     }
 
@@ -58,6 +62,7 @@ impl Role {
             Role::Main => 1,
             Role::Control => 2,
             Role::Signals => 3,
+            Role::Worker => 4,
         }
     }
 }
@@ -148,7 +153,6 @@ mod table {
     /// The vfio-user thread, from the first accept to the end of shutdown.
     pub const MAIN: &[Syscall] = &[
         any("accept4", SYS_accept4),
-        any("fallocate", SYS_fallocate),
         any("fdatasync", SYS_fdatasync),
         any("fstatfs", SYS_fstatfs),
         any("poll", SYS_poll),
@@ -173,6 +177,16 @@ mod table {
 
     /// The signal thread.
     pub const SIGNALS: &[Syscall] = &[any("rt_sigtimedwait", SYS_rt_sigtimedwait)];
+
+    /// The worker: copies guest RAM and device memory (pread/pwrite, after an fstat
+    /// of the guest's file), punches holes (or writes zeros), syncs the LSA.
+    pub const WORKER: &[Syscall] = &[
+        any("fallocate", SYS_fallocate),
+        any("fdatasync", SYS_fdatasync),
+        any("pread64", SYS_pread64),
+        any("pwrite64", SYS_pwrite64),
+        any("statx", SYS_statx),
+    ];
 }
 
 /// The system calls `role` may make, sorted by name, each once.
@@ -183,6 +197,7 @@ pub fn allowed(role: Role) -> Vec<Syscall> {
             Role::Main => table::MAIN,
             Role::Control => table::CONTROL,
             Role::Signals => table::SIGNALS,
+            Role::Worker => table::WORKER,
         };
         table::COMMON.iter().chain(own).copied().collect()
     };
@@ -342,6 +357,7 @@ fn report(buf: &mut [u8], syscall: u64, role: u8) -> usize {
         1 => b"main",
         2 => b"control",
         3 => b"signals",
+        4 => b"worker",
         _ => b"unnamed",
     };
     push(buf, &mut len, name);
@@ -384,7 +400,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// The per-thread lists documented in SECCOMP.md's table: rows of
-    /// `| name | main | control | signals | why |` with `x` marks.
+    /// `| name | main | control | signals | worker | why |` with `x` marks.
     fn documented() -> BTreeMap<&'static str, BTreeSet<String>> {
         let doc = include_str!("../SECCOMP.md");
         let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -393,8 +409,8 @@ mod tests {
         }
         for line in doc.lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            // "", name, main, control, signals, why, ""
-            if cells.len() < 6 || !cells[1].starts_with('`') {
+            // "", name, main, control, signals, worker, why, ""
+            if cells.len() < 7 || !cells[1].starts_with('`') {
                 continue;
             }
             let name = cells[1].trim_matches('`').to_string();

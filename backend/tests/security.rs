@@ -188,7 +188,7 @@ fn seccomp_on_serves_a_full_session() {
     assert!(status.success(), "{status}\n{log}");
     assert!(!b.socket.exists() && !b.control.exists());
     assert!(!log.contains(TRAPPED), "{log}");
-    for thread in ["main", "control", "signals"] {
+    for thread in ["main", "control", "signals", "worker"] {
         assert!(
             log.contains(&format!("seccomp: {thread} thread confined")),
             "{log}"

@@ -23,7 +23,9 @@ pub trait LsaStorage: Send {
     fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), LsaError>;
     /// Store `data` at `offset`. Out-of-range accesses fail, never panic.
     fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), LsaError>;
-    /// Make earlier writes durable.
+    /// Make earlier writes durable, or have that done soon by someone else (a
+    /// storage may sync off the caller's thread, so that Set LSA does not wait for
+    /// the disk); the written data must already read back.
     fn flush(&mut self) -> Result<(), LsaError> {
         Ok(())
     }
