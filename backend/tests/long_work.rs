@@ -181,3 +181,51 @@ fn reset_and_flr_abort_a_running_dma() {
     c.region_read(BAR2, 0x1000, &mut got).unwrap();
     assert_eq!(got, last);
 }
+
+/// Sanitize's wipe runs on the worker; the command still completes, with its
+/// interrupt, while the client sends nothing at all (the daemon wakes up by itself
+/// at the end of the command's shortest duration, or when the wipe ends after it).
+#[test]
+fn sanitize_completes_with_its_interrupt_while_the_client_is_silent() {
+    use cxl_regs::mailbox as mbx;
+    let b = Backend::start(&["--memory-size", "512M"]);
+    let mut c = b.client();
+    // All of device memory allocated (through the BAR2 mapping, as the guest would),
+    // so that the wipe takes a while.
+    let bar2 = map_region(&c, BAR2, 0, 512 << 20);
+    let fill = vec![0x5au8; 1 << 20];
+    for mib in 0..512 {
+        bar2.write(mib << 20, &fill);
+    }
+    drop(bar2);
+    enable_msix(&mut c);
+    let irq = register_msix(&mut c, u32::from(layout::MSIX_VEC_MAILBOX));
+    let mb = layout::MAILBOX_OFFSET;
+    write32(&mut c, BAR0, mb + 4, mbx::CTRL_BG_IRQ);
+    write64(&mut c, BAR0, mb + 8, u64::from(mbx::OP_SANITIZE));
+    // The doorbell is the last message until the interrupt: the daemon has to wake
+    // up by itself when the wipe has ended and the shortest duration has passed.
+    let t = Instant::now();
+    write32(&mut c, BAR0, mb + 4, mbx::CTRL_BG_IRQ | mbx::CTRL_DOORBELL);
+    assert!(
+        wait_eventfd(irq.as_raw_fd(), Duration::from_secs(10)).is_some(),
+        "no background-completion interrupt"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "completed before its shortest duration (200 ms): {:?}",
+        t.elapsed()
+    );
+    let status = read64(&mut c, BAR0, mb + 0x10);
+    assert_eq!((status >> 32) as u16, mbx::RC_BACKGROUND_STARTED);
+    assert_eq!(status & 1, 0, "no longer running");
+    let bg = read64(&mut c, BAR0, mb + 0x18);
+    assert_eq!(bg & 0xffff, u64::from(mbx::OP_SANITIZE));
+    assert_eq!((bg >> 16) & 0x7f, 100, "percent complete");
+    assert_eq!(bg >> 32, 0, "return code");
+    for off in [0, 0x1000, 300 << 20, (512 << 20) - 4096] {
+        let mut got = vec![0xffu8; 4096];
+        c.region_read(BAR2, off, &mut got).unwrap();
+        assert!(got.iter().all(|&x| x == 0), "not wiped at {off:#x}");
+    }
+}

@@ -115,7 +115,7 @@ pub mod engine {
     pub const STATUS_ERROR: u32 = 1 << 2;
     pub const STATUS_ERR_SHIFT: u32 = 8;
     pub const STATUS_ERR_MASK: u32 = 0xff << 8;
-    /// Error codes in STATUS[15:8].
+    /// Error codes in STATUS\[15:8\].
     pub const ERR_NONE: u32 = 0;
     pub const ERR_GUEST_RANGE: u32 = 1;
     pub const ERR_DEVICE_RANGE: u32 = 2;

@@ -37,6 +37,10 @@
 //! Extensions: `PayloadBuf`, `Mailbox::set_payload_buf`. Since the payload may be
 //! shared memory, `payload` returns a copy (`Vec<u8>`) and `payload_mut` the
 //! `PayloadBuf`; callers that index or take the length compile unchanged.
+//! `Mailbox::{sanitize_progress, sanitize_wiped, sanitize_wiping}`: Sanitize's wipe
+//! is the device model's, reported back; `MailboxEvent::SanitizeStarted` replaced
+//! `SanitizeComplete` (the wipe now comes first, and the completion is an ordinary
+//! `BackgroundComplete`).
 
 mod commands;
 mod events;
@@ -516,12 +520,15 @@ impl Mailbox {
             .then_some(MailboxEvent::BackgroundComplete)
     }
 
-    /// When `poll` next has something to do, if anything. A background operation
-    /// that waits for the device model's wipe has no deadline:
-    /// [`Mailbox::sanitize_wiped`] moves it on.
+    /// When `poll` next has something to do, if anything: the end of the running
+    /// background operation's shortest duration. Once that has passed (by the latest
+    /// time seen) while the device model's wipe still runs, there is none:
+    /// [`Mailbox::sanitize_wiped`] completes the operation then. So a transport that
+    /// sleeps until this deadline wakes when a wipe that ended early may complete,
+    /// and never spins while a slow one runs.
     pub fn next_deadline(&self) -> Option<u64> {
         self.bg
-            .filter(|op| !op.waiting_for_media())
+            .filter(|op| !(op.waiting_for_media() && self.now_ns >= op.end_ns))
             .map(|op| op.end_ns)
     }
 

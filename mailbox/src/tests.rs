@@ -1138,8 +1138,9 @@ fn sanitize_progress_busy_completion_irq() {
     );
     assert_eq!(m.read(mb::STATUS, t0) & 1, 1);
     assert!(m.sanitize_wiping());
-    // No deadline while the wipe runs: its end moves the command on.
-    assert_eq!(m.next_deadline(), None);
+    // While the wipe runs, the deadline is the end of the shortest duration, so that
+    // a transport sleeping until then finds a wipe that ended early.
+    assert_eq!(m.next_deadline(), Some(t0 + 200 * NS_MS));
     // Percentage: the smaller of the time share (50 of 200 ms: 25) and the wipe's.
     assert_eq!(bg_status(&mut m, t0 + 50 * NS_MS), (mb::OP_SANITIZE, 0, 0));
     m.sanitize_progress(10);
@@ -1169,8 +1170,10 @@ fn sanitize_progress_busy_completion_irq() {
     assert_eq!(m.stats().busy, 2);
     // Status bit 0 stays set while running even though other commands completed.
     assert_eq!(m.read(mb::STATUS, t0 + NS_MS) & 1, 1);
-    // The time is up but the wipe is not: still running, at most the wipe's share.
+    // The time is up but the wipe is not: still running, at most the wipe's share,
+    // and no deadline to spin on.
     assert_eq!(m.poll(t0 + 300 * NS_MS), None);
+    assert_eq!(m.next_deadline(), None);
     assert_eq!(
         bg_status(&mut m, t0 + 300 * NS_MS),
         (mb::OP_SANITIZE, 60, 0)
