@@ -368,3 +368,71 @@ fn sanitize_without_offload_wipes_within_the_doorbell() {
     d.poll();
     assert_eq!(bg(&mut d), (mb::OP_SANITIZE, 100, mb::RC_SUCCESS));
 }
+
+// ---- CXL Reset with Mem Clr ------------------------------------------------------
+
+/// Start a CXL Reset with Mem Clr and let its time run out; returns the DVSEC offset
+/// and the wipe job it hands out.
+fn cxl_reset_mem_clr(d: &mut AccelDevice, clock: &FakeClock) -> (u64, WipeJob) {
+    let dvsec = find_dvsec(d, 0).expect("CXL Device DVSEC");
+    // Control2 (CXL r3.1 §8.1.3.4): Mem Clr Enable (bit 3), Initiate CXL Reset (bit 2).
+    cfg_w16(d, dvsec + 0x10, 0x8 | 0x4);
+    assert!(d.cxl_reset_in_progress());
+    clock.advance(1_000_000_000);
+    d.poll();
+    let job = wipe_job(d);
+    assert_eq!(job.len(), 256 * MIB);
+    (dvsec, job)
+}
+
+#[test]
+fn cxl_reset_mem_clr_wipes_on_the_worker_and_ends_after_it() {
+    let (mut d, clock) = device(small_config());
+    d.set_offload(true);
+    d.bar_write(2, 0x1000, &[0xaa; 64], &NoGuestMemory);
+    let (dvsec, job) = cxl_reset_mem_clr(&mut d, &clock);
+    // Under way until the wipe ends: Status2 (+0x12) has neither Complete nor
+    // Error, BAR0 stays silent, and no deadline is left to spin on.
+    assert!(d.cxl_reset_in_progress());
+    assert_eq!(cfg_r16(&mut d, dvsec + 0x12) & 0x6, 0);
+    assert_eq!(bar_r32(&mut d, 0, layout::HDM_OFFSET), 0xffff_ffff);
+    assert_eq!(d.next_deadline(), None);
+    let mut mem = VecMemory(vec![0xaa; 256 * MIB as usize]);
+    let r = job.run(&mut mem, &|| false, &mut |_| {});
+    assert_eq!(r, Ok(()));
+    assert!(d.complete_wipe(job.id(), r));
+    assert_eq!(
+        cfg_r16(&mut d, dvsec + 0x12) & 0x6,
+        0x2,
+        "CXL Reset Complete"
+    );
+    assert!(!d.cxl_reset_in_progress());
+    assert_ne!(bar_r32(&mut d, 0, layout::HDM_OFFSET), 0xffff_ffff);
+}
+
+#[test]
+fn a_failed_mem_clr_wipe_ends_the_cxl_reset_with_error() {
+    let (mut d, clock) = device(small_config());
+    d.set_offload(true);
+    let (dvsec, job) = cxl_reset_mem_clr(&mut d, &clock);
+    let err = MemoryError::Unmapped { addr: 0, len: 1 };
+    assert!(d.complete_wipe(job.id(), Err(WipeError::Memory(err))));
+    assert_eq!(cfg_r16(&mut d, dvsec + 0x12) & 0x6, 0x4, "CXL Reset Error");
+}
+
+#[test]
+fn a_conventional_reset_aborts_the_mem_clr_wipe_and_flr_does_not() {
+    let (mut d, clock) = device(small_config());
+    d.set_offload(true);
+    let (_, job) = cxl_reset_mem_clr(&mut d, &clock);
+    // An FLR leaves a CXL Reset under way, and so its wipe.
+    let exp = find_cap(&mut d, 0x10).unwrap();
+    let devctl = cfg_r16(&mut d, exp + 8);
+    cfg_w16(&mut d, exp + 8, devctl | 0x8000);
+    assert!(!job.is_cancelled());
+    assert!(d.cxl_reset_in_progress());
+    d.reset();
+    assert!(job.is_cancelled());
+    assert!(!d.cxl_reset_in_progress());
+    assert!(!d.complete_wipe(job.id(), Ok(())));
+}

@@ -1,7 +1,8 @@
 //! The worker thread: long work taken off the device lock.
 //!
-//! The device model hands out DMA transfers and Sanitize's wipe of device memory as
-//! jobs ([`accel_type2::jobs`]); the LSA file needs an `fdatasync` after Set LSA.
+//! The device model hands out DMA transfers and the wipe of device memory (Sanitize,
+//! CXL Reset with Mem Clr) as jobs ([`accel_type2::jobs`]); the LSA file needs an
+//! `fdatasync` after Set LSA.
 //! Done inside a vfio-user message, each would hold the [`Shared`] mutex, and the
 //! only vfio-user thread, for as long as it takes (a 1 GiB transfer: about a
 //! second), so the guest's other register accesses, the control socket and even the
@@ -51,7 +52,7 @@ pub enum WorkerError {
 pub enum Work {
     /// A DMA transfer, through the guest RAM mappings of its doorbell.
     Dma { job: DmaJob, guest: GuestRam },
-    /// Sanitize's wipe of device memory.
+    /// A wipe of device memory (Sanitize, CXL Reset with Mem Clr).
     Wipe(WipeJob),
     /// `fdatasync` the LSA file.
     SyncLsa,

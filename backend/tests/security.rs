@@ -155,6 +155,23 @@ fn seccomp_on_serves_a_full_session() {
     let (rc, _) = mailbox(&mut c, mbx::OP_SANITIZE, &[]);
     assert_eq!(rc, mbx::RC_BACKGROUND_STARTED);
     wait_zeroed(&mut c, 100 * MIB, data.len());
+    // A CXL Reset with Mem Clr (CXL r3.1 §9.7): its wipe also runs on the worker.
+    c.region_write(BAR2, 100 * MIB, &data).unwrap();
+    let cfg = config_space(&mut c);
+    let dvsec = find_dvsec(&cfg, 0).expect("CXL Device DVSEC") as u64;
+    // Control2 (+0x10): Mem Clr Enable (bit 3) and Initiate CXL Reset (bit 2).
+    write16(&mut c, CONFIG, dvsec + 0x10, 0x8 | 0x4);
+    let start = Instant::now();
+    // Status2 (+0x12): CXL Reset Complete (bit 1) or Error (bit 2).
+    while read16(&mut c, CONFIG, dvsec + 0x12) & 0x6 == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "CXL Reset never ended"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(read16(&mut c, CONFIG, dvsec + 0x12) & 0x6, 0x2, "Complete");
+    wait_zeroed(&mut c, 100 * MIB, data.len());
 
     // The control socket: status, injections (which raise interrupts), a bad request.
     let r = b.ctl(r#"{"cmd":"inject-poison","dpa":4096,"len":64}"#);
