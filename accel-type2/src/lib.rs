@@ -670,11 +670,12 @@ impl AccelDevice {
 
     // --- long work ---------------------------------------------------------------
 
-    /// Where long work runs. With `offload`, a DMA doorbell or a Sanitize only
-    /// queues a [`Job`] for [`AccelDevice::take_jobs`]; the transport runs it (off
-    /// its lock) and posts the result with [`AccelDevice::complete_dma`] or
-    /// [`AccelDevice::complete_wipe`]. Without (the default), the device runs the
-    /// same job within the register write that started it, on its own device memory
+    /// Where long work runs. With `offload`, a DMA doorbell, a Sanitize or the end
+    /// of a CXL Reset with Mem Clr only queues a [`Job`] for
+    /// [`AccelDevice::take_jobs`]; the transport runs it (off its lock) and posts the
+    /// result with [`AccelDevice::complete_dma`] or [`AccelDevice::complete_wipe`].
+    /// Without (the default), the device runs the same job within the access that
+    /// started it, on its own device memory
     /// and the guest memory passed to [`AccelDevice::bar_write`]: the synchronous path
     /// that unit tests and fuzzers drive. Set it before the first access.
     pub fn set_offload(&mut self, offload: bool) {
