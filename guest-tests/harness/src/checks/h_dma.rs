@@ -66,8 +66,24 @@ fn reg(off: u64) -> u64 {
     ENGINE_OFFSET + off
 }
 
-/// Run one transfer; Ok(status) when done without error.
+/// Run one transfer; Ok(status) when done without error. With CONTROL_IRQ_ENABLE,
+/// also wait (up to 2 s) for its MSI-X to reach the module: the backend raises it as
+/// the transfer completes, and QEMU delivers an eventfd's signals as one interrupt,
+/// so a transfer started before the last one's interrupt arrived could share it and
+/// h.4's count would come up short.
 fn transfer(bar4: &MmioMap, src: u64, dst: u64, len: u64, ctrl: u32) -> Result<u32, u32> {
+    let irqs_before = sys::read_irq_count(IRQ_NAME).ok();
+    let st = transfer_status(bar4, src, dst, len, ctrl)?;
+    if let (Some(n), true) = (irqs_before, ctrl & e::CONTROL_IRQ_ENABLE != 0) {
+        let _ = sys::wait_for(2000, || {
+            sys::read_irq_count(IRQ_NAME).ok().filter(|&m| m > n)
+        });
+    }
+    Ok(st)
+}
+
+/// Program and start one transfer, then poll STATUS until it ends.
+fn transfer_status(bar4: &MmioMap, src: u64, dst: u64, len: u64, ctrl: u32) -> Result<u32, u32> {
     bar4.write32(reg(e::STATUS), e::STATUS_DONE | e::STATUS_ERROR); // RW1C leftovers
     bar4.write64(reg(e::SRC), src);
     bar4.write64(reg(e::DST), dst);
