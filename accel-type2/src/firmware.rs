@@ -12,8 +12,6 @@
 //! ("slow-commit") and [`BiosFirmware`] ("bios"). [`by_name`] builds one from its
 //! name.
 
-use thiserror::Error;
-
 /// What firmware decides about a decoder commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitDecision {
@@ -68,34 +66,9 @@ pub trait Firmware: Send {
     }
 }
 
-/// Errors of parsing a firmware parameter value.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ParamError {
-    #[error("{0:?} is not a number (decimal, 0x hex, optional K/M/G suffix)")]
-    NotANumber(String),
-    #[error("{0:?} overflows 64 bits")]
-    Overflow(String),
-}
-
-/// Parse a size or count: decimal or `0x` hex, with an optional binary `K`, `M`, `G`
-/// or `T` suffix.
-pub fn parse_u64(s: &str) -> Result<u64, ParamError> {
-    let t = s.trim();
-    let (num, shift) = match t.as_bytes().last().map(|c| c.to_ascii_uppercase()) {
-        Some(b'K') => (&t[..t.len() - 1], 10),
-        Some(b'M') => (&t[..t.len() - 1], 20),
-        Some(b'G') => (&t[..t.len() - 1], 30),
-        Some(b'T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => num.parse::<u64>(),
-    }
-    .map_err(|_| ParamError::NotANumber(s.to_string()))?;
-    v.checked_mul(1u64 << shift)
-        .ok_or_else(|| ParamError::Overflow(s.to_string()))
-}
+/// Firmware parameter values are numbers and sizes in the grammar every cxl-accel
+/// interface shares (decimal with an optional binary unit, or 0x hex).
+pub use cxl_regs::units::parse_u64;
 
 /// Accept every valid commit, do nothing else.
 #[derive(Debug, Default)]
@@ -263,17 +236,25 @@ mod tests {
     }
 
     #[test]
-    fn numbers_parse() {
-        assert_eq!(parse_u64("256M"), Ok(256 << 20));
-        assert_eq!(parse_u64("0x10000000"), Ok(0x1000_0000));
-        assert_eq!(parse_u64(" 12 "), Ok(12));
-        assert_eq!(parse_u64("1g"), Ok(1 << 30));
-        assert!(matches!(parse_u64("x"), Err(ParamError::NotANumber(_))));
-        assert!(matches!(
-            parse_u64("99999999999999T"),
-            Err(ParamError::Overflow(_))
-        ));
-        assert!(matches!(parse_u64(""), Err(ParamError::NotANumber(_))));
+    fn parameters_take_the_shared_number_grammar() {
+        let mut fw = SlowCommitFirmware::default();
+        fw.set_param("max_size", "1GiB").unwrap();
+        assert_eq!(fw.max_size, Some(1 << 30));
+        fw.set_param("max_size", "1T").unwrap();
+        assert_eq!(fw.max_size, Some(1 << 40));
+        let e = fw.set_param("max_size", "1.5G").unwrap_err();
+        assert!(e.contains("\"1.5G\" is not a number"), "{e}");
+        assert_eq!(
+            fw.max_size,
+            Some(1 << 40),
+            "a refused value changes nothing"
+        );
+        let mut bios = BiosFirmware::default();
+        bios.set_param("base", "0x110000000").unwrap();
+        assert!(bios
+            .set_param("size", "99999999999999T")
+            .unwrap_err()
+            .contains("64 bits"));
     }
 
     #[test]

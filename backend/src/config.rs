@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use accel_type2::{AccelConfig, FlitMode};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cxl_regs::units::{parse_hex, parse_u64, UnitsError};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -22,8 +23,12 @@ pub const DEFAULT_MEMORY_SIZE: u64 = 512 << 20;
 pub enum ConfigError {
     #[error("no socket path: pass --socket PATH (or set `socket` in the config file)")]
     MissingSocket,
-    #[error("invalid size {0:?}: expected bytes, or a number with a K, M, G or T suffix")]
-    BadSize(String),
+    /// A number or size that the shared grammar ([`cxl_regs::units`]) refuses.
+    #[error("`{key}`: {source}")]
+    Number {
+        key: &'static str,
+        source: UnitsError,
+    },
     #[error(
         "memory size {size:#x} ({human}) is not a non-zero multiple of 256 MiB \
          (e.g. 256M, 512M, 4G)",
@@ -31,8 +36,6 @@ pub enum ConfigError {
         human = human_size(*.0)
     )]
     MemorySizeGranule(u64),
-    #[error("invalid number {0:?}: expected decimal or 0x-prefixed hexadecimal")]
-    BadNumber(String),
     #[error("{what} {value:#x} does not fit in {bits} bits")]
     OutOfRange {
         what: &'static str,
@@ -173,7 +176,7 @@ pub struct DaemonArgs {
     pub socket: Option<PathBuf>,
     /// Device memory size: bytes or K/M/G/T suffix, a non-zero multiple of 256 MiB
     /// [default: 512M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_u64)]
     pub memory_size: Option<u64>,
     /// Back device memory with this file (created or extended; persistent). Without it,
     /// device memory is a volatile memfd.
@@ -190,10 +193,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "MODE")]
     pub flit: Option<Flit>,
     /// Number of HDM decoders: 1, 2 or 4 [default: 2].
-    #[arg(long, value_name = "N", value_parser = parse_number)]
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub decoders: Option<u64>,
     /// Device serial number (decimal or 0x hex), also the memdev serial.
-    #[arg(long, value_name = "N", value_parser = parse_number)]
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub serial: Option<u64>,
     /// PCI vendor id (hex, 0x optional) [default: 1234].
     #[arg(long, value_name = "HEX", value_parser = parse_hex)]
@@ -222,7 +225,7 @@ pub struct DaemonArgs {
     /// Most DMA mappings (guest RAM ranges, each with its fd) a client may hold;
     /// more are refused with ENOSPC. Announced to QEMU, which needs one per RAM
     /// section of the guest (README "Limits") [default: 1024, at most 65535].
-    #[arg(long, value_name = "N", value_parser = parse_number)]
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub max_dma_maps: Option<u64>,
     /// Confine each thread with a seccomp filter that allows only the system calls it
     /// makes once the sockets and memory are set up (see backend/SECCOMP.md); any other
@@ -339,7 +342,9 @@ impl Config {
         let memory_size = match (args.memory_size, file.memory_size) {
             (Some(v), _) => v,
             (None, Some(NumOrString::Num(v))) => v,
-            (None, Some(NumOrString::Str(s))) => parse_size(&s)?,
+            (None, Some(NumOrString::Str(s))) => {
+                num("memory-size", NumOrString::Str(s), parse_u64)?
+            }
             (None, None) => DEFAULT_MEMORY_SIZE,
         };
         if memory_size == 0 || !memory_size.is_multiple_of(MEMORY_GRANULE) {
@@ -367,7 +372,7 @@ impl Config {
         };
         let decoders = match (args.decoders, file.decoders) {
             (Some(v), _) => v,
-            (None, Some(v)) => num(v, parse_number)?,
+            (None, Some(v)) => num("decoders", v, parse_u64)?,
             (None, None) => u64::from(defaults.decoders),
         };
         if !matches!(decoders, 1 | 2 | 4) {
@@ -375,17 +380,17 @@ impl Config {
         }
         let serial = match (args.serial, file.serial) {
             (Some(v), _) => v,
-            (None, Some(v)) => num(v, parse_number)?,
+            (None, Some(v)) => num("serial", v, parse_u64)?,
             (None, None) => defaults.serial,
         };
         let vendor_id = match (args.vendor_id, file.vendor_id) {
             (Some(v), _) => v,
-            (None, Some(v)) => num(v, parse_hex)?,
+            (None, Some(v)) => num("vendor-id", v, parse_hex)?,
             (None, None) => u64::from(defaults.vendor_id),
         };
         let device_id = match (args.device_id, file.device_id) {
             (Some(v), _) => v,
-            (None, Some(v)) => num(v, parse_hex)?,
+            (None, Some(v)) => num("device-id", v, parse_hex)?,
             (None, None) => u64::from(defaults.device_id),
         };
         let firmware = args
@@ -431,7 +436,7 @@ impl Config {
         }
         let max_dma_maps = match (args.max_dma_maps, file.max_dma_maps) {
             (Some(v), _) => v,
-            (None, Some(v)) => num(v, parse_number)?,
+            (None, Some(v)) => num("max-dma-maps", v, parse_u64)?,
             (None, None) => u64::from(crate::memory::DEFAULT_MAX_DMA_MAPS),
         };
         let max_dma_maps = u32::try_from(max_dma_maps)
@@ -548,10 +553,15 @@ fn on_off(key: &'static str, v: BoolOrString) -> Result<bool, ConfigError> {
     }
 }
 
-fn num(v: NumOrString, parse: fn(&str) -> Result<u64, ConfigError>) -> Result<u64, ConfigError> {
+/// A config file value: a TOML integer, or a string in the grammar of `parse`.
+fn num(
+    key: &'static str,
+    v: NumOrString,
+    parse: fn(&str) -> Result<u64, UnitsError>,
+) -> Result<u64, ConfigError> {
     match v {
         NumOrString::Num(n) => Ok(n),
-        NumOrString::Str(s) => parse(&s),
+        NumOrString::Str(s) => parse(&s).map_err(|source| ConfigError::Number { key, source }),
     }
 }
 
@@ -563,58 +573,12 @@ fn narrow16(what: &'static str, v: u64) -> Result<u16, ConfigError> {
     })
 }
 
-/// Parse a size: plain bytes (decimal or 0x hex), or a number with a binary suffix
-/// K, M, G or T (optionally followed by `iB` or `B`, any case).
-pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize(s.to_string());
-    let t = s.trim();
-    if t.starts_with("0x") || t.starts_with("0X") {
-        return parse_number(t).map_err(|_| bad());
-    }
-    let lower = t.to_ascii_lowercase();
-    let stem = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let suffixed = |suffix: char, shift| stem.strip_suffix(suffix).map(|d| (d, shift));
-    let (digits, shift) = suffixed('k', 10)
-        .or_else(|| suffixed('m', 20))
-        .or_else(|| suffixed('g', 30))
-        .or_else(|| suffixed('t', 40))
-        .unwrap_or((stem, 0));
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
-}
-
 /// Parse `KEY=VALUE`.
 pub fn parse_key_value(s: &str) -> Result<(String, String), ConfigError> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
         _ => Err(ConfigError::BadKeyValue(s.to_string())),
     }
-}
-
-/// Parse a decimal or `0x`-prefixed hexadecimal number.
-pub fn parse_number(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim();
-    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => t.parse(),
-    };
-    r.map_err(|_| ConfigError::BadNumber(s.to_string()))
-}
-
-/// Parse a hexadecimal number, with or without `0x`.
-pub fn parse_hex(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim();
-    let hex = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
-    u64::from_str_radix(hex, 16).map_err(|_| ConfigError::BadNumber(s.to_string()))
 }
 
 /// `4G`, `512M`, `1536M`, or bytes when not a whole number of KiB.
@@ -654,17 +618,54 @@ mod tests {
         }
     }
 
+    /// The options and the config file read numbers with the shared grammar
+    /// (`cxl_regs::units`; its table test covers the grammar itself).
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
-        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
-        assert_eq!(parse_size("1t").unwrap(), 1 << 40);
-        assert_eq!(parse_size("268435456").unwrap(), 256 << 20);
-        assert_eq!(parse_size("0x10000000").unwrap(), 256 << 20);
-        for bad in ["", "M", "12X", "-1G", "1.5G", "99999999999T"] {
-            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+    fn options_and_file_share_the_number_grammar() {
+        let cli = Cli::try_parse_from([
+            "cxl-accel-backend",
+            "--socket",
+            "/tmp/s",
+            "--memory-size",
+            "1GiB",
+            "--serial",
+            "4K",
+            "--vendor-id",
+            "1b36",
+        ])
+        .unwrap();
+        let c = Config::from_args(cli.daemon).unwrap();
+        assert_eq!(
+            (c.memory_size, c.serial, c.vendor_id),
+            (1 << 30, 4096, 0x1b36)
+        );
+        let cli =
+            Cli::try_parse_from(["cxl-accel-backend", "--socket", "/s", "--memory-size", "1T"]);
+        assert_eq!(cli.unwrap().daemon.memory_size, Some(1 << 40));
+        for bad in ["", "12X", "-1G", "1.5G", "0x10M", "99999999999T"] {
+            let r =
+                Cli::try_parse_from(["cxl-accel-backend", "--socket", "/s", "--memory-size", bad]);
+            assert!(r.is_err(), "{bad:?} accepted");
         }
+        let file = FileConfig::parse("socket = \"/s\"\nmemory-size = \"0x10000000\"").unwrap();
+        assert_eq!(
+            Config::merge(DaemonArgs::default(), file)
+                .unwrap()
+                .memory_size,
+            256 << 20
+        );
+        let file = FileConfig::parse("socket = \"/s\"\nmemory-size = \"256 MiB\"").unwrap();
+        let e = Config::merge(DaemonArgs::default(), file).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Number { key: "memory-size", source: UnitsError::NotANumber(v) } if v == "256 MiB"),
+            "{e:?}"
+        );
+        let file = FileConfig::parse("socket = \"/s\"\ndevice-id = \"0xcg\"").unwrap();
+        let e = Config::merge(DaemonArgs::default(), file).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`device-id`: \"0xcg\" is not a hexadecimal number (hex digits, optional 0x)"
+        );
     }
 
     #[test]

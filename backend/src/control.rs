@@ -295,14 +295,14 @@ fn to_value(v: impl serde::Serialize) -> Result<Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
-/// A number, or a string holding a decimal or 0x-hex number.
+/// A number, or a string in the shared number grammar (`cxl_regs::units`).
 fn get_u64(req: &Map<String, Value>, key: &str) -> Result<u64, String> {
     match req.get(key) {
         Some(Value::Number(n)) => n
             .as_u64()
             .ok_or_else(|| format!("\"{key}\" must be a non-negative integer")),
         Some(Value::String(s)) => {
-            crate::config::parse_number(s).map_err(|e| format!("\"{key}\": {e}"))
+            cxl_regs::units::parse_u64(s).map_err(|e| format!("\"{key}\": {e}"))
         }
         Some(_) => Err(format!("\"{key}\" must be a number")),
         None => Err(format!("missing \"{key}\"")),

@@ -91,10 +91,10 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --mode test|shell|bench|chaos
   --flit 256b|68b          flit mode the backend runs (default 256b)
   --mailbox on|off         whether the backend exposes the mailbox (default on)
-  --size BYTES             device memory size, e.g. 0x20000000, 512M (default 512M)
+  --size BYTES             device memory size, e.g. 0x20000000, 512M, 1GiB (default 512M)
   --serial 0xHEX           expected Device Serial Number (default: not checked)
-  --vendor 0xHEX           PCI vendor id (default 0x1234)
-  --device 0xHEX           PCI device id (default 0xcc02)
+  --vendor HEX             PCI vendor id, 0x optional (default 1234)
+  --device HEX             PCI device id, 0x optional (default cc02)
   --hpa on|off             the region HPA reaches device memory: run check j (default off)
   --hpabench on|off        after check j: HPA bandwidth vs guest RAM (default off)
   --seconds N              chaos mode: seconds of random accesses (default 30)
@@ -104,28 +104,15 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --no-cmdline             ignore the kernel command line
   -h, --help";
 
-/// Parse an unsigned integer: decimal, 0x hex, with an optional K/M/G suffix
-/// (binary units).
+/// A number or size in the grammar every cxl-accel interface shares
+/// ([`cxl_regs::units`]: decimal with an optional binary unit K/M/G/T[B|iB], or 0x hex).
 pub fn parse_u64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1u64 << 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 1u64 << 30),
-        _ => (t, 1),
-    };
-    let v = if let Some(h) = num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-        u64::from_str_radix(h, 16)
-    } else {
-        num.parse::<u64>()
-    }
-    .map_err(|e| format!("bad number {s:?}: {e}"))?;
-    v.checked_mul(mult)
-        .ok_or_else(|| format!("number {s:?} overflows"))
+    cxl_regs::units::parse_u64(s).map_err(|e| e.to_string())
 }
 
-fn parse_u16(s: &str) -> Result<u16, String> {
-    let v = parse_u64(s)?;
+/// A PCI id as the backend's `--vendor-id`/`--device-id` take it: hex, 0x optional.
+fn parse_id(s: &str) -> Result<u16, String> {
+    let v = cxl_regs::units::parse_hex(s).map_err(|e| e.to_string())?;
     u16::try_from(v).map_err(|_| format!("{s:?} does not fit 16 bits"))
 }
 
@@ -176,8 +163,8 @@ impl Config {
                 self.size = size;
             }
             "serial" => self.serial = Some(parse_u64(value)?),
-            "vendor" => self.vendor = parse_u16(value)?,
-            "device" => self.device = parse_u16(value)?,
+            "vendor" => self.vendor = parse_id(value)?,
+            "device" => self.device = parse_id(value)?,
             "hpa" => {
                 self.hpa = match value {
                     "on" | "1" | "true" | "yes" => true,
@@ -290,15 +277,26 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Strin
 mod tests {
     use super::*;
 
+    /// The settings read the shared grammar (its table test is in cxl_regs::units):
+    /// what the backend accepts for the same option, the harness accepts too.
     #[test]
-    fn numbers() {
-        assert_eq!(parse_u64("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_u64("0x20000000").unwrap(), 0x2000_0000);
-        assert_eq!(parse_u64("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_u64("4096").unwrap(), 4096);
-        assert!(parse_u64("0xzz").is_err());
-        assert!(parse_u64("").is_err());
-        assert!(parse_u64("99999999999999G").is_err());
+    fn settings_take_the_backends_spellings() {
+        let mut c = Config::default();
+        for (size, want) in [("1GiB", 1u64 << 30), ("768M", 768 << 20), ("1T", 1 << 40)] {
+            c.set("size", size).unwrap();
+            assert_eq!(c.size, want, "{size}");
+        }
+        for bad in ["1.5G", "0x10M", "512B", "99999999999T"] {
+            assert!(c.set("size", bad).is_err(), "{bad:?} accepted");
+        }
+        // PCI ids as `--vendor-id`/`--device-id` take them: hex without 0x too
+        c.set("vendor", "1b36").unwrap();
+        c.set("device", "0x0001").unwrap();
+        assert_eq!((c.vendor, c.device), (0x1b36, 0x0001));
+        c.set("vendor", "1234").unwrap();
+        assert_eq!(c.vendor, 0x1234, "a bare id is hex, as for the backend");
+        assert!(c.set("vendor", "10000").is_err());
+        assert!(c.set("device", "4K").is_err());
     }
 
     #[test]
