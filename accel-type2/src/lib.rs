@@ -31,6 +31,8 @@
 //! dword array with masked writes; [`access`] splits guest accesses of any width and
 //! alignment into those. [`reset`] says what each kind of reset does to each of them.
 
+#![forbid(unsafe_code)]
+
 pub mod access;
 pub mod component;
 pub mod config_space;

@@ -64,6 +64,8 @@
 //! # Ok::<(), hdm::HdmError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod commit;
 mod interleave;
 

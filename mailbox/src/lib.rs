@@ -42,6 +42,8 @@
 //! `SanitizeComplete` (the wipe now comes first, and the completion is an ordinary
 //! `BackgroundComplete`).
 
+#![forbid(unsafe_code)]
+
 mod commands;
 mod events;
 mod firmware;
