@@ -1,9 +1,10 @@
 //! i. cxl-cli's view (`cxl list -M -D -R`) agrees with sysfs and the firmware step.
 
 use super::{need, Ctx};
-use crate::json::{self, Json};
+use crate::json;
 use crate::report::Reporter;
 use crate::sys;
+use serde_json::Value as Json;
 
 /// Check the JSON of `cxl list -M -D -R` against what sysfs showed.
 #[allow(clippy::too_many_arguments)]
@@ -20,14 +21,14 @@ pub fn verify(
 ) -> Result<String, String> {
     let one = |key: &str, val: &str| -> Result<&Json, String> {
         let mut v = Vec::new();
-        j.find_objects(key, val, &mut v);
+        json::find_objects(j, key, val, &mut v);
         match v.as_slice() {
             [o] => Ok(*o),
             [] => Err(format!("no object with {key}={val}")),
             _ => Err(format!("{} objects with {key}={val}", v.len())),
         }
     };
-    let num = |o: &Json, k: &str| o.get(k).and_then(Json::as_u64);
+    let num = |o: &Json, k: &str| o.get(k).and_then(json::as_u64);
     let s = |o: &Json, k: &str| o.get(k).and_then(Json::as_str).map(String::from);
     let mut errs = Vec::new();
 
@@ -51,7 +52,7 @@ pub fn verify(
     }
 
     let mut ds = Vec::new();
-    j.find_objects("decoder", ep_decoder, &mut ds);
+    json::find_objects(j, "decoder", ep_decoder, &mut ds);
     ds.retain(|o| o.get("resource").is_some());
     let d = match ds.as_slice() {
         [o] => *o,
@@ -85,7 +86,7 @@ pub fn verify(
 
     // decoders carry a "region" key too; the region object has no "decoder"
     let mut rs = Vec::new();
-    j.find_objects("region", region, &mut rs);
+    json::find_objects(j, "region", region, &mut rs);
     rs.retain(|o| o.get("decoder").is_none());
     let r = match rs.as_slice() {
         [o] => *o,
@@ -101,7 +102,7 @@ pub fn verify(
 
     // a port (host bridge) decoder maps the same range; root decoders are decoder0.*
     let mut decoders = Vec::new();
-    collect_decoders(j, &mut decoders);
+    json::objects_with(j, "decoder", &mut decoders);
     let others = decoders
         .iter()
         .filter(|o| {
@@ -120,19 +121,6 @@ pub fn verify(
         ))
     } else {
         Err(errs.join("; "))
-    }
-}
-
-fn collect_decoders<'a>(j: &'a Json, out: &mut Vec<&'a Json>) {
-    match j {
-        Json::Obj(m) => {
-            if m.contains_key("decoder") {
-                out.push(j);
-            }
-            m.values().for_each(|v| collect_decoders(v, out));
-        }
-        Json::Arr(a) => a.iter().for_each(|v| collect_decoders(v, out)),
-        _ => {}
     }
 }
 
