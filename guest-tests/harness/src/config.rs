@@ -63,6 +63,8 @@ pub struct Config {
     pub hpa: bool,
     /// After check j passes: HPA bandwidth against guest RAM (`# bench:` notes).
     pub hpabench: bool,
+    /// Hold the run after the check with this id (e.g. `g.2`), for the host.
+    pub hold_after: Option<String>,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             bench: BenchJob::All,
             hpa: false,
             hpabench: false,
+            hold_after: None,
         }
     }
 }
@@ -100,6 +103,8 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --seconds N              chaos mode: seconds of random accesses (default 30)
   --seed N                 chaos mode: random seed (default: from the clock)
   --bench all|ready        bench mode: every figure, or bring-up time only
+  --hold-after ID          after check ID (e.g. g.2) print `# hold-after ID: waiting
+                           for the host` and wait for good (a fault test's kill point)
   --cmdline FILE           read the cxltest.* keys from FILE instead of /proc/cmdline
   --no-cmdline             ignore the kernel command line
   -h, --help";
@@ -117,9 +122,20 @@ fn parse_id(s: &str) -> Result<u16, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 12] = [
-    "mode", "flit", "mailbox", "size", "serial", "vendor", "device", "seconds", "seed", "bench",
-    "hpa", "hpabench",
+pub const KEYS: [&str; 13] = [
+    "mode",
+    "flit",
+    "mailbox",
+    "size",
+    "serial",
+    "vendor",
+    "device",
+    "seconds",
+    "seed",
+    "bench",
+    "hpa",
+    "hpabench",
+    "hold-after",
 ];
 
 impl Config {
@@ -178,6 +194,21 @@ impl Config {
                     "off" | "0" | "false" | "no" => false,
                     _ => return Err(format!("hpabench: expected on|off, got {value:?}")),
                 }
+            }
+            "hold-after" => {
+                // a check id: a letter, a dot, a number (a.1, g.2, j.4)
+                let valid = value.split_once('.').is_some_and(|(l, n)| {
+                    l.len() == 1
+                        && l.bytes().all(|b| b.is_ascii_lowercase())
+                        && !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                });
+                if !valid {
+                    return Err(format!(
+                        "hold-after: expected a check id like g.2, got {value:?}"
+                    ));
+                }
+                self.hold_after = Some(value.to_string());
             }
             "seconds" => self.seconds = parse_u64(value)?,
             "seed" => self.seed = Some(parse_u64(value)?),
@@ -383,6 +414,23 @@ mod tests {
         }
         assert!(h.hpabench);
         assert!(h.set("hpabench", "maybe").is_err());
+        // the fault test's hold point, as /init passes cxltest.args words
+        let mut k = Config::default();
+        for (key, v) in &parse_args(["test", "hold-after=g.2"].map(String::from))
+            .unwrap()
+            .settings
+        {
+            k.set(key, v).unwrap();
+        }
+        assert_eq!(k.hold_after.as_deref(), Some("g.2"));
+        for bad in ["", "g", "g.", ".2", "gg.2", "G.2", "g.2;reboot", "g.x"] {
+            assert!(k.set("hold-after", bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            k.hold_after.as_deref(),
+            Some("g.2"),
+            "a refused id changes nothing"
+        );
         let mut cfg = Config::default();
         for (k, v) in &c.settings {
             cfg.set(k, v).unwrap();

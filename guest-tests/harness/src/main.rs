@@ -93,7 +93,10 @@ fn main() -> ExitCode {
         }
     };
     report::quiet_panics();
-    let mut rep = report::Reporter::default();
+    let mut rep = report::Reporter {
+        hold_after: cfg.hold_after.clone(),
+        ..Default::default()
+    };
     rep.note(&format!(
         "cxl-guest-test {}: mode {:?}, flit {}, mailbox {}, size {:#x}, serial {}, id {:04x}:{:04x}",
         env!("CARGO_PKG_VERSION"),
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             bench::run(&ctx.cfg, &mut rep);
         }
     }
+    rep.check_hold_reached();
     println!("{}", rep.summary());
     if mode == Mode::Shell {
         drop(ctx);

@@ -3,12 +3,45 @@
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reporter {
     pub passed: u32,
     pub failed: u32,
     /// Lines printed, for tests.
     pub lines: Vec<String>,
+    /// Hold after the check with this id (`--hold-after`): print [`hold_marker`] and
+    /// call `hold`, which never returns in the guest, so that the host acts at a known
+    /// point of the run (the QEMU SIGKILL fault test of scripts/lib/faults.sh).
+    pub hold_after: Option<String>,
+    /// Whether the hold point was reached.
+    pub held: bool,
+    /// What holding does: [`hold_forever`] (tests substitute their own).
+    pub hold: fn(),
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Self {
+            passed: 0,
+            failed: 0,
+            lines: Vec::new(),
+            hold_after: None,
+            held: false,
+            hold: hold_forever,
+        }
+    }
+}
+
+/// The line printed at the hold point: `# hold-after <id>: waiting for the host`.
+pub fn hold_marker(id: &str) -> String {
+    format!("hold-after {id}: waiting for the host")
+}
+
+/// Block for good: the host ends the guest (run-vm's --kill-after, or its timeout).
+pub fn hold_forever() {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
 
 /// Result of one check: Ok(detail) or Err(reason).
@@ -40,13 +73,30 @@ impl Reporter {
         println!("{line}");
         let _ = std::io::stdout().flush();
         self.lines.push(line);
+        if self.hold_after.as_deref() == Some(id) {
+            self.held = true;
+            self.note(&hold_marker(id));
+            (self.hold)();
+        }
         ok
     }
 
     /// Free-form note (not a check), prefixed with `#`.
     pub fn note(&mut self, msg: &str) {
-        println!("# {msg}");
+        let line = format!("# {msg}");
+        println!("{line}");
         let _ = std::io::stdout().flush();
+        self.lines.push(line);
+    }
+
+    /// After the run: a hold point that no check reached is a failure (a mistyped
+    /// id would otherwise leave the host waiting for a line that never comes).
+    pub fn check_hold_reached(&mut self) {
+        if let Some(id) = self.hold_after.clone().filter(|_| !self.held) {
+            self.check("hold-after", "the hold point was reached", || {
+                Err(format!("no check {id} ran"))
+            });
+        }
     }
 
     pub fn summary(&self) -> String {
@@ -62,6 +112,7 @@ pub fn quiet_panics() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn counts_and_formats() {
@@ -78,5 +129,48 @@ mod tests {
         assert_eq!(r.lines[3], "FAIL a.4 fourth: panic: boom 1");
         assert_eq!(r.lines[4], "FAIL a.5 fifth: panic: static");
         assert_eq!(r.summary(), "2 passed, 3 failed");
+    }
+
+    static HELD: AtomicU32 = AtomicU32::new(0);
+    fn count_hold() {
+        HELD.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn holds_after_the_named_check_only() {
+        let mut r = Reporter {
+            hold_after: Some("g.2".into()),
+            hold: count_hold,
+            ..Default::default()
+        };
+        r.check("g.1", "one", || Ok(String::new()));
+        r.check("g.20", "not g.2", || Ok(String::new()));
+        assert_eq!(HELD.load(Ordering::SeqCst), 0);
+        assert!(!r.held);
+        r.check("g.2", "two", || Err("failed".into()));
+        assert_eq!(HELD.load(Ordering::SeqCst), 1, "a failed check holds too");
+        assert!(r.held);
+        assert_eq!(
+            r.lines[2..],
+            [
+                "FAIL g.2 two: failed",
+                "# hold-after g.2: waiting for the host"
+            ]
+        );
+        r.check_hold_reached();
+        assert_eq!((r.passed, r.failed), (2, 1), "reached: no extra failure");
+
+        let mut missed = Reporter {
+            hold_after: Some("g.9".into()),
+            hold: count_hold,
+            ..Default::default()
+        };
+        missed.check("g.1", "one", || Ok(String::new()));
+        missed.check_hold_reached();
+        assert_eq!(
+            missed.lines[1],
+            "FAIL hold-after the hold point was reached: no check g.9 ran"
+        );
+        assert_eq!(HELD.load(Ordering::SeqCst), 1);
     }
 }
