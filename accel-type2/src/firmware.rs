@@ -162,7 +162,7 @@ impl Firmware for SlowCommitFirmware {
 }
 
 /// Firmware that leaves endpoint decoder 0 committed at power-on, as a platform BIOS
-/// does for the Type-2 flow of Linux (DESIGN §4): HPA `base`, `size` bytes (default:
+/// does for the Type-2 flow of Linux (guest-tests/README.md, module/): HPA `base`, `size` bytes (default:
 /// the whole capacity), device-coherent (Target Type 0), locked on commit.
 /// Parameters: `base` (required for anything to be committed: the HPA window comes
 /// from the platform's CFMWS) and `size`. Changes apply at the next reset.

@@ -201,7 +201,8 @@ pub enum FlitMode {
     Flit68,
 }
 
-/// Static configuration of the device, with the defaults of DESIGN §3.
+/// Static configuration of the device, with the defaults the backend's options
+/// document (README "Options").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccelConfig {
     pub vendor_id: u16,
@@ -385,7 +386,7 @@ struct Counters {
 
 /// The device.
 ///
-/// BAR map (DESIGN §3):
+/// BAR map (README "What the guest sees"; the Register Locator, CXL r3.1 §8.1.9):
 /// - BAR0, 64-bit, non-prefetchable, trapped: the component register block at 0
 ///   ([`component`]) and, with the mailbox on, the memory-device register block at
 ///   `DEVICE_BLOCK_OFFSET` ([`device_regs`]); with the mailbox off that range reads 0
@@ -547,7 +548,8 @@ impl AccelDevice {
 
     /// Commit the decoders firmware asks for, and, if any, enable HDM decoding and
     /// DVSEC Mem_Enable with the DVSEC ranges mirroring the decoders, as a BIOS
-    /// leaves a device for the Linux Type-2 flow (DESIGN §4).
+    /// leaves a device for the Linux Type-2 flow (guest-tests/README.md: firmware
+    /// commits, the core assembles the region in drivers/cxl/core/region.c).
     fn apply_power_on(&mut self) {
         let decoders = self.firmware.power_on_decoders(self.cfg.memory_size);
         if decoders.is_empty() {
@@ -988,7 +990,8 @@ impl AccelDevice {
                     writable: true,
                     mmappable: true,
                     // One sparse area over all of device memory: QEMU then maps it
-                    // (DESIGN §1). It is the whole BAR unless the size was rounded up.
+                    // (the sparse mmap capability of VFIO_USER_DEVICE_GET_REGION_INFO).
+                    // It is the whole BAR unless the size was rounded up.
                     sparse_mmap: vec![(0, self.cfg.memory_size)],
                     backing: RegionBacking::DeviceMemory,
                 },

@@ -221,7 +221,8 @@ fn after_cxl_reset(before: &CxlMem) -> CxlMem {
     }
 }
 
-/// Independent check of what a committed decoder must satisfy (DESIGN §3).
+/// Independent check of what a committed decoder must satisfy (CXL r3.1 §8.2.4.20.7,
+/// Commit: aligned, non-empty, in HPA order, within the DPA capacity).
 fn check_decoders(d: &AccelDevice) -> Result<(), String> {
     let bank = d.hdm();
     bank.check_invariants()?;

@@ -1,4 +1,4 @@
-//! The host side of `scripts/bench` (issue 5, DESIGN §6): figures measured outside
+//! The host side of `scripts/bench` (issue 5, BENCHMARKS.md): figures measured outside
 //! the guest, and the report that puts every figure beside its anchor.
 //!
 //! ```text

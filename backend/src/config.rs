@@ -15,7 +15,7 @@ use thiserror::Error;
 
 /// Device memory granularity: the kernel's DPA capacity is counted in 256 MiB units.
 pub const MEMORY_GRANULE: u64 = 256 << 20;
-/// Default device memory size (DESIGN §3).
+/// Default device memory size (README "Options").
 pub const DEFAULT_MEMORY_SIZE: u64 = 512 << 20;
 
 /// Errors of building a [`Config`].
@@ -502,7 +502,7 @@ impl Config {
         })
     }
 
-    /// The QEMU arguments that attach this device (DESIGN §5), one per line, in a form
+    /// The QEMU arguments that attach this device (README "Run it beside QEMU"), one per line, in a form
     /// that can be pasted into a shell command.
     pub fn qemu_args(&self) -> String {
         let socket = absolute(&self.socket);

@@ -426,8 +426,10 @@ impl VfioUserDevice for VfioDevice {
             }
         }
         if r.backing == RegionBacking::DeviceMemory {
-            // The whole BAR is the device-memory fd. One sparse area covering it
-            // makes every client pass the fd on and mmap it (DESIGN §1).
+            // The whole BAR is the device-memory fd. One sparse area covering it (the
+            // sparse mmap capability of VFIO_USER_DEVICE_GET_REGION_INFO, QEMU's
+            // docs/interop/vfio-user.rst) makes every client pass the fd on and mmap
+            // it, the `vfio_user` crate's too (README "Why our own vfio-user server").
             let size = r.size.min(self.devmem.size());
             info.mmappable = true;
             info.sparse_mmap = if r.sparse_mmap.is_empty() {

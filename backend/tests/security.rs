@@ -1,4 +1,4 @@
-//! Security properties of the real daemon (DESIGN §7, issue 6): it runs unprivileged,
+//! Security properties of the real daemon (issue 6; backend/SECCOMP.md): it runs unprivileged,
 //! its sockets and files are private (0600), and with `--seccomp on` each thread is
 //! confined to the system calls it makes, which a whole vfio-user session, the
 //! control socket, a stop/continue and a clean shutdown need and no more.

@@ -1,5 +1,7 @@
 # VM-level fault tests for scripts/e2e (issue 6). Source it after common.sh; each
-# function returns 0 when the fault is survived as DESIGN §7 says, and logs why not.
+# function returns 0 when the backend survives the fault as its --help says (a client
+# that disconnects leaves the device state; the next connection is served), and logs
+# why not.
 # The daemon-level faults (a backend SIGKILL and restart, full or unwritable storage,
 # paths in the way, bad configuration) are backend integration tests (backend/tests/).
 # shellcheck shell=bash

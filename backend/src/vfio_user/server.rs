@@ -1,7 +1,7 @@
 //! The vfio-user server: a listening UNIX socket, and a loop that serves one
 //! client at a time over it.
 //!
-//! Framing rules (DESIGN §1):
+//! Framing rules (README "Why our own vfio-user server"):
 //! - lengths are read exactly, looping on partial reads; a connection that
 //!   ends inside a header or a body is dropped, never parsed;
 //! - a message bigger than `MAX_MESSAGE_SIZE` is drained (up to

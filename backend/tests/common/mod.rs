@@ -2,7 +2,7 @@
 //! the `vfio_user` crate's `Client` (the stand-in for QEMU), with raw frames for the
 //! malformed cases, and with its control socket.
 //!
-//! The daemon needs no privileges (DESIGN §7), and the tests show it: when they run
+//! The daemon needs no privileges (README: the e2e runs it as `nobody`), and the tests show it: when they run
 //! as root (as CI does), every daemon they start drops to uid/gid 65534
 //! (nobody/nogroup) with no supplementary groups before it execs, and works in a
 //! directory owned by that user ([`test_dir`]). The test process itself stays root,

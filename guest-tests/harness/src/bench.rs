@@ -1,4 +1,4 @@
-//! Bench mode (issue 5, DESIGN §6): the backend against QEMU's in-process
+//! Bench mode (issue 5, BENCHMARKS.md): the backend against QEMU's in-process
 //! `cxl-type3` in the same VM, on root ports of the same CXL host bridge.
 //!
 //! `cxl-guest-test bench` (job `all`, the default) measures, alternating between the

@@ -9,7 +9,8 @@ use crate::sys;
 use cxl_regs::dvsec::register_locator as rl;
 use cxl_regs::{device, mailbox as mb};
 
-/// Opcodes DESIGN §3 says the device implements; the CEL must list them.
+/// Opcodes the device implements (the mailbox crate's command set, mailbox/src/
+/// commands.rs, from CXL r3.1 §8.2.9); the CEL must list them.
 pub const IMPLEMENTED: [u16; 20] = [
     mb::OP_GET_EVENT_RECORDS,
     mb::OP_CLEAR_EVENT_RECORDS,
