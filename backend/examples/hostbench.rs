@@ -232,12 +232,39 @@ fn rss_cmd(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// nobody:nogroup, as whom the scripts run the backend.
+const NOBODY: u32 = 65534;
+
 /// Start the backend on the vfio-user socket `sock` with `args`, quiet (warnings
-/// only, and no stdio).
+/// only, and no stdio), as `scripts/run-vm` runs it: with its seccomp filters and,
+/// when this runs as root, as nobody:nogroup with no supplementary groups (std's
+/// `Command` drops them when root sets a uid). nobody runs a copy of the binary in
+/// `sock`'s folder, which it owns: the build tree may be closed to it.
 fn spawn_backend(backend: &Path, sock: &Path, args: &[&str]) -> Res<Child> {
-    Command::new(backend)
-        .args(["--socket".as_ref(), sock.as_os_str()])
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let root = std::fs::metadata("/proc/self")
+        .map_err(|e| format!("/proc/self: {e}"))?
+        .uid()
+        == 0;
+    let mut cmd = if root {
+        let dir = sock.parent().ok_or("the socket path has no folder")?;
+        let copy = dir.join("cxl-accel-backend");
+        if !copy.exists() {
+            std::fs::copy(backend, &copy)
+                .map_err(|e| format!("copy {}: {e}", backend.display()))?;
+        }
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY))
+            .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+        let mut c = Command::new(copy);
+        c.uid(NOBODY).gid(NOBODY);
+        c
+    } else {
+        Command::new(backend)
+    };
+    cmd.args(["--socket".as_ref(), sock.as_os_str()])
         .args(args)
+        .args(["--seccomp", "on"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

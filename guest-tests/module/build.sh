@@ -48,16 +48,23 @@ BUILD_REL=/tmp/cxl-accel-t2-build.$$
 BUILD="$ROOT$BUILD_REL"
 rm -rf "$BUILD"
 mkdir -p "$BUILD"
-trap 'rm -rf "$BUILD"' EXIT INT TERM
+KO_TMP="$KO.tmp.$$"
+# On any exit; a signal exits (with the shell's status for it) after removing them.
+trap 'rm -rf "$BUILD" "$KO_TMP"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 cp "$SRC/cxl_accel_t2.c" "$SRC/Kbuild" "$BUILD/"
 
+# shellcheck disable=SC2016 # the inner sh expands its own positional parameters
 unshare --mount --propagation private sh -eu -c '
     mount --bind /dev "$1/dev"
     mount -t proc proc "$1/proc"
     chroot "$1" make -s -C "/lib/modules/$2/build" M="$3" modules
 ' sh "$ROOT" "$KREL" "$BUILD_REL"
 
-cp "$BUILD/cxl_accel_t2.ko" "$KO.tmp"
-mv "$KO.tmp" "$KO"
+# A temporary name of this build's own, renamed into place: concurrent builds into
+# OUTDIR never write the same file.
+cp "$BUILD/cxl_accel_t2.ko" "$KO_TMP"
+mv "$KO_TMP" "$KO"
 echo "$KREL" > "$OUT/cxl_accel_t2.krel"
 echo "build.sh: built $KO for $KREL"
