@@ -139,3 +139,98 @@ wait_socket() {
     done
     [[ -S $1 ]]
 }
+
+# --- The host ------------------------------------------------------------------------
+# host_install COMMAND [PACKAGE]: install PACKAGE (default: COMMAND) with the host's
+# apt when COMMAND is missing; nothing when it is there. The host's apt sources are
+# used as they are, never changed.
+host_install() {
+    local cmd=$1 pkg=${2:-$1}
+    command -v "$cmd" >/dev/null && return 0
+    log "installing $pkg on the host"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+    command -v "$cmd" >/dev/null || die "installing $pkg gave no $cmd"
+}
+
+# debian_mirror: print the Debian archive URL that this host's apt uses, for the VM
+# root's debootstrap and apt (setup-vm-env) and the patched QEMU's source
+# (qemu/build). $CXL_DEBIAN_MIRROR, when set, wins; otherwise debian_mirror_in reads
+# /etc/apt for the host's release (VERSION_CODENAME of /etc/os-release).
+debian_mirror() {
+    local codename
+    # shellcheck disable=SC1091 # the host's file, not ours
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    debian_mirror_in /etc/apt "$codename"
+}
+
+# debian_mirror_in APT_DIR CODENAME: $CXL_DEBIAN_MIRROR if set; else the first
+# enabled `deb` source in APT_DIR - sources.list.d/*.sources (deb822 URIs:), then
+# sources.list and sources.list.d/*.list (one-line form) - with an http(s) URI,
+# component main, and a suite that is CODENAME or a Debian suite alias (stable,
+# oldstable, testing, unstable, sid), optionally with -updates or -backports. That
+# leaves out the security archive (suite CODENAME-security) and third-party sources,
+# whose suites and components are their own. Fails, saying so, if nothing matches.
+debian_mirror_in() {
+    local dir=$1 codename=$2 url
+    if [[ -n ${CXL_DEBIAN_MIRROR:-} ]]; then
+        echo "${CXL_DEBIAN_MIRROR%/}"
+        return 0
+    fi
+    local files=() f
+    for f in "$dir"/sources.list.d/*.sources "$dir"/sources.list "$dir"/sources.list.d/*.list; do
+        [[ -f $f ]] && files+=("$f")
+    done
+    if [[ ${#files[@]} -gt 0 ]]; then
+        url=$(awk -v codename="$codename" '
+            function archive_suite(s) {
+                sub(/-(updates|backports)$/, "", s)
+                return (codename != "" && s == codename) || s ~ /^(stable|oldstable|testing|unstable|sid)$/
+            }
+            # One source: types, URIs, suites, components as space-separated lists.
+            function consider(types, uris, suites, comps,   n, i, t, u, s, c, ok) {
+                if (found != "") return
+                n = split(types, t, " "); ok = 0
+                for (i = 1; i <= n; i++) if (t[i] == "deb") ok = 1
+                if (!ok) return
+                n = split(comps, c, " "); ok = 0
+                for (i = 1; i <= n; i++) if (c[i] == "main") ok = 1
+                if (!ok) return
+                n = split(suites, s, " "); ok = 0
+                for (i = 1; i <= n; i++) if (archive_suite(s[i])) ok = 1
+                if (!ok) return
+                n = split(uris, u, " ")
+                for (i = 1; i <= n; i++) if (u[i] ~ /^https?:\/\/[^\/]/) { found = u[i]; return }
+            }
+            function flush() {
+                if (tolower(f["enabled"]) != "no") consider(f["types"], f["uris"], f["suites"], f["components"])
+                delete f; key = ""
+            }
+            FNR == 1 { if (deb822) flush(); deb822 = (FILENAME ~ /\.sources$/) }
+            deb822 {
+                if ($0 ~ /^[ \t]*#/) next
+                if ($0 ~ /^[ \t]*$/) { flush(); next }
+                if ($0 ~ /^[ \t]/) { if (key != "") f[key] = f[key] " " $0; next }
+                key = tolower($0); sub(/:.*/, "", key)
+                v = $0; sub(/^[^:]*:[ \t]*/, "", v); f[key] = v
+                next
+            }
+            {
+                line = $0; sub(/#.*/, "", line)
+                # options in brackets: [arch=amd64 signed-by=...]
+                gsub(/\[[^]]*\]/, "", line)
+                n = split(line, w, " ")
+                if (n < 4) next
+                comps = ""; for (i = 4; i <= n; i++) comps = comps " " w[i]
+                consider(w[1], w[2], w[3], comps)
+            }
+            END { if (deb822) flush(); print found }
+        ' "${files[@]}")
+    fi
+    if [[ -z ${url:-} ]]; then
+        log "no Debian archive source for '${codename:-?}' in $dir (sources.list.d/*.sources," \
+            "sources.list); set CXL_DEBIAN_MIRROR to a Debian mirror URL"
+        return 1
+    fi
+    echo "${url%/}"
+}
