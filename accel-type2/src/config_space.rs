@@ -23,11 +23,16 @@
 //! | 0x150  | DVSEC id 8, Register Locator (CXL r3.1 §8.1.9)             |
 //! | 0x170  | DVSEC id 7, Flex Bus Port (CXL r3.1 §8.1.8, §8.2.1.3)      |
 //! | 0x190  | DVSEC id 5, GPF for CXL Devices (CXL r3.1 §8.1.7)          |
+//! | 0x1a0  | Data Object Exchange (PCIe r6 §7.9.24), see [`crate::doe`] |
+
+use std::sync::Arc;
 
 use cxl_regs::dvsec::{self, device as dev, flex_bus, gpf_device, register_locator as regloc};
-use cxl_regs::layout;
 use cxl_regs::pci::*;
+use cxl_regs::{doe, layout};
 
+use crate::cdat::Cdat;
+use crate::doe::DoeMailbox;
 use crate::reset::{self, RegisterClass, ResetKind};
 use crate::FlitMode;
 
@@ -40,6 +45,7 @@ pub const DVSEC_DEVICE: usize = 0x110;
 pub const DVSEC_LOCATOR: usize = 0x150;
 pub const DVSEC_FLEX_BUS: usize = 0x170;
 pub const DVSEC_GPF: usize = 0x190;
+pub const DOE_CAP: usize = 0x1a0;
 
 /// Link reported in Link Capabilities/Status: 32 GT/s, x16 (the same in both flit
 /// modes; PCIe r6 permits Flit Mode at any speed both ends support).
@@ -65,6 +71,8 @@ pub struct ConfigParams {
     pub mailbox: bool,
     /// DVSEC HDM_Count: 1 or 2.
     pub hdm_count: u8,
+    /// The table the DOE mailbox serves.
+    pub cdat: Arc<Cdat>,
 }
 
 /// The CXL Reset Timeout this device advertises (CXL r3.1 §8.1.3.1): 100 ms.
@@ -168,6 +176,7 @@ pub struct ConfigSpace {
     wmask: Box<[u8; CONFIG_SPACE_SIZE]>,
     w1c: Box<[u8; CONFIG_SPACE_SIZE]>,
     params: ConfigParams,
+    doe: DoeMailbox,
 }
 
 impl std::fmt::Debug for ConfigSpace {
@@ -181,11 +190,13 @@ impl std::fmt::Debug for ConfigSpace {
 impl ConfigSpace {
     /// Build config space in its reset state.
     pub fn new(params: ConfigParams) -> Self {
+        let doe = DoeMailbox::new(params.cdat.clone());
         let mut cs = Self {
             data: Box::new([0; CONFIG_SPACE_SIZE]),
             wmask: Box::new([0; CONFIG_SPACE_SIZE]),
             w1c: Box::new([0; CONFIG_SPACE_SIZE]),
             params,
+            doe,
         };
         cs.build_header();
         cs.build_pm();
@@ -196,6 +207,7 @@ impl ConfigSpace {
         cs.build_dvsec_locator();
         cs.build_dvsec_flex_bus();
         cs.build_dvsec_gpf();
+        cs.build_doe();
         cs
     }
 
@@ -207,6 +219,9 @@ impl ConfigSpace {
     /// class [`reset::keeps`] (the DVSEC fields under a set CONFIG_LOCK count as
     /// locked). A kept CONFIG_LOCK keeps its fields read-only.
     pub fn reset(&mut self, kind: ResetKind) {
+        // `fresh` has an idle DOE mailbox: every kind of reset aborts an exchange
+        // (PCIe r6 §6.30.2; it is function state, reset like the function's own
+        // registers), and the table it serves (`params`) is kept.
         let fresh = Self::new(self.params.clone());
         let old = std::mem::replace(self, fresh);
         let locked = old.dvsec_locked();
@@ -559,7 +574,7 @@ impl ConfigSpace {
         let c = DVSEC_GPF;
         self.dvsec_headers(
             c,
-            0,
+            DOE_CAP,
             dvsec::ID_GPF_DEVICE,
             gpf_device::REVISION,
             gpf_device::LENGTH,
@@ -571,6 +586,23 @@ impl ConfigSpace {
         self.set32(c + gpf_device::PHASE2_POWER, 100);
     }
 
+    /// Data Object Exchange (PCIe r6 §7.9.24), the last extended capability. Only
+    /// its header lives in the byte array; [`DoeMailbox`] owns the registers.
+    fn build_doe(&mut self) {
+        self.set32(
+            DOE_CAP,
+            ext_cap_header(doe::EXT_CAP_ID_DOE, doe::VERSION, 0),
+        );
+    }
+
+    /// The register of the DOE capability that the dword at `off` is, if any.
+    fn doe_register(off: usize) -> Option<usize> {
+        let reg = off.checked_sub(DOE_CAP)?;
+        (doe::CAPABILITIES..doe::CAP_LEN)
+            .contains(&reg)
+            .then_some(reg)
+    }
+
     // --- access -------------------------------------------------------------
 
     /// Read the dword at `offset` (rounded down to a dword); 0 outside config space.
@@ -580,6 +612,9 @@ impl ConfigSpace {
         };
         if off >= CONFIG_SPACE_SIZE {
             return 0;
+        }
+        if let Some(reg) = Self::doe_register(off) {
+            return self.doe.read(reg);
         }
         match self.data.get(off..off + 4) {
             Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
@@ -610,6 +645,10 @@ impl ConfigSpace {
             return fx;
         };
         if base >= CONFIG_SPACE_SIZE {
+            return fx;
+        }
+        if let Some(reg) = Self::doe_register(base) {
+            self.doe.write(reg, value, mask);
             return fx;
         }
         let before_msix =
@@ -711,6 +750,16 @@ impl ConfigSpace {
     }
 
     // --- state the device model needs -----------------------------------------
+
+    /// The DOE mailbox (read-only view).
+    pub fn doe(&self) -> &DoeMailbox {
+        &self.doe
+    }
+    /// Serve `cdat` through the DOE mailbox from now on, and after resets.
+    pub fn set_cdat(&mut self, cdat: Arc<Cdat>) {
+        self.params.cdat = cdat.clone();
+        self.doe.set_cdat(cdat);
+    }
 
     pub fn command(&self) -> u16 {
         self.read16(COMMAND)

@@ -13,11 +13,13 @@
 //! Extensions: `AccelDevice::{try_inject_ras, intx_asserted, firmware,
 //! set_firmware, hdm, mailbox, mailbox_mut, memory, memory_mut, config_space,
 //! bar2_size, reset_kind, cxl_reset_in_progress, set_offload, take_jobs,
-//! complete_dma, wipe_progress, complete_wipe}`, `DeviceMemory::zero`,
+//! complete_dma, wipe_progress, complete_wipe, cdat, replace_cdat}`,
+//! `AccelConfig::cdat`, `DeviceMemory::zero`,
 //! `firmware::{by_name, names, SlowCommitFirmware, BiosFirmware, parse_u64,
 //! CxlResetDecision}`, `Firmware::on_cxl_reset`, `reset::{ResetKind, RegisterClass,
 //! Effect, effect, keeps}`, `jobs::{Job, WipeJob, WipeError}`,
-//! `engine::{DmaJob, CancelFlag}`.
+//! `engine::{DmaJob, CancelFlag}`,
+//! `cdat::{Cdat, CdatConfig, CdatSource, CdatError, EfiMemoryType}`.
 //!
 //! Long work (DMA transfers, the wipe of device memory by Sanitize or by a CXL
 //! Reset with Mem Clr) runs within the access that starts it, unless the transport
@@ -25,6 +27,8 @@
 //! [`jobs`].
 //!
 //! Modules, one per register file: [`config_space`] (PCIe r6 §7.5, CXL r3.1 §8.1),
+//! [`doe`] (the DOE mailbox in config space, PCIe r6 §7.9.24) serving [`cdat`]
+//! (the CDAT, CXL CDAT r1.03),
 //! [`component`] and [`ras`] (CXL r3.1 §8.2.4), [`device_regs`] (CXL r3.1 §8.2.8),
 //! [`engine`] (the DMA engine), [`msix`] (PCIe r6 §7.7.2); [`jobs`] is the long
 //! work handed to the transport. Every register file is a
@@ -34,9 +38,11 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod cdat;
 pub mod component;
 pub mod config_space;
 pub mod device_regs;
+pub mod doe;
 pub mod engine;
 pub mod firmware;
 pub mod jobs;
@@ -54,6 +60,7 @@ pub use mailbox::{EventLog, EventRecord, LsaStorage, MemLsa};
 use thiserror::Error;
 
 use crate::access::{read_dwords, write_dwords};
+pub use crate::cdat::{Cdat, CdatConfig, CdatError, CdatSource, EfiMemoryType};
 use crate::component::ComponentBlock;
 use crate::config_space::{ConfigEffects, ConfigParams, ConfigSpace};
 use crate::device_regs::{DeviceHooks, DeviceRegs};
@@ -78,6 +85,8 @@ pub enum AccelError {
     MemorySizeMismatch { expected: u64, actual: u64 },
     #[error(transparent)]
     Hdm(#[from] hdm::HdmError),
+    #[error("CDAT: {0}")]
+    Cdat(#[from] cdat::CdatError),
 }
 
 /// Errors of a guest-memory or device-memory access.
@@ -220,6 +229,8 @@ pub struct AccelConfig {
     pub hdm_count: u8,
     pub lsa_size: usize,
     pub fw_revision: String,
+    /// The CDAT the DOE mailbox serves.
+    pub cdat: CdatSource,
 }
 
 impl Default for AccelConfig {
@@ -237,6 +248,7 @@ impl Default for AccelConfig {
             hdm_count: 1,
             lsa_size: 64 << 10,
             fw_revision: "cxl-accel 0.1.0".into(),
+            cdat: CdatSource::default(),
         }
     }
 }
@@ -504,6 +516,7 @@ impl AccelDevice {
                 lsa,
             ))
         });
+        let cdat = Arc::new(Cdat::from_source(&cfg.cdat, cfg.memory_size, 0)?);
         let mut prefetchable = [false; 6];
         prefetchable[usize::from(layout::BAR_MEM)] = true;
         let config = ConfigSpace::new(ConfigParams {
@@ -518,6 +531,7 @@ impl AccelDevice {
             flit: cfg.flit,
             mailbox: cfg.mailbox,
             hdm_count: cfg.hdm_count,
+            cdat,
         });
         let mut dev = Self {
             cfg,
@@ -1337,5 +1351,21 @@ impl AccelDevice {
     /// BAR2's size: the memory size rounded up to a power of two.
     pub fn bar2_size(&self) -> u64 {
         self.bar2_size
+    }
+    /// The CDAT the DOE mailbox serves.
+    pub fn cdat(&self) -> &Cdat {
+        self.config.doe().cdat()
+    }
+    /// Replace the CDAT, as a firmware update would: a built table gets the next
+    /// sequence number, so software can tell it changed (CDAT r1.03 Table 1); a
+    /// vendor's table is served as it is. The table survives resets. Returns the
+    /// new sequence number; on error the old table stays.
+    pub fn replace_cdat(&mut self, source: CdatSource) -> Result<u32, CdatError> {
+        let sequence = self.cdat().sequence().wrapping_add(1);
+        let cdat = Cdat::from_source(&source, self.cfg.memory_size, sequence)?;
+        let sequence = cdat.sequence();
+        self.config.set_cdat(Arc::new(cdat));
+        self.cfg.cdat = source;
+        Ok(sequence)
     }
 }

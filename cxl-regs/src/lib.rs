@@ -11,8 +11,10 @@
 
 extern crate alloc;
 
+pub mod cdat;
 pub mod component;
 pub mod device;
+pub mod doe;
 pub mod dvsec;
 pub mod hdm;
 pub mod layout;
