@@ -34,7 +34,10 @@ pub enum CdatError {
     TooShort { len: usize },
     #[error("the table is {len} bytes; at most {MAX_TABLE_LEN} are accepted")]
     TooLarge { len: usize },
-    #[error("the header's Length field says {header} bytes but the table is {actual} bytes")]
+    #[error(
+        "the table is {actual} bytes but its header's Length field says {header}: a \
+         truncated file, or bytes after the table"
+    )]
     LengthMismatch { header: u64, actual: usize },
     #[error("bad checksum: the table's bytes sum to {sum:#04x} (mod 256), not 0")]
     Checksum { sum: u8 },

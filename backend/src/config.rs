@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use accel_type2::cdat::{self, Cdat, CdatConfig, CdatError, CdatSource, EfiMemoryType};
 use accel_type2::{AccelConfig, FlitMode};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cxl_regs::units::{parse_hex, parse_u64, UnitsError};
@@ -78,6 +79,20 @@ pub enum ConfigError {
         max = crate::memory::MAX_DMA_MAPS_LIMIT
     )]
     MaxDmaMaps(u64),
+    #[error("cannot read CDAT file {path}: {source}")]
+    CdatRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CDAT file {path} is refused: {source}")]
+    CdatInvalid { path: PathBuf, source: CdatError },
+    #[error("CDAT figures: {0}")]
+    CdatFigures(CdatError),
+    #[error(
+        "{0} describes the built CDAT; a vendor table given with --cdat carries its own \
+         figures: drop one or the other"
+    )]
+    CdatConflict(&'static str),
 }
 
 /// `on` / `off` switches.
@@ -227,6 +242,29 @@ pub struct DaemonArgs {
     /// section of the guest (README "Limits") [default: 1024, at most 65535].
     #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub max_dma_maps: Option<u64>,
+    /// Serve this CDAT binary (a vendor's table) as is through the DOE mailbox, once
+    /// it validates: header Length equal to the file size, checksum, structure
+    /// lengths, and every DSMAS inside the device memory. Without it the table is
+    /// built from the options below.
+    #[arg(long, value_name = "FILE")]
+    pub cdat: Option<PathBuf>,
+    /// Built CDAT: device memory read latency in ns, from the device's CXL port
+    /// (DSLBIS) [default: 100].
+    #[arg(long, value_name = "NS", value_parser = parse_u64)]
+    pub cdat_read_latency: Option<u64>,
+    /// Built CDAT: write latency in ns [default: 120].
+    #[arg(long, value_name = "NS", value_parser = parse_u64)]
+    pub cdat_write_latency: Option<u64>,
+    /// Built CDAT: read bandwidth in MB/s [default: 51200].
+    #[arg(long, value_name = "MBPS", value_parser = parse_u64)]
+    pub cdat_read_bandwidth: Option<u64>,
+    /// Built CDAT: write bandwidth in MB/s [default: 51200].
+    #[arg(long, value_name = "MBPS", value_parser = parse_u64)]
+    pub cdat_write_bandwidth: Option<u64>,
+    /// Built CDAT: the EFI memory type of device memory (DSEMTS): reserved,
+    /// specific-purpose or conventional [default: reserved].
+    #[arg(long, value_name = "TYPE", value_parser = parse_memory_type)]
+    pub cdat_memory_type: Option<EfiMemoryType>,
     /// Confine each thread with a seccomp filter that allows only the system calls it
     /// makes once the sockets and memory are set up (see backend/SECCOMP.md); any other
     /// call ends the process with status 159 [default: off].
@@ -271,6 +309,12 @@ pub struct FileConfig {
     pub once: Option<bool>,
     pub seccomp: Option<BoolOrString>,
     pub max_dma_maps: Option<NumOrString>,
+    pub cdat: Option<PathBuf>,
+    pub cdat_read_latency: Option<NumOrString>,
+    pub cdat_write_latency: Option<NumOrString>,
+    pub cdat_read_bandwidth: Option<NumOrString>,
+    pub cdat_write_bandwidth: Option<NumOrString>,
+    pub cdat_memory_type: Option<String>,
 }
 
 impl FileConfig {
@@ -319,6 +363,10 @@ pub struct Config {
     pub seccomp: bool,
     /// Most DMA mappings a client may hold (`--max-dma-maps`).
     pub max_dma_maps: u32,
+    /// The CDAT the DOE mailbox serves (a vendor's validated bytes, or figures).
+    pub cdat: CdatSource,
+    /// The file a vendor CDAT came from.
+    pub cdat_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -334,6 +382,7 @@ impl Config {
     /// Merge `args` over `file` and validate.
     pub fn merge(args: DaemonArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let defaults = AccelConfig::default();
+        let figures = CdatFigures::merge(&args, &file)?;
 
         let socket = args
             .socket
@@ -443,6 +492,20 @@ impl Config {
             .ok()
             .filter(|n| (1..=crate::memory::MAX_DMA_MAPS_LIMIT).contains(n))
             .ok_or(ConfigError::MaxDmaMaps(max_dma_maps))?;
+        let cdat_file = args.cdat.or(file.cdat);
+        let cdat = match &cdat_file {
+            Some(path) => {
+                if let Some(name) = figures.named() {
+                    return Err(ConfigError::CdatConflict(name));
+                }
+                CdatSource::Vendor(load_cdat(path, memory_size)?)
+            }
+            None => {
+                let cfg = figures.config();
+                cfg.validate().map_err(ConfigError::CdatFigures)?;
+                CdatSource::Built(cfg)
+            }
+        };
 
         Ok(Config {
             socket,
@@ -462,6 +525,8 @@ impl Config {
             print_qemu_args: args.print_qemu_args,
             seccomp,
             max_dma_maps,
+            cdat,
+            cdat_file,
         })
     }
 
@@ -476,6 +541,7 @@ impl Config {
             flit: self.flit,
             mailbox: self.mailbox,
             decoders: self.decoders,
+            cdat: self.cdat.clone(),
             ..AccelConfig::default()
         }
     }
@@ -499,6 +565,19 @@ impl Config {
             "once": self.once,
             "seccomp": self.seccomp,
             "max_dma_maps": self.max_dma_maps,
+            "cdat": match &self.cdat {
+                CdatSource::Vendor(bytes) => serde_json::json!({
+                    "file": self.cdat_file,
+                    "length": bytes.len(),
+                }),
+                CdatSource::Built(c) => serde_json::json!({
+                    "read_latency_ns": c.read_latency_ns,
+                    "write_latency_ns": c.write_latency_ns,
+                    "read_bandwidth_mbs": c.read_bandwidth_mbs,
+                    "write_bandwidth_mbs": c.write_bandwidth_mbs,
+                    "memory_type": c.memory_type.name(),
+                }),
+            },
         })
     }
 
@@ -515,11 +594,25 @@ impl Config {
         let device = format!(
             r#"{{"driver":"vfio-user-pci","id":"cxlaccel0","bus":"rp0","socket":{{"type":"unix","path":{path}}}}}"#
         );
+        // NUMA node 1 is the host bridge's generic port, with HMAT figures from the
+        // CPU: Linux adds them to the device's CDAT figures to compute the QoS class
+        // of device memory, and computes none without them.
         let lines = [
-            "-machine q35,cxl=on,memory-backend=ram0".to_string(),
+            "-machine q35,cxl=on,hmat=on".to_string(),
             "-m 1G,maxmem=4G,slots=4".to_string(),
             "-object memory-backend-memfd,id=ram0,size=1G,share=on".to_string(),
+            "-numa node,nodeid=0,cpus=0,memdev=ram0,initiator=0".to_string(),
+            "-numa node,nodeid=1".to_string(),
+            "-numa hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-latency,latency=80"
+                .to_string(),
+            "-numa hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-bandwidth,bandwidth=20G"
+                .to_string(),
+            "-numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=50"
+                .to_string(),
+            "-numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-bandwidth,bandwidth=64G"
+                .to_string(),
             "-device pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1,hdm_for_passthrough=on".to_string(),
+            "-object acpi-generic-port,id=gp0,pci-bus=cxl.1,node=1".to_string(),
             "-device cxl-rp,port=0,bus=cxl.1,id=rp0,chassis=0,slot=2".to_string(),
             format!("-device {}", shell_quote(&device)),
             format!(
@@ -529,6 +622,113 @@ impl Config {
         ];
         lines.join(" \\\n") + "\n"
     }
+}
+
+/// The built CDAT's figures as given on the command line or in the file (None
+/// where neither sets one).
+struct CdatFigures {
+    read_latency_ns: Option<u64>,
+    write_latency_ns: Option<u64>,
+    read_bandwidth_mbs: Option<u64>,
+    write_bandwidth_mbs: Option<u64>,
+    memory_type: Option<EfiMemoryType>,
+}
+
+impl CdatFigures {
+    fn merge(args: &DaemonArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let pick = |key: &'static str,
+                    cli: Option<u64>,
+                    file: &Option<NumOrString>|
+         -> Result<Option<u64>, ConfigError> {
+            match (cli, file) {
+                (Some(v), _) => Ok(Some(v)),
+                (None, Some(v)) => num(key, v.clone(), parse_u64).map(Some),
+                (None, None) => Ok(None),
+            }
+        };
+        let memory_type = match (args.cdat_memory_type, &file.cdat_memory_type) {
+            (Some(t), _) => Some(t),
+            (None, Some(s)) => Some(parse_memory_type(s)?),
+            (None, None) => None,
+        };
+        Ok(Self {
+            read_latency_ns: pick(
+                "cdat-read-latency",
+                args.cdat_read_latency,
+                &file.cdat_read_latency,
+            )?,
+            write_latency_ns: pick(
+                "cdat-write-latency",
+                args.cdat_write_latency,
+                &file.cdat_write_latency,
+            )?,
+            read_bandwidth_mbs: pick(
+                "cdat-read-bandwidth",
+                args.cdat_read_bandwidth,
+                &file.cdat_read_bandwidth,
+            )?,
+            write_bandwidth_mbs: pick(
+                "cdat-write-bandwidth",
+                args.cdat_write_bandwidth,
+                &file.cdat_write_bandwidth,
+            )?,
+            memory_type,
+        })
+    }
+
+    /// The option name of the first figure that is set.
+    fn named(&self) -> Option<&'static str> {
+        [
+            (self.read_latency_ns.is_some(), "--cdat-read-latency"),
+            (self.write_latency_ns.is_some(), "--cdat-write-latency"),
+            (self.read_bandwidth_mbs.is_some(), "--cdat-read-bandwidth"),
+            (self.write_bandwidth_mbs.is_some(), "--cdat-write-bandwidth"),
+            (self.memory_type.is_some(), "--cdat-memory-type"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+
+    /// The figures over the defaults.
+    fn config(&self) -> CdatConfig {
+        let d = CdatConfig::default();
+        CdatConfig {
+            read_latency_ns: self.read_latency_ns.unwrap_or(d.read_latency_ns),
+            write_latency_ns: self.write_latency_ns.unwrap_or(d.write_latency_ns),
+            read_bandwidth_mbs: self.read_bandwidth_mbs.unwrap_or(d.read_bandwidth_mbs),
+            write_bandwidth_mbs: self.write_bandwidth_mbs.unwrap_or(d.write_bandwidth_mbs),
+            memory_type: self.memory_type.unwrap_or(d.memory_type),
+        }
+    }
+}
+
+/// Read a vendor CDAT (refusing files bigger than any table could be before
+/// reading them) and validate it for `capacity` bytes of device memory.
+fn load_cdat(path: &Path, capacity: u64) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let read_err = |source| ConfigError::CdatRead {
+        path: path.into(),
+        source,
+    };
+    let f = fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    f.take((cdat::MAX_TABLE_LEN as u64).saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    Cdat::parse(bytes.clone(), capacity).map_err(|source| ConfigError::CdatInvalid {
+        path: path.into(),
+        source,
+    })?;
+    Ok(bytes)
+}
+
+/// Parse a DSEMTS memory type name.
+pub fn parse_memory_type(s: &str) -> Result<EfiMemoryType, ConfigError> {
+    EfiMemoryType::from_name(s.trim()).ok_or_else(|| ConfigError::BadValue {
+        key: "cdat-memory-type",
+        value: s.to_string(),
+        expected: EfiMemoryType::NAMES,
+    })
 }
 
 fn firmware_help() -> String {
@@ -855,6 +1055,82 @@ mod tests {
         assert!(q.contains("hdm_for_passthrough=on"));
         assert!(q.contains("cxl-fmw.0.size=8G"));
         assert!(q.contains("memory-backend-memfd,id=ram0,size=1G,share=on"));
+        // The host bridge's generic port, on a NUMA node of its own with HMAT figures.
+        assert!(
+            q.contains("acpi-generic-port,id=gp0,pci-bus=cxl.1,node=1"),
+            "{q}"
+        );
+        assert!(
+            q.contains("hmat=on") && q.contains("initiator=0,target=1"),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn cdat_figures_default_then_file_then_cli() {
+        let c = Config::merge(args("/s"), FileConfig::default()).unwrap();
+        assert_eq!(c.cdat, CdatSource::Built(CdatConfig::default()));
+        assert_eq!(c.to_json()["cdat"]["memory_type"], "reserved");
+        let file = FileConfig::parse(
+            "cdat-read-latency = 90\ncdat-write-bandwidth = \"0x4000\"\n\
+             cdat-memory-type = \"specific-purpose\"\n",
+        )
+        .unwrap();
+        let mut a = args("/s");
+        a.cdat_read_latency = Some(80);
+        let c = Config::merge(a, file).unwrap();
+        let CdatSource::Built(cfg) = c.cdat else {
+            panic!("{:?}", c.cdat)
+        };
+        assert_eq!(cfg.read_latency_ns, 80, "the command line wins");
+        assert_eq!(cfg.write_bandwidth_mbs, 0x4000);
+        assert_eq!(cfg.memory_type, EfiMemoryType::SpecificPurpose);
+        assert_eq!(cfg.write_latency_ns, CdatConfig::default().write_latency_ns);
+        assert_eq!(c.accel_config().cdat, CdatSource::Built(cfg));
+    }
+
+    #[test]
+    fn cdat_figures_out_of_range_or_unknown_are_refused() {
+        let mut a = args("/s");
+        a.cdat_write_latency = Some(0);
+        let e = Config::merge(a, FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::CdatFigures(_)), "{e}");
+        assert!(e.to_string().contains("write latency"), "{e}");
+        let file = FileConfig::parse("cdat-memory-type = \"persistent\"").unwrap();
+        let e = Config::merge(args("/s"), file).unwrap_err();
+        assert!(e.to_string().contains("specific-purpose"), "{e}");
+    }
+
+    #[test]
+    fn a_vendor_cdat_file_is_loaded_and_checked_against_the_memory_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendor.cdat");
+        let table = Cdat::build(&CdatConfig::default(), 512 << 20, 3).unwrap();
+        fs::write(&path, table.bytes()).unwrap();
+        let mut a = args("/s");
+        a.cdat = Some(path.clone());
+        let c = Config::merge(a, FileConfig::default()).unwrap();
+        assert_eq!(c.cdat, CdatSource::Vendor(table.bytes().to_vec()));
+        assert_eq!(c.to_json()["cdat"]["length"], table.bytes().len());
+        // The same file for 256 MiB of memory: its DSMAS is past the capacity.
+        let mut a = args("/s");
+        a.cdat = Some(path.clone());
+        a.memory_size = Some(256 << 20);
+        let e = Config::merge(a, FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::CdatInvalid { .. }), "{e}");
+        // Figures of the built table make no sense with a vendor one.
+        let mut a = args("/s");
+        a.cdat = Some(path.clone());
+        a.cdat_write_bandwidth = Some(1000);
+        let e = Config::merge(a, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--cdat-write-bandwidth"), "{e}");
+        // A missing file.
+        let mut a = args("/s");
+        a.cdat = Some(dir.path().join("missing.cdat"));
+        assert!(matches!(
+            Config::merge(a, FileConfig::default()),
+            Err(ConfigError::CdatRead { .. })
+        ));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The checks a to i of issue 4, in order, sharing what each step found.
+//! The checks a to i of issue 4, j (issue 7) and l (issue 13), in order, sharing
+//! what each step found.
 
 use crate::cedt::{Cfmws, Chbs};
 use crate::config::Config;
@@ -17,6 +18,7 @@ pub mod g_bar2;
 pub mod h_dma;
 pub mod i_cxlcli;
 pub mod j_hpa;
+pub mod l_cdat;
 
 /// Device-memory layout used by the data-path checks (DPA offsets). Kept apart so
 /// no check disturbs another's data:
@@ -58,6 +60,10 @@ pub struct Ctx {
     pub module_range: Option<(u64, u64)>,
     /// Mappings of the device's BARs through sysfs resourceN, made on first use.
     pub bars: [Option<MmioMap>; 6],
+    /// Config offset of the DOE capability (l.1).
+    pub doe_cap: Option<usize>,
+    /// The CDAT as the harness read it over DOE before the CXL modules (l.2).
+    pub cdat: Option<Vec<u8>>,
 }
 
 /// A value a previous step should have found, or the reason it is missing.
@@ -116,10 +122,13 @@ impl Ctx {
     }
 }
 
-/// Run every check of the test mode.
+/// Run every check of the test mode. Group l is in two parts: the harness reads
+/// the CDAT itself before the CXL modules load (l.1, l.2), and compares the
+/// kernel's view once the endpoint is probed (l.3 on).
 pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
     a_pci::run(ctx, rep);
     b_firmware::run(ctx, rep);
+    l_cdat::run_early(ctx, rep);
     c_kernel::run(ctx, rep);
     d_dpa::run(ctx, rep);
     e_region::run(ctx, rep);
@@ -127,6 +136,7 @@ pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
     g_bar2::run(ctx, rep);
     h_dma::run(ctx, rep);
     i_cxlcli::run(ctx, rep);
+    l_cdat::run(ctx, rep);
     if ctx.cfg.hpa {
         j_hpa::run(ctx, rep);
     }
