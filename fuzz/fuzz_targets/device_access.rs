@@ -26,8 +26,10 @@
 //!   the right bytes; STATUS reports DONE or ERROR, never BUSY, after the doorbell;
 //! - read-only config registers (identity, class, header type, capability
 //!   pointers and headers, BAR type and size bits, DSN, DVSEC headers, Register
-//!   Locator) never change; reserved bits of the HDM, engine and mailbox registers
-//!   read 0; the mailbox doorbell reads 0 and Status holds a spec return code;
+//!   Locator, the DOE header) never change; DOE Status holds only its defined
+//!   bits, with Busy exactly while a response is ready; reserved bits of the HDM,
+//!   engine and mailbox registers read 0; the mailbox doorbell reads 0 and Status
+//!   holds a spec return code;
 //! - BAR2 reads and writes go to device memory exactly; interrupts are only MSI-X
 //!   vectors that exist, raised while MSI-X is on and unmasked, or INTx while
 //!   MSI-X is off and INTx is enabled.
@@ -37,13 +39,14 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use accel_type2::config_space::{DVSEC_DEVICE as DVSEC, EXP_CAP, MSIX_CAP};
+use accel_type2::config_space::{DOE_CAP, DVSEC_DEVICE as DVSEC, EXP_CAP, MSIX_CAP};
 use accel_type2::{
     AccelConfig, AccelDevice, CommitDecision, CxlResetDecision, DeviceMemory, EventLog,
     EventRecord, Firmware, FlitMode, GuestMemory, Interrupt, MemLsa, MemoryError,
 };
 use arbitrary::Arbitrary;
 use cxl_accel_fuzz::{hook_rc, spec_rc, stats, FakeClock, Rng};
+use cxl_regs::doe;
 use cxl_regs::hdm as h;
 use cxl_regs::layout::{self, engine as e};
 use cxl_regs::mailbox as mb;
@@ -512,6 +515,8 @@ fn ro_config(dev: &AccelDevice) -> Vec<(usize, u32, u32)> {
         v.push((base + 4, !0));
         v.push((base + 8, 0xffff));
     }
+    // The DOE capability header (its registers are the mailbox's).
+    v.push((DOE_CAP, !0));
     // Register Locator entries.
     for off in (0x15c..0x170).step_by(4) {
         v.push((off, !0));
@@ -609,6 +614,35 @@ impl Harness {
                     "locked decoder {i} changed"
                 );
             }
+        }
+        // DOE (PCIe r6 §7.9.24): no interrupt support, Abort and Go read 0, Status
+        // holds only Busy, Error and Data Object Ready, and Busy goes with a ready
+        // response.
+        let mut doe = [0u8; 12];
+        self.dev
+            .config_read((DOE_CAP + doe::CAPABILITIES) as u64, &mut doe);
+        let dw = |i: usize| u32::from_le_bytes(doe[4 * i..4 * i + 4].try_into().unwrap());
+        assert_eq!(
+            (dw(0), dw(1)),
+            (0, 0),
+            "DOE Capabilities and Control read 0"
+        );
+        let st = dw(2);
+        assert_eq!(
+            st & !(doe::STATUS_BUSY | doe::STATUS_ERROR | doe::STATUS_DATA_OBJECT_READY),
+            0,
+            "DOE Status reserved bits"
+        );
+        assert_eq!(
+            st & doe::STATUS_BUSY != 0,
+            st & doe::STATUS_DATA_OBJECT_READY != 0,
+            "DOE Busy without a response, or the reverse"
+        );
+        if st & doe::STATUS_ERROR != 0 {
+            stats::count("DOE error");
+        }
+        if st & doe::STATUS_DATA_OBJECT_READY != 0 {
+            stats::count("DOE response ready");
         }
         let cs = self.dev.config_space();
         for &(off, mask, val) in &self.cfg_ro {
