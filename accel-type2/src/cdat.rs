@@ -13,6 +13,7 @@
 //! - a DSEMTS giving the EFI memory type platform firmware should map it with.
 
 use cxl_regs::cdat::{self as c, dsemts, dslbis, dsmas, hmat};
+use cxl_regs::le;
 use thiserror::Error;
 
 /// Longest table accepted: far beyond any real device's, small enough that a file
@@ -523,16 +524,15 @@ fn put32(b: &mut [u8], off: usize, v: u32) {
 fn put64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
+/// A field of a structure whose length parse() checked (0 if it did not fit).
 fn get16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    le::u16_at(b, off).unwrap_or(0)
 }
 fn get32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    le::u32_at(b, off).unwrap_or(0)
 }
 fn get64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
+    le::u64_at(b, off).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -545,13 +545,13 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn le16(b: &[u8], o: usize) -> u16 {
-        u16::from_le_bytes([b[o], b[o + 1]])
+        le::u16_at(b, o).unwrap()
     }
     fn le32(b: &[u8], o: usize) -> u32 {
-        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+        le::u32_at(b, o).unwrap()
     }
     fn le64(b: &[u8], o: usize) -> u64 {
-        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+        le::u64_at(b, o).unwrap()
     }
 
     /// Set byte 5 so that all bytes sum to 0 mod 256.

@@ -220,20 +220,16 @@ fn refused(dir: &Path, bad: &[u8], needle: &str) {
     let ctl = dir.join("c.sock");
     let mem = dir.join("mem.img");
     let lsa = dir.join("lsa.img");
-    let (status, _, err) = run_cli(&[
+    let mut args = vec![
         "--socket",
         sock.to_str().unwrap(),
         "--control",
         ctl.to_str().unwrap(),
-        "--memory-size",
-        "256M",
-        "--memory-file",
-        mem.to_str().unwrap(),
-        "--lsa-file",
-        lsa.to_str().unwrap(),
         "--cdat",
         cdat.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(file_backed_args(&mem, &lsa));
+    let (status, _, err) = run_cli(&args);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("bad.bin") && err.contains(needle), "{err}");
     for p in [&sock, &ctl, &mem, &lsa] {

@@ -6,6 +6,7 @@
 //! it computes no QoS class.
 
 use crate::cedt::ACPI_HEADER_LEN;
+use cxl_regs::le::{u16_at, u32_at, u64_at};
 
 /// SRAT: ACPI header, then 12 reserved bytes (ACPI 6.5 §5.2.16).
 const SRAT_HEADER_LEN: usize = ACPI_HEADER_LEN + 12;
@@ -48,22 +49,12 @@ pub struct Perf {
     pub write_bandwidth: u64,
 }
 
-fn le16(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn le32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn le64(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
-
 /// The generic ports of an SRAT.
 pub fn srat_generic_ports(t: &[u8]) -> Result<Vec<GenericPort>, String> {
     if t.get(0..4) != Some(b"SRAT") {
         return Err("not an SRAT".into());
     }
-    let len = (le32(t, 4).ok_or("SRAT too short")? as usize).min(t.len());
+    let len = (u32_at(t, 4).ok_or("SRAT too short")? as usize).min(t.len());
     let mut out = Vec::new();
     let mut off = SRAT_HEADER_LEN;
     while off + 2 <= len {
@@ -75,12 +66,12 @@ pub fn srat_generic_ports(t: &[u8]) -> Result<Vec<GenericPort>, String> {
         if kind == SRAT_GENERIC_PORT && slen >= 32 && t[off + 3] == 0 {
             let s = &t[off..off + slen];
             out.push(GenericPort {
-                domain: le32(s, 4).unwrap_or(0),
+                domain: u32_at(s, 4).unwrap_or(0),
                 hid: String::from_utf8_lossy(&s[8..16])
                     .trim_end_matches('\0')
                     .to_string(),
-                uid: le32(s, 16).unwrap_or(0),
-                enabled: le32(s, 24).unwrap_or(0) & 1 != 0,
+                uid: u32_at(s, 16).unwrap_or(0),
+                enabled: u32_at(s, 24).unwrap_or(0) & 1 != 0,
             });
         }
         off += slen;
@@ -93,13 +84,13 @@ pub fn hmat_localities(t: &[u8]) -> Result<(u8, Vec<Locality>), String> {
     if t.get(0..4) != Some(b"HMAT") {
         return Err("not an HMAT".into());
     }
-    let len = (le32(t, 4).ok_or("HMAT too short")? as usize).min(t.len());
+    let len = (u32_at(t, 4).ok_or("HMAT too short")? as usize).min(t.len());
     let revision = *t.get(8).ok_or("HMAT too short")?;
     let mut out = Vec::new();
     let mut off = HMAT_HEADER_LEN;
     while off + 8 <= len {
-        let kind = le16(t, off).unwrap_or(0);
-        let slen = le32(t, off + 4).unwrap_or(0) as usize;
+        let kind = u16_at(t, off).unwrap_or(0);
+        let slen = u32_at(t, off + 4).unwrap_or(0) as usize;
         if slen < 8 || off + slen > len {
             return Err(format!("HMAT structure at {off} has length {slen}"));
         }
@@ -115,17 +106,17 @@ pub fn hmat_localities(t: &[u8]) -> Result<(u8, Vec<Locality>), String> {
 }
 
 fn locality(s: &[u8]) -> Option<Locality> {
-    let ni = le32(s, 12)? as usize;
-    let nt = le32(s, 16)? as usize;
+    let ni = u32_at(s, 12)? as usize;
+    let nt = u32_at(s, 16)? as usize;
     // The lists and entries must fit in the structure (checked again below).
     if ni.saturating_mul(nt) > s.len() || ni + nt > s.len() {
         return None;
     }
-    let base = le64(s, 24)?;
+    let base = u64_at(s, 24)?;
     let mut o = 32;
     let mut list = |n: usize| -> Option<Vec<u32>> {
         let v = (0..n)
-            .map(|i| le32(s, o + 4 * i))
+            .map(|i| u32_at(s, o + 4 * i))
             .collect::<Option<Vec<_>>>()?;
         o += 4 * n;
         Some(v)
@@ -133,7 +124,7 @@ fn locality(s: &[u8]) -> Option<Locality> {
     let initiators = list(ni)?;
     let targets = list(nt)?;
     let entries = (0..ni * nt)
-        .map(|i| le16(s, o + 2 * i))
+        .map(|i| u16_at(s, o + 2 * i))
         .collect::<Option<Vec<_>>>()?;
     Some(Locality {
         hierarchy: s[8] & 0xf,

@@ -19,6 +19,7 @@ use crate::pcicfg::ConfigSpace;
 use crate::report::Reporter;
 use crate::sys::{self, CXL_DEVICES, PCI_DEVICES};
 use cxl_regs::cdat::{self as c, dslbis, dsmas, hmat as hmat_type};
+use cxl_regs::le::{u16_at, u32_at, u64_at};
 use cxl_regs::{doe as d, pci};
 
 /// The dynamic debug switch for the CXL core's CDAT code (built in: CXL_BUS=y).
@@ -221,7 +222,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
 /// Length, checksum, one DSMAS per handle covering DPA 0..capacity, DSLBIS for
 /// read and write latency and bandwidth.
 fn check_table(t: &[u8], capacity: u64) -> Result<String, String> {
-    let len = le32(t, c::HDR_LENGTH).ok_or("shorter than a CDAT header")? as usize;
+    let len = u32_at(t, c::HDR_LENGTH).ok_or("shorter than a CDAT header")? as usize;
     if len != t.len() {
         return Err(format!("header Length {len}, {} bytes read", t.len()));
     }
@@ -233,7 +234,7 @@ fn check_table(t: &[u8], capacity: u64) -> Result<String, String> {
     let ranges: Vec<(u64, u64)> = structs
         .iter()
         .filter(|s| s[c::ST_TYPE] == c::TYPE_DSMAS)
-        .filter_map(|s| Some((le64(s, dsmas::DPA_BASE)?, le64(s, dsmas::DPA_LENGTH)?)))
+        .filter_map(|s| Some((u64_at(s, dsmas::DPA_BASE)?, u64_at(s, dsmas::DPA_LENGTH)?)))
         .collect();
     if ranges != [(0, capacity)] {
         return Err(format!(
@@ -260,7 +261,7 @@ fn check_table(t: &[u8], capacity: u64) -> Result<String, String> {
         "{} bytes, {} structures, sequence {}, DSMAS 0+{capacity:#x}",
         t.len(),
         structs.len(),
-        le32(t, c::HDR_SEQUENCE).unwrap_or(0)
+        u32_at(t, c::HDR_SEQUENCE).unwrap_or(0)
     ))
 }
 
@@ -269,7 +270,7 @@ fn structures(t: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out = Vec::new();
     let mut off = c::HEADER_LEN;
     while off < t.len() {
-        let n = usize::from(le16(t, off + c::ST_LENGTH).ok_or("truncated structure")?);
+        let n = usize::from(u16_at(t, off + c::ST_LENGTH).ok_or("truncated structure")?);
         let s = t
             .get(off..off + n)
             .filter(|_| n >= c::STRUCT_HEADER_LEN)
@@ -288,8 +289,8 @@ fn table_perf(t: &[u8]) -> Result<Perf, String> {
         .into_iter()
         .filter(|s| s[c::ST_TYPE] == c::TYPE_DSLBIS)
     {
-        let base = le64(s, dslbis::ENTRY_BASE_UNIT).ok_or("DSLBIS")?;
-        let entry = u64::from(le16(s, dslbis::ENTRY0).ok_or("DSLBIS")?);
+        let base = u64_at(s, dslbis::ENTRY_BASE_UNIT).ok_or("DSLBIS")?;
+        let entry = u64::from(u16_at(s, dslbis::ENTRY0).ok_or("DSLBIS")?);
         let v = entry * base;
         match s[dslbis::DATA_TYPE] {
             hmat_type::READ_LATENCY => p.read_latency = v.div_ceil(1000),
@@ -448,16 +449,6 @@ fn root_decoder_qos(ctx: &Ctx) -> Result<String, String> {
         .ok_or_else(|| format!("realpath {region}"))?;
     let root = real.parent().ok_or("region without a parent")?;
     sys::read_attr(root.join("qos_class"))
-}
-
-fn le16(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn le32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn le64(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
 }
 
 #[cfg(test)]
