@@ -75,7 +75,8 @@ pub enum RegisterClass {
     /// The function's config registers: the Type-0 header (Command, Status, BARs,
     /// Cache Line Size, Interrupt Line), Power Management Control/Status, PCIe
     /// Device Control (but Max_Payload_Size), Device Status, Device Control 2, MSI-X
-    /// Message Control; and the interrupts the function has raised.
+    /// Message Control, the DOE mailbox (an exchange in progress is aborted, PCIe r6
+    /// §6.30.2); and the interrupts the function has raised.
     PciFunction,
     /// Link-specific config fields that an FLR leaves alone (PCIe r6 §6.6.2).
     PcieLink,
