@@ -6,7 +6,7 @@ use super::{need, Ctx};
 use crate::cedt;
 use crate::hdmprog::{self, DecoderState, Outcome, Program};
 use crate::mmio::{MmioMap, Regs};
-use crate::report::Reporter;
+use crate::report::{Outcome as CheckOutcome, Reporter};
 use crate::sys;
 use cxl_regs::dvsec;
 
@@ -170,63 +170,73 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     rep.check(
         "b.4",
         "endpoint HDM decoder 0 committed (resource0): DEVMEM, half the capacity",
-        || {
-            let w = need(&ctx.cfmws, "CFMWS (b.2)")?;
-            let capacity = need(&ctx.capacity, "capacity (a.5)")?;
-            let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
-            let size = Ctx::region_size(capacity);
-            let bar0 = ctx.bar(bir)?;
-            let hdm = hdmprog::find_hdm(bar0, comp)?;
-            let cap = hdmprog::read_cap(bar0, hdm)?;
-            let (st, was) = commit_decoder0(bar0, hdm, w.base, size, 0)?;
-            ctx.committed = Some((st.base, st.size));
-            Ok(format!(
-                "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{was}",
-                cap.decoders, st.base, st.size, st.ctrl,
-            ))
-        },
+        || commit_endpoint_decoder(ctx),
     );
 
     rep.check(
         "b.5",
         "endpoint HDM Global Enable, then DVSEC Mem_Enable",
-        || {
-            let (_, _) = need(&ctx.committed, "endpoint decoder commit (b.4)")?;
-            let bdf = need(&ctx.bdf, "device (a.1)")?;
-            let dv = need(&ctx.dvsec_dev, "DVSEC id 0 (a.4)")?;
-            let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
-            let bar0 = ctx.bar(bir)?;
-            let hdm = hdmprog::find_hdm(bar0, comp)?;
-            let g = hdmprog::global_enable(bar0, hdm)?;
-            let ctrl_off = (dv + dvsec::device::CTRL) as u64;
-            let cfg = format!("{}/config", ctx.dev_path()?);
-            let read16 = |off: u64| -> Result<u16, String> {
-                let b = std::fs::read(&cfg).map_err(|e| format!("{cfg}: {e}"))?;
-                let o = off as usize;
-                Ok(u16::from_le_bytes([b[o], b[o + 1]]))
-            };
-            let ctrl = read16(ctrl_off)?;
-            sys::config_write(
-                &bdf,
-                ctrl_off,
-                &(ctrl | dvsec::device::CTRL_MEM_ENABLE).to_le_bytes(),
-            )?;
-            let after = read16(ctrl_off)?;
-            if after & dvsec::device::CTRL_MEM_ENABLE == 0 {
-                return Err(format!(
-                    "DVSEC Control reads {after:#06x} after setting Mem_Enable"
-                ));
-            }
-            let lo_off = (dv + dvsec::device::range_size_low(0)) as u64;
-            let b = std::fs::read(&cfg).map_err(|e| format!("{cfg}: {e}"))?;
-            let o = lo_off as usize;
-            let lo = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-            if lo & dvsec::device::RANGE_MEM_ACTIVE == 0 {
-                return Err(format!("Range 1 Size Low {lo:#x}: Memory_Active clear"));
-            }
-            Ok(format!(
-                "HDM global control {g:#x}; DVSEC Control {ctrl:#06x} -> {after:#06x}"
-            ))
-        },
+        || enable_endpoint_memory(ctx),
     );
+}
+
+/// Commit the endpoint's decoder 0 (through resource0) as firmware does: the CFMWS
+/// base, half the capacity, DPA skip 0, device-coherent. Records the range in
+/// `ctx.committed`. Also what the lifecycle checks run again after a reset that
+/// clears CXL.mem state.
+pub fn commit_endpoint_decoder(ctx: &mut Ctx) -> CheckOutcome {
+    let w = need(&ctx.cfmws, "CFMWS (b.2)")?;
+    let capacity = need(&ctx.capacity, "capacity (a.5)")?;
+    let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
+    let size = Ctx::region_size(capacity);
+    let bar0 = ctx.bar(bir)?;
+    let hdm = hdmprog::find_hdm(bar0, comp)?;
+    let cap = hdmprog::read_cap(bar0, hdm)?;
+    let (st, was) = commit_decoder0(bar0, hdm, w.base, size, 0)?;
+    ctx.committed = Some((st.base, st.size));
+    Ok(format!(
+        "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{was}",
+        cap.decoders, st.base, st.size, st.ctrl,
+    ))
+}
+
+/// HDM Decoder Global Enable, then DVSEC Mem_Enable, on the endpoint (after
+/// [`commit_endpoint_decoder`]).
+pub fn enable_endpoint_memory(ctx: &mut Ctx) -> CheckOutcome {
+    let (_, _) = need(&ctx.committed, "endpoint decoder commit (b.4)")?;
+    let bdf = need(&ctx.bdf, "device (a.1)")?;
+    let dv = need(&ctx.dvsec_dev, "DVSEC id 0 (a.4)")?;
+    let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
+    let bar0 = ctx.bar(bir)?;
+    let hdm = hdmprog::find_hdm(bar0, comp)?;
+    let g = hdmprog::global_enable(bar0, hdm)?;
+    let ctrl_off = (dv + dvsec::device::CTRL) as u64;
+    let cfg = format!("{}/config", ctx.dev_path()?);
+    let read16 = |off: u64| -> Result<u16, String> {
+        let b = std::fs::read(&cfg).map_err(|e| format!("{cfg}: {e}"))?;
+        let o = off as usize;
+        Ok(u16::from_le_bytes([b[o], b[o + 1]]))
+    };
+    let ctrl = read16(ctrl_off)?;
+    sys::config_write(
+        &bdf,
+        ctrl_off,
+        &(ctrl | dvsec::device::CTRL_MEM_ENABLE).to_le_bytes(),
+    )?;
+    let after = read16(ctrl_off)?;
+    if after & dvsec::device::CTRL_MEM_ENABLE == 0 {
+        return Err(format!(
+            "DVSEC Control reads {after:#06x} after setting Mem_Enable"
+        ));
+    }
+    let lo_off = (dv + dvsec::device::range_size_low(0)) as u64;
+    let b = std::fs::read(&cfg).map_err(|e| format!("{cfg}: {e}"))?;
+    let o = lo_off as usize;
+    let lo = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if lo & dvsec::device::RANGE_MEM_ACTIVE == 0 {
+        return Err(format!("Range 1 Size Low {lo:#x}: Memory_Active clear"));
+    }
+    Ok(format!(
+        "HDM global control {g:#x}; DVSEC Control {ctrl:#06x} -> {after:#06x}"
+    ))
 }

@@ -2,6 +2,7 @@
 //! binds, and sysfs shows the memdev, endpoint port, decoders and the region.
 
 use super::{need, Ctx};
+use crate::kmsg;
 use crate::report::Reporter;
 use crate::sys::{self, CXL_DEVICES};
 use cxl_regs::layout;
@@ -17,39 +18,18 @@ fn num(dev: &str, name: &str) -> Result<u64, String> {
     sys::read_num(format!("{CXL_DEVICES}/{dev}/{name}"))
 }
 
-/// The last kernel log lines that mention `needle` (for failure reasons).
-pub fn kmsg_tail(needles: &[&str], n: usize) -> String {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-    else {
-        return String::new();
-    };
-    let mut lines = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    // Each read returns one record; EAGAIN at the end.
-    while let Ok(k) = f.read(&mut buf) {
-        if k == 0 {
-            break;
-        }
-        let rec = String::from_utf8_lossy(&buf[..k]);
-        let msg = rec
-            .split_once(';')
-            .map(|x| x.1)
-            .unwrap_or(&rec)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if needles.iter().any(|s| msg.contains(s)) {
-            lines.push(msg);
-        }
-    }
-    let start = lines.len().saturating_sub(n);
-    lines[start..].join(" | ")
+/// The CXL memdev (`memN`) whose parent is the PCI device at sysfs path `dev`.
+pub fn memdev_of(dev: &str) -> Option<String> {
+    let dev = sys::canonical(dev)?;
+    sys::list_dir(CXL_DEVICES)
+        .into_iter()
+        .filter(|d| d.starts_with("mem"))
+        .find(|d| {
+            sys::canonical(format!("{CXL_DEVICES}/{d}"))
+                .and_then(|p| p.parent().map(|q| q.to_path_buf()))
+                .as_deref()
+                == Some(dev.as_path())
+        })
 }
 
 /// Decoders of port id `port` (names `decoder<port>.<i>`), sorted by index.
@@ -86,7 +66,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                     .exists()
                     .then_some(())
             })
-            .ok_or_else(|| format!("no root0 in {CXL_DEVICES}: {}", kmsg_tail(&["cxl"], 5)))?;
+            .ok_or_else(|| format!("no root0 in {CXL_DEVICES}: {}", kmsg::tail(&["cxl"], 5)))?;
             ctx.cxl_modules = true;
             Ok(format!(
                 "{CXL_DEVICES}: {}",
@@ -116,7 +96,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             return Err(format!(
                 "driver is {:?}; kernel: {}",
                 sys::link_name(format!("{dev}/driver")),
-                kmsg_tail(&[&bdf, "cxl"], 6)
+                kmsg::tail(&[&bdf, "cxl"], 6)
             ));
         }
         let start = sys::read_num(format!("{dev}/cxl_region_start"))?;
@@ -135,19 +115,9 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             if !ctx.bound {
                 return Err("prerequisite missing: module bound (c.2)".into());
             }
-            let dev = sys::canonical(ctx.dev_path()?).ok_or("realpath")?;
             let dsn = need(&ctx.dsn, "DSN (a.2)")?;
             let cap = need(&ctx.capacity, "capacity (a.5)")?;
-            let mem = sys::list_dir(CXL_DEVICES)
-                .into_iter()
-                .filter(|d| d.starts_with("mem"))
-                .find(|d| {
-                    sys::canonical(format!("{CXL_DEVICES}/{d}"))
-                        .and_then(|p| p.parent().map(|q| q.to_path_buf()))
-                        .as_deref()
-                        == Some(dev.as_path())
-                })
-                .ok_or("no memN whose parent is the device")?;
+            let mem = memdev_of(&ctx.dev_path()?).ok_or("no memN whose parent is the device")?;
             ctx.memdev = Some(mem.clone());
             let drv = sys::link_name(format!("{CXL_DEVICES}/{mem}/driver"));
             if drv.as_deref() != Some("cxl_mem") {
@@ -188,7 +158,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             .ok_or_else(|| {
                 format!(
                     "no endpointN with uport {mem}: {}",
-                    kmsg_tail(&["cxl", &mem], 5)
+                    kmsg::tail(&["cxl", &mem], 5)
                 )
             })?;
         let id: u32 = ep["endpoint".len()..]

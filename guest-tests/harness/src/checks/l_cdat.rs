@@ -155,7 +155,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                     link.bandwidth(),
                 ]),
             };
-            let msg = crate::checks::c_kernel::kmsg_tail(&[DSMAS_MSG], 1);
+            let msg = crate::kmsg::tail(&[DSMAS_MSG], 1);
             let (qos, got) = parse_dsmas_msg(&msg)
                 .ok_or_else(|| format!("no kernel message {DSMAS_MSG:?} (dynamic debug on?)"))?;
             if got != want {

@@ -1,5 +1,5 @@
-//! The checks a to i of issue 4, j (issue 7) and l (issue 13), in order, sharing
-//! what each step found.
+//! The checks a to i of issue 4, j (issue 7), l (issue 13) and the lifecycle group
+//! k (issue 11), in order, sharing what each step found.
 
 use crate::cedt::{Cfmws, Chbs};
 use crate::config::Config;
@@ -18,15 +18,19 @@ pub mod g_bar2;
 pub mod h_dma;
 pub mod i_cxlcli;
 pub mod j_hpa;
+pub mod k_lifecycle;
 pub mod l_cdat;
 
 /// Device-memory layout used by the data-path checks (DPA offsets). Kept apart so
 /// no check disturbs another's data:
 /// - BAR2 patterns at 0, 1 MiB and capacity - 4 KiB ([`g_bar2`]);
 /// - DMA target at 2 MiB ([`h_dma`]);
-/// - poison inject at 3 MiB ([`f_mailbox`]).
+/// - poison inject at 3 MiB ([`f_mailbox`]);
+/// - HPA pattern at 4 MiB and region size - 4 KiB ([`j_hpa`]);
+/// - lifecycle pattern at 5 MiB ([`k_lifecycle`]).
 pub const DMA_DPA: u64 = 2 << 20;
 pub const POISON_DPA: u64 = 3 << 20;
+pub const LIFECYCLE_DPA: u64 = 5 << 20;
 
 /// What the checks learned so far. `None` means the step that finds it failed.
 #[derive(Default)]
@@ -139,6 +143,11 @@ pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
     l_cdat::run(ctx, rep);
     if ctx.cfg.hpa {
         j_hpa::run(ctx, rep);
+    }
+    // Last: it takes the device through resets, unbinds and unplugs, and leaves it
+    // attached again with the data of g and j in place.
+    if ctx.cfg.lifecycle {
+        k_lifecycle::run(ctx, rep);
     }
 }
 
