@@ -358,7 +358,7 @@ fn delete_region(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
         return Err(NotPassed::KnownKernelIssue(format!(
             "{window} has delete_region, and writing {r} to it succeeded while {} held the region: \
              {r} is unregistered and /proc/iomem no longer reserves {base:#x}+{size:#x}, while the driver \
-             stays bound and keeps using that range. The same region refuses commit=0 (k.6, \
+             stays bound and still holds that range (devm_cxl_probe_mem gave it). The same region refuses commit=0 (k.6, \
              CXL_REGION_F_LOCK); drivers/cxl/core/region.c delete_region_store does not look at that flag",
             c_kernel::MODULE
         )));
@@ -541,7 +541,10 @@ fn bus_reset(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
 
 fn firmware_and_bind(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
     if life.attached {
-        return Err("prerequisite missing: a reset step that detached the device".into());
+        return Err(NotPassed::Skip(
+            "nothing to restore: the device is still attached (the reset steps before were skipped)"
+                .into(),
+        ));
     }
     let bdf = need(&ctx.bdf, "device (a.1)")?;
     if bound(&bdf) {
@@ -560,13 +563,9 @@ fn firmware_and_bind(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
 
 // --- k.18 to k.20: CXL Reset --------------------------------------------------------------
 
-/// Unbind, check that the device can do a CXL Reset, and save its config space.
-fn before_cxl_reset(
-    ctx: &mut Ctx,
-    life: &mut Life,
-    mem_clr: bool,
-) -> Result<SavedConfig, NotPassed> {
-    let bdf = need(&ctx.bdf, "device (a.1)")?;
+/// Whether the device advertises CXL Reset (and Mem Clr, with `mem_clr`) in its
+/// DVSEC CXL Capability (§8.1.3.1); a skip if not.
+fn cxl_reset_capable(ctx: &Ctx, mem_clr: bool) -> Result<(), NotPassed> {
     let (cap, _) = device::capabilities(ctx)?;
     if cap & dev::CAP_CXL_RESET_CAPABLE == 0 {
         return Err(NotPassed::Skip(format!(
@@ -578,6 +577,12 @@ fn before_cxl_reset(
             "DVSEC CXL Capability {cap:#06x}: not CXL Reset Mem Clr Capable"
         )));
     }
+    Ok(())
+}
+
+/// Unbind and save the config space, before a CXL Reset.
+fn before_cxl_reset(ctx: &mut Ctx, life: &mut Life) -> Result<SavedConfig, NotPassed> {
+    let bdf = need(&ctx.bdf, "device (a.1)")?;
     if life.attached {
         life.detach(ctx)?;
     }
@@ -608,12 +613,13 @@ fn reset_ended_well(r: &device::ResetReport) -> Result<String, String> {
 }
 
 fn cxl_reset(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
+    cxl_reset_capable(ctx, false)?;
     life.need_attached()?;
     let bdf = need(&ctx.bdf, "device (a.1)")?;
     // 7.3 offers no CXL Reset method; a kernel that does would list it here.
     let methods = sys::read_attr(format!("{}/reset_method", kernel::dev_path(&bdf)))?;
     device::write_life_pattern(ctx)?;
-    let saved = before_cxl_reset(ctx, life, false)?;
+    let saved = before_cxl_reset(ctx, life)?;
     let before = device::cxl_mem(ctx)?;
     let r = device::cxl_reset(ctx, &saved, false)?;
     ctx.bars = Default::default();
@@ -656,10 +662,11 @@ fn cxl_reset(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
 }
 
 fn cxl_reset_mem_clr(ctx: &mut Ctx, life: &mut Life) -> StepOutcome {
+    cxl_reset_capable(ctx, true)?;
     if !life.cxl_reset {
         return Err("prerequisite missing: a CXL Reset that worked (k.18)".into());
     }
-    let saved = before_cxl_reset(ctx, life, true)?;
+    let saved = before_cxl_reset(ctx, life)?;
     let cap = need(&ctx.capacity, "capacity (a.5)")?;
     let (_, size) = need(&ctx.committed, "firmware commit (b.4)")?;
     let d0 = device::commit_decoder0(ctx, true)?;
