@@ -25,8 +25,11 @@ pub mod control;
 pub mod device;
 pub mod memory;
 pub mod seccomp;
-pub mod vfio_user;
 pub mod worker;
+
+/// The vfio-user server, a crate of its own (`backend/vfio-user`) that knows
+/// nothing of CXL; re-exported under its old path.
+pub use vfio_user_server as vfio_user;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};

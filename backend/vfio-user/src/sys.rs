@@ -81,7 +81,7 @@ pub(super) fn poll(
 
 /// Identity (device, inode) of a file we created, to remove it later only if
 /// the path still names it.
-pub(crate) type FileId = (u64, u64);
+pub type FileId = (u64, u64);
 
 /// Creates a listening UNIX stream socket at `path` with mode 0600, and returns
 /// it with the identity of the socket file. The file is 0600 from the moment
@@ -90,7 +90,7 @@ pub(crate) type FileId = (u64, u64);
 /// is set with fchmod(2) first. It is chmod'ed to 0600 again (in case the umask
 /// took owner bits) before listen(2), and nobody can connect before listen. The
 /// socket is non-blocking and CLOEXEC.
-pub(crate) fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
+pub fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let raw = unsafe {
         libc::socket(
@@ -158,7 +158,7 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
 
 /// Removes the file at `path` if it is still the one whose identity is `id`
 /// (we created it); a file somebody else put there since is left alone.
-pub(crate) fn remove_if_ours(path: &Path, id: FileId) {
+pub fn remove_if_ours(path: &Path, id: FileId) {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if (meta.dev(), meta.ino()) == id => {
             if let Err(e) = std::fs::remove_file(path) {
@@ -175,7 +175,7 @@ pub(crate) fn remove_if_ours(path: &Path, id: FileId) {
 
 /// The file status flags of `fd` (fcntl F_GETFL: access mode, O_NONBLOCK,
 /// O_APPEND, O_PATH...).
-pub(crate) fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+pub fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: fcntl(2) F_GETFL reads flags of an fd; no memory is involved.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if fl < 0 {
@@ -199,7 +199,7 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// The type (`f_type`, a magic number) of the file system `fd` lives on.
-pub(crate) fn fs_type(fd: RawFd) -> io::Result<i64> {
+pub fn fs_type(fd: RawFd) -> io::Result<i64> {
     // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs(2) writes one statfs into `st`, which outlives the call.
