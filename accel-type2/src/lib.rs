@@ -7,9 +7,12 @@
 //!
 //! API CONTRACT (the backend builds against this; extend, do not break):
 //! `AccelConfig`, `FlitMode`, `AccelDevice::{new, config_read, config_write,
-//! bar_read, bar_write, regions, irqs, reset, poll, take_interrupts, next_deadline,
+//! bar_read, bar_write, bars, interrupt_sources, reset, poll, take_interrupts, next_deadline,
 //! inject_ras, inject_event, inject_poison, status, firmware_mut}`, `GuestMemory`,
-//! `DeviceMemory`, `VecMemory`, `Clock`, `RegionDesc`, `IrqDesc`, `Firmware`.
+//! `DeviceMemory`, `VecMemory`, `Clock`, `BarDesc`, `BarKind`, `InterruptSources`,
+//! `Firmware`. The transport numbers regions and interrupts its own way (vfio-pci's,
+//! in the backend's device adapter); the model describes BARs, config space and
+//! interrupt sources in PCI terms.
 //! Extensions: `AccelDevice::{try_inject_ras, intx_asserted, firmware,
 //! set_firmware, hdm, mailbox, mailbox_mut, memory, memory_mut, config_space,
 //! bar2_size, reset_kind, cxl_reset_in_progress, set_offload, take_jobs,
@@ -253,53 +256,40 @@ impl Default for AccelConfig {
     }
 }
 
-/// vfio region index of PCI config space (VFIO_PCI_CONFIG_REGION_INDEX).
-pub const CONFIG_REGION_INDEX: u32 = 7;
-/// Number of vfio-pci regions (BAR0..5, ROM, config, VGA).
-pub const NUM_REGIONS: u32 = 9;
-/// Size of the config space region (PCIe extended config space).
+/// Size of the config space (PCIe r6 §7.2: extended configuration space, 4 KiB).
 pub const CONFIG_SPACE_SIZE: u64 = 4096;
 
-/// How a region is backed, for the transport to attach an fd.
+/// What a BAR holds, for the transport to decide how the guest reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionBacking {
-    /// Trapped: every access goes through `bar_read`/`bar_write`/`config_*`.
-    Trapped,
-    /// Device memory: mmappable, the transport passes the device-memory fd.
-    DeviceMemory,
+pub enum BarKind {
+    /// Registers: every access goes through [`AccelDevice::bar_read`] and
+    /// [`AccelDevice::bar_write`].
+    Registers,
+    /// Device memory: the first `memory` bytes of the BAR are device memory, which the
+    /// transport may map straight into the guest; the rest (the BAR is a power of two)
+    /// reads 0 and ignores writes.
+    DeviceMemory { memory: u64 },
 }
 
-/// Description of one vfio region.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionDesc {
-    pub index: u32,
-    /// 0 = region absent.
+/// One implemented BAR of the function (PCIe r6 §7.5.1.2.1), in the model's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarDesc {
+    /// BAR number, 0..=5 (a 64-bit BAR takes this one and the next).
+    pub bar: u8,
+    /// Size in bytes, a power of two.
     pub size: u64,
-    pub readable: bool,
-    pub writable: bool,
-    pub mmappable: bool,
-    /// Sparse mmappable areas (offset, size) within the region.
-    pub sparse_mmap: Vec<(u64, u64)>,
-    pub backing: RegionBacking,
+    pub prefetchable: bool,
+    pub kind: BarKind,
 }
 
-/// vfio IRQ indices (VFIO_PCI_*_IRQ_INDEX).
-pub const IRQ_INTX: u32 = 0;
-pub const IRQ_MSI: u32 = 1;
-pub const IRQ_MSIX: u32 = 2;
-pub const IRQ_ERR: u32 = 3;
-pub const IRQ_REQ: u32 = 4;
-pub const NUM_IRQS: u32 = 5;
-
-/// Description of one vfio IRQ index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IrqDesc {
-    pub index: u32,
-    pub count: u32,
-    /// VFIO_IRQ_INFO_EVENTFD and friends.
-    pub eventfd: bool,
-    pub maskable: bool,
-    pub automasked: bool,
+/// The interrupts the function can raise: an MSI-X table (PCIe r6 §7.7.2) and the
+/// INTx pin (PCIe r6 §7.5.1.1.13, Interrupt Pin). The function has no MSI capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptSources {
+    /// MSI-X table size.
+    pub msix_vectors: u16,
+    /// Whether INTx (one level-triggered line) is implemented.
+    pub intx: bool,
 }
 
 /// An interrupt the device asks the transport to deliver.
@@ -462,13 +452,31 @@ impl std::fmt::Debug for AccelDevice {
     }
 }
 
-/// Map a vfio BAR region index to its size for this configuration.
-fn bar_sizes(bar2_size: u64) -> [u64; 6] {
-    let mut s = [0u64; 6];
-    s[usize::from(layout::BAR_REGS)] = layout::BAR0_SIZE;
-    s[usize::from(layout::BAR_MEM)] = bar2_size;
-    s[usize::from(layout::BAR_ENGINE)] = layout::BAR4_SIZE;
-    s
+/// The BAR map (see [`AccelDevice`]) for device memory of `memory_size` bytes in a
+/// BAR of `bar2_size`.
+fn bar_map(memory_size: u64, bar2_size: u64) -> Vec<BarDesc> {
+    vec![
+        BarDesc {
+            bar: layout::BAR_REGS,
+            size: layout::BAR0_SIZE,
+            prefetchable: false,
+            kind: BarKind::Registers,
+        },
+        BarDesc {
+            bar: layout::BAR_MEM,
+            size: bar2_size,
+            prefetchable: true,
+            kind: BarKind::DeviceMemory {
+                memory: memory_size,
+            },
+        },
+        BarDesc {
+            bar: layout::BAR_ENGINE,
+            size: layout::BAR4_SIZE,
+            prefetchable: false,
+            kind: BarKind::Registers,
+        },
+    ]
 }
 
 impl AccelDevice {
@@ -517,8 +525,12 @@ impl AccelDevice {
             ))
         });
         let cdat = Arc::new(Cdat::from_source(&cfg.cdat, cfg.memory_size, 0)?);
+        let mut bar_sizes = [0u64; 6];
         let mut prefetchable = [false; 6];
-        prefetchable[usize::from(layout::BAR_MEM)] = true;
+        for b in bar_map(cfg.memory_size, bar2_size) {
+            bar_sizes[usize::from(b.bar)] = b.size;
+            prefetchable[usize::from(b.bar)] = b.prefetchable;
+        }
         let config = ConfigSpace::new(ConfigParams {
             vendor_id: cfg.vendor_id,
             device_id: cfg.device_id,
@@ -526,7 +538,7 @@ impl AccelDevice {
             subsystem_id: cfg.subsystem_id,
             serial: cfg.serial,
             memory_size: cfg.memory_size,
-            bar_sizes: bar_sizes(bar2_size),
+            bar_sizes,
             bar_prefetchable: prefetchable,
             flit: cfg.flit,
             mailbox: cfg.mailbox,
@@ -973,68 +985,19 @@ impl AccelDevice {
 
     // --- descriptions -------------------------------------------------------------
 
-    /// The 9 vfio-pci regions: BAR0..5, expansion ROM, config space (index 7), VGA.
-    /// Absent regions have size 0.
-    pub fn regions(&self) -> Vec<RegionDesc> {
-        let absent = |index| RegionDesc {
-            index,
-            size: 0,
-            readable: false,
-            writable: false,
-            mmappable: false,
-            sparse_mmap: Vec::new(),
-            backing: RegionBacking::Trapped,
-        };
-        let trapped = |index, size| RegionDesc {
-            index,
-            size,
-            readable: true,
-            writable: true,
-            mmappable: false,
-            sparse_mmap: Vec::new(),
-            backing: RegionBacking::Trapped,
-        };
-        (0..NUM_REGIONS)
-            .map(|i| match i {
-                i if i == u32::from(layout::BAR_REGS) => trapped(i, layout::BAR0_SIZE),
-                i if i == u32::from(layout::BAR_MEM) => RegionDesc {
-                    index: i,
-                    size: self.bar2_size,
-                    readable: true,
-                    writable: true,
-                    mmappable: true,
-                    // One sparse area over all of device memory: QEMU then maps it
-                    // (the sparse mmap capability of VFIO_USER_DEVICE_GET_REGION_INFO).
-                    // It is the whole BAR unless the size was rounded up.
-                    sparse_mmap: vec![(0, self.cfg.memory_size)],
-                    backing: RegionBacking::DeviceMemory,
-                },
-                i if i == u32::from(layout::BAR_ENGINE) => trapped(i, layout::BAR4_SIZE),
-                CONFIG_REGION_INDEX => trapped(i, CONFIG_SPACE_SIZE),
-                i => absent(i),
-            })
-            .collect()
+    /// The implemented BARs, in BAR order: BAR0 (registers), BAR2 (device memory),
+    /// BAR4 (registers: the engine and the MSI-X table). See [`AccelDevice`].
+    pub fn bars(&self) -> Vec<BarDesc> {
+        bar_map(self.cfg.memory_size, self.bar2_size)
     }
 
-    /// The 5 vfio-pci IRQ indices: INTx (1), MSI (0: no MSI capability), MSI-X
-    /// (`MSIX_VECTORS`), ERR (0), REQ (0).
-    pub fn irqs(&self) -> Vec<IrqDesc> {
-        (0..NUM_IRQS)
-            .map(|index| {
-                let (count, maskable, automasked) = match index {
-                    IRQ_INTX => (1, true, true),
-                    IRQ_MSIX => (u32::from(layout::MSIX_VECTORS), false, false),
-                    _ => (0, false, false),
-                };
-                IrqDesc {
-                    index,
-                    count,
-                    eventfd: count > 0,
-                    maskable,
-                    automasked,
-                }
-            })
-            .collect()
+    /// The interrupts the function raises ([`Interrupt`]): `MSIX_VECTORS` MSI-X
+    /// vectors, and INTx for the DMA engine when MSI-X is off.
+    pub fn interrupt_sources(&self) -> InterruptSources {
+        InterruptSources {
+            msix_vectors: layout::MSIX_VECTORS,
+            intx: true,
+        }
     }
 
     // --- reset and time -------------------------------------------------------------
