@@ -22,7 +22,13 @@
 //! CxlResetDecision}`, `Firmware::on_cxl_reset`, `reset::{ResetKind, RegisterClass,
 //! Effect, effect, keeps}`, `jobs::{Job, WipeJob, WipeError}`,
 //! `engine::{DmaJob, CancelFlag}`,
-//! `cdat::{Cdat, CdatConfig, CdatSource, CdatError, EfiMemoryType}`.
+//! `cdat::{Cdat, CdatConfig, CdatSource, CdatError, EfiMemoryType}`. Firmware SDK:
+//! `Firmware::{on_commit_due, media_ready, identify, health_info, fw_info,
+//! transfer_fw, activate_fw, take_events}`, `on_reset(kind)`, typed
+//! `vendor_command` (`ReturnCode`) and `set_param` (`ParamError`),
+//! `MediaReadiness`; `engine::{EngineOperation, OpRequest, OpContext, OpError,
+//! check_device_source}`, `AccelDevice::{add_engine_operation, engine_operations,
+//! media_ready}`; `complete_dma` takes `Result<u64, u32>` (the value for RESULT).
 //!
 //! Long work (DMA transfers, the wipe of device memory by Sanitize or by a CXL
 //! Reset with Mem Clr) runs within the access that starts it, unless the transport
@@ -57,9 +63,13 @@ use std::sync::Arc;
 
 use cxl_regs::layout;
 pub use firmware::{
-    BiosFirmware, CommitDecision, CxlResetDecision, DefaultFirmware, Firmware, SlowCommitFirmware,
+    BiosFirmware, CommitDecision, CxlResetDecision, DefaultFirmware, Firmware, MediaReadiness,
+    ParamError, SlowCommitFirmware,
 };
-pub use mailbox::{EventLog, EventRecord, LsaStorage, MemLsa};
+pub use mailbox::{
+    EventLog, EventRecord, FwAction, FwError, FwInfo, FwPart, HealthInfo, Identify, LsaStorage,
+    MemLsa, ReturnCode,
+};
 use thiserror::Error;
 
 use crate::access::{read_dwords, write_dwords};
@@ -67,8 +77,8 @@ pub use crate::cdat::{Cdat, CdatConfig, CdatError, CdatSource, EfiMemoryType};
 use crate::component::ComponentBlock;
 use crate::config_space::{ConfigEffects, ConfigParams, ConfigSpace};
 use crate::device_regs::{DeviceHooks, DeviceRegs};
-pub use crate::engine::DmaJob;
 use crate::engine::{CancelFlag, Engine, StartCtx};
+pub use crate::engine::{DmaJob, EngineOperation, OpContext, OpError, OpRequest};
 pub use crate::jobs::{Job, WipeError, WipeJob};
 use crate::msix::Msix;
 pub use crate::ras::RasError;
@@ -332,6 +342,8 @@ pub struct DeviceStatus {
     /// Flit mode the link reports.
     pub flit: FlitMode,
     pub mailbox: bool,
+    /// Device memory is ready for use (Memory_Active; [`Firmware::media_ready`]).
+    pub media_ready: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -357,6 +369,18 @@ struct CxlResetFlow {
     mem_clr: bool,
     /// Its time is up and the Mem Clr wipe runs: it ends when that does.
     clearing: bool,
+}
+
+/// Whether device memory is ready for use ([`Firmware::media_ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Ready,
+    /// Not ready until this time on the device clock.
+    NotReadyUntil(u64),
+    /// A CXL Reset is under way; then ready this many nanoseconds after its end.
+    AfterCxlReset(u64),
+    /// Failed until the next reset.
+    Failed,
 }
 
 /// Why device memory is being wiped.
@@ -441,6 +465,7 @@ pub struct AccelDevice {
     /// The running wipe of device memory.
     wipe: Option<Wipe>,
     next_wipe_id: u64,
+    media: Media,
 }
 
 impl std::fmt::Debug for AccelDevice {
@@ -563,8 +588,11 @@ impl AccelDevice {
             jobs: Vec::new(),
             wipe: None,
             next_wipe_id: 0,
+            media: Media::Ready,
         };
         dev.apply_power_on();
+        dev.ask_media_ready(ResetKind::Conventional);
+        dev.take_firmware_events();
         Ok(dev)
     }
 
@@ -602,8 +630,9 @@ impl AccelDevice {
     /// Read config space at any offset and width. Bytes beyond 4 KiB read 0.
     pub fn config_read(&mut self, offset: u64, data: &mut [u8]) {
         self.counters.config_reads = self.counters.config_reads.wrapping_add(1);
-        if self.cxl_reset.is_some() {
-            // Software polls Status2 for the end of a CXL Reset.
+        if self.cxl_reset.is_some() || matches!(self.media, Media::NotReadyUntil(_)) {
+            // Software polls Status2 for the end of a CXL Reset, and Memory_Active
+            // for media to come ready.
             self.poll();
         }
         let cs = &self.config;
@@ -630,6 +659,7 @@ impl AccelDevice {
             self.reset_kind(ResetKind::Flr);
             return;
         }
+        self.take_firmware_events();
         if fx.msix_changed {
             self.msix_state_changed();
         }
@@ -712,6 +742,24 @@ impl AccelDevice {
         self.offload = offload;
     }
 
+    /// Give the accelerator's engine operation `op` (CONTROL.OP 1..=255; 0 is the
+    /// DMA copy and cannot be replaced): see [`EngineOperation`]. Returns false,
+    /// changing nothing, for op 0.
+    pub fn add_engine_operation(&mut self, op: u8, operation: Arc<dyn EngineOperation>) -> bool {
+        if op == layout::engine::OP_COPY {
+            return false;
+        }
+        if let Some(old) = self.engine.add_operation(op, operation) {
+            log::warn!("engine operation {op:#x} ({}) replaced", old.name());
+        }
+        true
+    }
+
+    /// The engine's operations besides the copy: (CONTROL.OP, name).
+    pub fn engine_operations(&self) -> Vec<(u8, String)> {
+        self.engine.operations()
+    }
+
     /// Drain the jobs queued since the last call (only with offload).
     pub fn take_jobs(&mut self) -> Vec<Job> {
         std::mem::take(&mut self.jobs)
@@ -741,10 +789,11 @@ impl AccelDevice {
         self.complete_dma(job.id(), result);
     }
 
-    /// Post the result of DMA job `id` (Ok, or a STATUS error code) and raise its
-    /// completion interrupt. Returns false, changing nothing, when `id` is not the
-    /// running transfer (a reset aborted it).
-    pub fn complete_dma(&mut self, id: u64, result: Result<(), u32>) -> bool {
+    /// Post the result of engine job `id` (Ok with the value for RESULT, 0 for a
+    /// copy; or a STATUS error code) and raise its completion interrupt. Returns
+    /// false, changing nothing, when `id` is not the running job (a reset aborted
+    /// it).
+    pub fn complete_dma(&mut self, id: u64, result: Result<u64, u32>) -> bool {
         if !self.engine.complete(id, result) {
             return false;
         }
@@ -934,6 +983,7 @@ impl AccelDevice {
                 for ev in events {
                     self.handle_mailbox_event(ev);
                 }
+                self.take_firmware_events();
             }
             layout::BAR_MEM => self.mem_write(offset, data),
             layout::BAR_ENGINE => {
@@ -1019,11 +1069,64 @@ impl AccelDevice {
                     self.abort_wipe(|p| p == WipePurpose::CxlResetMemClr);
                 }
                 self.apply_reset(kind);
-                self.firmware.on_reset();
+                self.firmware.on_reset(kind);
                 self.apply_power_on();
+                self.ask_media_ready(kind);
             }
-            ResetKind::Flr => self.apply_reset(kind),
+            ResetKind::Flr => {
+                self.apply_reset(kind);
+                self.firmware.on_reset(kind);
+                self.ask_media_ready(kind);
+            }
             ResetKind::CxlReset => self.initiate_cxl_reset(),
+        }
+        self.take_firmware_events();
+    }
+
+    /// Ask firmware when media is ready after a reset of `kind`, and show it: the
+    /// DVSEC ranges' Memory_Active and the memory device's Media Status. After a
+    /// CXL Reset the time counts from its end.
+    fn ask_media_ready(&mut self, kind: ResetKind) {
+        let answer = self.firmware.media_ready(kind);
+        self.media = match (answer, kind) {
+            (MediaReadiness::Failed, _) => Media::Failed,
+            (MediaReadiness::ReadyAfter(ns), ResetKind::CxlReset) => Media::AfterCxlReset(ns),
+            (MediaReadiness::ReadyAfter(0), _) => Media::Ready,
+            (MediaReadiness::ReadyAfter(ns), _) => {
+                Media::NotReadyUntil(self.now().saturating_add(ns))
+            }
+        };
+        if self.media != Media::Ready {
+            log::info!("media after {kind:?}: {:?}", self.media);
+        }
+        self.show_media();
+    }
+
+    /// Reflect the media state in the registers.
+    fn show_media(&mut self) {
+        use cxl_regs::device::memdev;
+        // A CXL Reset that leaves media ready at once leaves it alone meanwhile,
+        // as the default firmware always has.
+        let (active, status) = match self.media {
+            Media::Ready | Media::AfterCxlReset(0) => (true, memdev::MEDIA_READY),
+            Media::NotReadyUntil(_) | Media::AfterCxlReset(_) => (false, memdev::MEDIA_NOT_READY),
+            Media::Failed => (false, memdev::MEDIA_ERROR),
+        };
+        self.config.set_memory_active(active);
+        if let Some(r) = self.device_regs.as_mut() {
+            r.set_media_status(status);
+        }
+    }
+
+    /// Whether device memory is ready for use (Memory_Active).
+    pub fn media_ready(&self) -> bool {
+        matches!(self.media, Media::Ready | Media::AfterCxlReset(0))
+    }
+
+    /// Hand the event records firmware generated to the event logs.
+    fn take_firmware_events(&mut self) {
+        for (log, record) in self.firmware.take_events() {
+            self.inject_event(log, record);
         }
     }
 
@@ -1032,8 +1135,10 @@ impl AccelDevice {
     /// Reset clears it when it ends).
     fn apply_reset(&mut self, kind: ResetKind) {
         let resets = |class| !reset::keeps(class, kind, false);
-        // PciFunction, PcieLink, Sticky (config), DvsecLockable, DvsecControl2.
+        // PciFunction, PcieLink, Sticky (config), DvsecLockable, DvsecControl2. The
+        // config space rebuilds Memory_Active; the media state says what it is.
         self.config.reset(kind);
+        self.show_media();
         // HdmDecoders, HdmGlobalControl, Sticky (RAS).
         self.component.reset(kind);
         if resets(RegisterClass::DmaEngine) {
@@ -1074,6 +1179,8 @@ impl AccelDevice {
         }
         let mem_clr = self.config.cxl_reset_mem_clr_enabled();
         self.apply_reset(ResetKind::CxlReset);
+        self.firmware.on_reset(ResetKind::CxlReset);
+        self.ask_media_ready(ResetKind::CxlReset);
         let (ns, ok) = match self.firmware.on_cxl_reset(mem_clr) {
             CxlResetDecision::Complete(ns) => (ns, true),
             CxlResetDecision::Fail(ns) => (ns, false),
@@ -1109,6 +1216,13 @@ impl AccelDevice {
     /// Status2: CXL Reset Complete, or Error.
     fn cxl_reset_done(&mut self, ok: bool) {
         self.config.set_cxl_reset_done(ok);
+        if let Media::AfterCxlReset(ns) = self.media {
+            self.media = match ns {
+                0 => Media::Ready,
+                ns => Media::NotReadyUntil(self.now().saturating_add(ns)),
+            };
+            self.show_media();
+        }
         log::info!("CXL Reset {}", if ok { "complete" } else { "failed" });
     }
 
@@ -1130,7 +1244,7 @@ impl AccelDevice {
         {
             self.finish_cxl_reset(flow);
         }
-        self.component.poll(now);
+        self.component.poll(now, self.firmware.as_mut());
         let ev = self
             .device_regs
             .as_mut()
@@ -1138,6 +1252,12 @@ impl AccelDevice {
         if let Some(ev) = ev {
             self.handle_mailbox_event(ev);
         }
+        if matches!(self.media, Media::NotReadyUntil(t) if t <= now) {
+            log::info!("media ready");
+            self.media = Media::Ready;
+            self.show_media();
+        }
+        self.take_firmware_events();
     }
 
     /// Whether the INTx line is asserted (Status.Interrupt Status, PCIe r6
@@ -1165,6 +1285,10 @@ impl AccelDevice {
             self.cxl_reset
                 .filter(|f| !f.clearing)
                 .map(|f| f.deadline_ns),
+            match self.media {
+                Media::NotReadyUntil(t) => Some(t),
+                _ => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -1276,6 +1400,7 @@ impl AccelDevice {
             ras_injected: self.component.ras().injected(),
             flit: self.cfg.flit,
             mailbox: self.cfg.mailbox,
+            media_ready: self.media_ready(),
         }
     }
 

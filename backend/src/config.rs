@@ -63,11 +63,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("firmware parameter {key}={value}: {reason}")]
+    #[error("firmware parameter {key}={value}: {source}")]
     FirmwareParam {
         key: String,
         value: String,
-        reason: String,
+        source: Box<accel_type2::ParamError>,
     },
     #[error("{0:?} is not KEY=VALUE")]
     BadKeyValue(String),
@@ -467,10 +467,10 @@ impl Config {
         if let Some(mut fw) = accel_type2::firmware::by_name(&firmware) {
             for (key, value) in &firmware_params {
                 fw.set_param(key, value)
-                    .map_err(|reason| ConfigError::FirmwareParam {
+                    .map_err(|source| ConfigError::FirmwareParam {
                         key: key.clone(),
                         value: value.clone(),
-                        reason,
+                        source: Box::new(source),
                     })?;
             }
         }

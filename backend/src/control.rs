@@ -249,7 +249,7 @@ impl Handler {
                         Some(_) => return Err("\"value\" must be a string or a number".into()),
                         None => return Err("missing \"value\"".into()),
                     };
-                    fw.set_param(key, &value)?;
+                    fw.set_param(key, &value).map_err(|e| e.to_string())?;
                     info!("firmware {}: {key} = {value}", fw.name());
                 }
                 reply.insert("firmware".into(), Value::String(fw.name().to_string()));

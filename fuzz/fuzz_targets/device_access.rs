@@ -437,7 +437,12 @@ impl Firmware for FuzzFirmware {
             CxlResetDecision::Complete(ns)
         }
     }
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+    fn vendor_command(
+        &mut self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), mailbox::ReturnCode> {
         let n = self.rng.below(5000) as usize;
         output.extend((0..n).map(|i| (i as u8) ^ (opcode as u8) ^ input.len() as u8));
         hook_rc(&mut self.rng)
