@@ -23,7 +23,10 @@
 pub mod config;
 pub mod control;
 pub mod device;
+pub mod fwsocket;
+pub mod jsonargs;
 pub mod memory;
+pub mod sdk;
 pub mod seccomp;
 pub mod worker;
 
@@ -45,7 +48,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use config::Config;
 use control::{ControlError, ControlServer, Handler};
 use device::{lock, MonotonicClock, Shared, VfioDevice};
+use fwsocket::FwSocket;
 use memory::{DeviceMemoryFile, FileLsa, GuestRam, LsaSyncer, SharedDeviceMemory, StorageError};
+pub use sdk::{Builder, Catalog};
 use vfio_user::server::ServerError;
 use vfio_user::{ServeOutcome, Server};
 use worker::{Worker, WorkerError};
@@ -80,6 +85,10 @@ pub enum Error {
     SetFdLimit(#[source] std::io::Error),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    FwSocket(#[from] fwsocket::FwSocketError),
+    #[error(transparent)]
+    Sdk(#[from] sdk::SdkError),
 }
 
 /// Open files the daemon needs besides one per DMA mapping: standard streams, the
@@ -138,6 +147,7 @@ pub struct Daemon {
     server: Server,
     control: Option<ControlServer>,
     control_stop: EventFd,
+    fwsocket: Option<FwSocket>,
     stop: EventFd,
 }
 
@@ -146,13 +156,19 @@ impl Daemon {
     /// On error, nothing is left behind: no socket, and no memory or LSA file that
     /// this call created.
     pub fn new(config: Config, stop: EventFd) -> Result<Self, Error> {
+        Self::with_catalog(config, stop, &Catalog::builtin())
+    }
+
+    /// [`Daemon::new`] with the firmwares and engine operations of `catalog` (the
+    /// firmware SDK, [`sdk::Builder`]).
+    pub fn with_catalog(config: Config, stop: EventFd, catalog: &Catalog) -> Result<Self, Error> {
         let fresh: Vec<PathBuf> = [&config.memory_file, &config.lsa_file]
             .into_iter()
             .flatten()
             .filter(|p| std::fs::symlink_metadata(p).is_err())
             .cloned()
             .collect();
-        let result = Self::build(config, stop);
+        let result = Self::build(config, stop, catalog);
         if result.is_err() {
             for path in fresh {
                 if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
@@ -163,10 +179,13 @@ impl Daemon {
         result
     }
 
-    fn build(config: Config, stop: EventFd) -> Result<Self, Error> {
+    fn build(config: Config, stop: EventFd, catalog: &Catalog) -> Result<Self, Error> {
         check_socket_path(&config.socket)?;
-        if let Some(c) = &config.control {
-            check_socket_path(c)?;
+        for path in [&config.control, &config.firmware_socket]
+            .into_iter()
+            .flatten()
+        {
+            check_socket_path(path)?;
         }
         vfio_user::irq::check_support().map_err(Error::Interrupts)?;
         ensure_fd_limit(config.max_dma_maps)?;
@@ -191,7 +210,8 @@ impl Daemon {
         };
         // Validated by Config, so the lookup cannot fail; fall back to the default
         // firmware rather than panic if it ever did.
-        let mut firmware = accel_type2::firmware::by_name(&config.firmware)
+        let mut firmware = catalog
+            .build(&config.firmware)
             .unwrap_or_else(|| Box::new(accel_type2::DefaultFirmware));
         for (key, value) in &config.firmware_params {
             // Validated by Config as well; a refusal here is only logged.
@@ -199,6 +219,22 @@ impl Daemon {
                 warn!("firmware parameter {key}={value}: {e}");
             }
         }
+        // The firmware process's socket and thread (which confines itself), with the
+        // firmware above as its fallback.
+        let fwsocket = match &config.firmware_socket {
+            Some(path) => {
+                let hello = fwsocket::hello(&config, config.firmware_deadline_ms);
+                let sock = FwSocket::spawn(path, hello, config.seccomp)?;
+                firmware = Box::new(fwsocket::SocketFirmware::new(
+                    sock.link(),
+                    firmware,
+                    path,
+                    config.firmware_deadline_ms,
+                ));
+                Some(sock)
+            }
+            None => None,
+        };
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
         let device = AccelDevice::new(
             accel,
@@ -207,6 +243,11 @@ impl Daemon {
             firmware,
             clock.clone(),
         )?;
+        let mut device = device;
+        for (op, operation) in catalog.operations() {
+            device.add_engine_operation(*op, operation.clone());
+            info!("engine operation {op:#04x}: {}", operation.name());
+        }
         let mut state = Shared::new(device);
         state.guest = GuestRam::new(config.max_dma_maps);
         let shared = Arc::new(Mutex::new(state));
@@ -234,11 +275,14 @@ impl Daemon {
         let control_stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
         let control = match &config.control {
             Some(path) => {
-                let handler = Handler::new(
+                let mut handler = Handler::new(
                     shared.clone(),
                     config.to_json(),
                     Some(server.stats_handle()),
                 );
+                if let Some(sock) = &fwsocket {
+                    handler.set_firmware_socket(sock.link().stats().clone());
+                }
                 // On error, dropping `server` removes its socket.
                 let confine = config.seccomp.then_some(seccomp::Role::Control);
                 Some(ControlServer::spawn(path, handler, &control_stop, confine)?)
@@ -273,6 +317,7 @@ impl Daemon {
             server,
             control,
             control_stop,
+            fwsocket,
             stop,
         })
     }
@@ -329,6 +374,9 @@ impl Daemon {
         }
         if let Some(w) = self.worker.take() {
             w.stop();
+        }
+        if let Some(f) = self.fwsocket.take() {
+            f.stop();
         }
         if let Err(e) = self.devmem.flush() {
             error!("{e}");
@@ -440,8 +488,14 @@ fn termination_set() -> libc::sigset_t {
     }
 }
 
-/// Run the daemon for `config` until SIGINT/SIGTERM (or `--once`).
+/// Run the stock daemon for `config` until SIGINT/SIGTERM (or `--once`).
 pub fn run(config: Config) -> Result<(), Error> {
+    run_with(config, &Catalog::builtin())
+}
+
+/// Run the daemon for `config`, with the firmwares and engine operations of
+/// `catalog`, until SIGINT/SIGTERM (or `--once`).
+pub fn run_with(config: Config, catalog: &Catalog) -> Result<(), Error> {
     // A file-size limit (RLIMIT_FSIZE) must show as an error (EFBIG) when device memory
     // is reserved, not kill the process.
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
@@ -449,7 +503,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
     let _signals = SignalWatcher::start(&stop, config.seccomp)?;
     let confine = config.seccomp;
-    let daemon = Daemon::new(config, stop)?;
+    let daemon = Daemon::with_catalog(config, stop, catalog)?;
     // Everything is set up: sockets bound, memory mapped, threads started. On error,
     // dropping `daemon` removes the sockets and stops the control thread.
     if confine {
