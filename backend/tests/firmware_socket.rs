@@ -389,3 +389,131 @@ fn a_process_that_dies_mid_commit_is_replaced_by_the_next_one() {
     assert!(b.is_running());
     assert!(b.stop().success(), "{}", b.log());
 }
+
+/// examples/firmware.py, the Acme firmware in Python (examples/README.md), through
+/// the real daemon: the behaviour its documentation promises. The harness's group v
+/// checks the same in a guest; this runs it on the host in a second.
+#[test]
+fn the_python_example_firmware_behaves_as_documented() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/firmware.py");
+    let b = start(200);
+    let mut py = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(fw_path(&b))
+        .arg("--once")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs examples/firmware.py (scripts/test installs python3)");
+    wait_connected(&b, true);
+    let mut c = b.client();
+    c.reset().unwrap();
+    // Media: ready 100 ms after a conventional reset (DVSEC Range 1 Size Low bit 1,
+    // Memory_Active, CXL r3.1 §8.1.3.9).
+    let cfg = config_space(&mut c);
+    let dv = find_dvsec(&cfg, 0).unwrap() as u64;
+    let t = Instant::now();
+    assert_eq!(
+        read32(&mut c, CONFIG, dv + 0x1c) & 2,
+        0,
+        "not ready after the reset"
+    );
+    while read32(&mut c, CONFIG, dv + 0x1c) & 2 == 0 {
+        assert!(t.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(80),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // 0xC000 Set Commit Limit: lengths and values checked, previous limit returned.
+    let set = |c: &mut vfio_user::Client, v: u64| mailbox(c, 0xc000, &v.to_le_bytes());
+    assert_eq!(
+        mailbox(&mut c, 0xc000, &[0; 4]).0,
+        mbx::RC_INVALID_PAYLOAD_LENGTH
+    );
+    assert_eq!(set(&mut c, 1 << 20).0, mbx::RC_INVALID_INPUT);
+    assert_eq!(set(&mut c, 2 << 30).0, mbx::RC_INVALID_INPUT);
+    assert_eq!(
+        set(&mut c, 256 << 20),
+        (0, (1u64 << 30).to_le_bytes().to_vec())
+    );
+    // The commit policy: over the limit refused, within it after 2 ms.
+    let (ctrl, _) = commit0(&mut c, 512 << 20);
+    assert!(refused(ctrl), "{ctrl:#x}");
+    uncommit0(&mut c);
+    let (ctrl, took) = commit0(&mut c, 256 << 20);
+    assert!(
+        committed(ctrl) && took >= Duration::from_millis(2),
+        "{ctrl:#x} {took:?}"
+    );
+
+    // 0xC001 Raise Event: the record lands in the Warning log (Event Status bit 1).
+    assert_eq!(
+        mailbox(&mut c, 0xc001, &[1]).0,
+        mbx::RC_INVALID_PAYLOAD_LENGTH
+    );
+    assert_eq!(mailbox(&mut c, 0xc001, &[4, 0]).0, mbx::RC_INVALID_INPUT);
+    assert_eq!(mailbox(&mut c, 0xc001, &[1, 0x42]).0, mbx::RC_SUCCESS);
+    let (rc, out) = mailbox(&mut c, mbx::OP_GET_EVENT_RECORDS, &[1]);
+    assert_eq!((rc, le16(&out, 0x14)), (0, 1));
+    assert_eq!(
+        &out[0x20..0x30],
+        &[0x41, 0x43, 0x4d, 0x45, 0x45, 0x56, 0x4e, 0x54, 0x80, 0, 0, 0, 0, 0, 0, 1]
+    );
+    assert_eq!(out[0x20 + 0x30], 0x42);
+
+    // Transfer FW: revision, ACME, body, then the CRC32 of all that, little-endian
+    // (0x30b24db3 for this image, computed with Python's zlib.crc32).
+    let image = |good: bool| {
+        let mut v = b"py-acme 1.2.3\0\0\0ACME".to_vec();
+        v.extend_from_slice(&[9; 40]);
+        let crc: u32 = if good { 0x30b2_4db3 } else { 0x30b2_4db2 };
+        v.extend_from_slice(&crc.to_le_bytes());
+        let mut part = vec![0u8; 0x80];
+        part[1] = 2;
+        part.extend_from_slice(&v);
+        part
+    };
+    assert_eq!(
+        mailbox(&mut c, mbx::OP_TRANSFER_FW, &image(false)).0,
+        mbx::RC_FW_VERIFICATION_FAILED
+    );
+    assert_eq!(
+        mailbox(&mut c, mbx::OP_TRANSFER_FW, &image(true)).0,
+        mbx::RC_SUCCESS
+    );
+    assert_eq!(
+        mailbox(&mut c, mbx::OP_ACTIVATE_FW, &[0, 2]).0,
+        mbx::RC_ACTIVATION_FAILED_COLD_RESET
+    );
+    assert_eq!(
+        mailbox(&mut c, mbx::OP_ACTIVATE_FW, &[1, 2]).0,
+        mbx::RC_SUCCESS
+    );
+
+    let st = b.ctl(r#"{"cmd":"status"}"#);
+    let fs = &st["firmware_socket"];
+    assert_eq!(
+        (
+            fs["timeouts"].clone(),
+            fs["garbage"].clone(),
+            fs["wrong_type"].clone()
+        ),
+        (json!(0), json!(0), json!(0)),
+        "{st}"
+    );
+    drop(c);
+    let mut b = b;
+    assert!(b.stop().success());
+    // --once: the process leaves with the backend.
+    let t = Instant::now();
+    while py.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "firmware.py did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

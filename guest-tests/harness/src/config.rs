@@ -26,6 +26,28 @@ pub enum BenchJob {
     Ready,
 }
 
+/// Which checks of the example vendor firmware run (`--vendor-checks`, group v).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VendorChecks {
+    /// None: the device runs some other firmware.
+    #[default]
+    Off,
+    /// The firmware hooks (examples/firmware.py over --firmware-socket).
+    Hooks,
+    /// The hooks and the engine operation (the examples/vendor-firmware binary).
+    Full,
+}
+
+impl VendorChecks {
+    pub fn enabled(self) -> bool {
+        self != VendorChecks::Off
+    }
+    /// Whether the engine operation is checked.
+    pub fn engine(self) -> bool {
+        self == VendorChecks::Full
+    }
+}
+
 /// Flit mode the backend was started with (`--flit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flit {
@@ -70,6 +92,8 @@ pub struct Config {
     /// The host hot-unplugs and re-plugs the device when the harness asks
     /// (scripts/run-vm --hotplug): run check k's QMP hot-plug steps.
     pub hotplug: bool,
+    /// The example vendor firmware's checks (group v).
+    pub vendor_checks: VendorChecks,
 }
 
 impl Default for Config {
@@ -90,6 +114,7 @@ impl Default for Config {
             hold_after: None,
             lifecycle: true,
             hotplug: false,
+            vendor_checks: VendorChecks::Off,
         }
     }
 }
@@ -117,6 +142,9 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --bench all|ready        bench mode: every figure, or bring-up time only
   --hold-after ID          after check ID (e.g. g.2) print `# hold-after ID: waiting
                            for the host` and wait for good (a fault test's kill point)
+  --vendor-checks off|hooks|full
+                           check the example vendor firmware's behaviour (group v):
+                           its hooks, or the hooks and its engine operation (default off)
   --cmdline FILE           read the cxltest.* keys from FILE instead of /proc/cmdline
   --no-cmdline             ignore the kernel command line
   -h, --help";
@@ -143,7 +171,7 @@ fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "mode",
     "flit",
     "mailbox",
@@ -159,6 +187,7 @@ pub const KEYS: [&str; 15] = [
     "hold-after",
     "lifecycle",
     "hotplug",
+    "vendor-checks",
 ];
 
 impl Config {
@@ -216,6 +245,18 @@ impl Config {
                     ));
                 }
                 self.hold_after = Some(value.to_string());
+            }
+            "vendor-checks" => {
+                self.vendor_checks = match value {
+                    "off" => VendorChecks::Off,
+                    "hooks" => VendorChecks::Hooks,
+                    "full" => VendorChecks::Full,
+                    _ => {
+                        return Err(format!(
+                            "vendor-checks: expected off|hooks|full, got {value:?}"
+                        ))
+                    }
+                }
             }
             "seconds" => self.seconds = parse_u64(value)?,
             "seed" => self.seed = Some(parse_u64(value)?),

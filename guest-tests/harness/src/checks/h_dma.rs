@@ -8,7 +8,7 @@ use crate::report::Reporter;
 use crate::sys;
 use cxl_regs::layout::{engine as e, ENGINE_OFFSET};
 
-const IRQ_NAME: &str = "cxl_accel_dma";
+pub const IRQ_NAME: &str = "cxl_accel_dma";
 const LEN: usize = 4096;
 
 /// A page-aligned, populated, locked anonymous page.
@@ -71,7 +71,7 @@ fn reg(off: u64) -> u64 {
 /// the transfer completes, and QEMU delivers an eventfd's signals as one interrupt,
 /// so a transfer started before the last one's interrupt arrived could share it and
 /// h.4's count would come up short.
-fn transfer(bar4: &MmioMap, src: u64, dst: u64, len: u64, ctrl: u32) -> Result<u32, u32> {
+pub fn transfer(bar4: &MmioMap, src: u64, dst: u64, len: u64, ctrl: u32) -> Result<u32, u32> {
     let irqs_before = sys::read_irq_count(IRQ_NAME).ok();
     let st = transfer_status(bar4, src, dst, len, ctrl)?;
     if let (Some(n), true) = (irqs_before, ctrl & e::CONTROL_IRQ_ENABLE != 0) {

@@ -1,5 +1,6 @@
 //! The checks a to i of issue 4, j (issue 7), l (issue 13) and the lifecycle group
-//! k (issue 11), in order, sharing what each step found.
+//! k (issue 11), in order, sharing what each step found; with the example vendor
+//! firmware, its own group v around them (issue 14).
 
 use crate::cedt::{Cfmws, Chbs};
 use crate::config::Config;
@@ -20,6 +21,7 @@ pub mod i_cxlcli;
 pub mod j_hpa;
 pub mod k_lifecycle;
 pub mod l_cdat;
+pub mod v_vendor;
 
 /// Device-memory layout used by the data-path checks (DPA offsets). Kept apart so
 /// no check disturbs another's data:
@@ -27,10 +29,12 @@ pub mod l_cdat;
 /// - DMA target at 2 MiB ([`h_dma`]);
 /// - poison inject at 3 MiB ([`f_mailbox`]);
 /// - HPA pattern at 4 MiB and region size - 4 KiB ([`j_hpa`]);
-/// - lifecycle pattern at 5 MiB ([`k_lifecycle`]).
+/// - lifecycle pattern at 5 MiB ([`k_lifecycle`]);
+/// - the vendor engine operation's input at 6 MiB ([`v_vendor`]).
 pub const DMA_DPA: u64 = 2 << 20;
 pub const POISON_DPA: u64 = 3 << 20;
 pub const LIFECYCLE_DPA: u64 = 5 << 20;
+pub const VENDOR_DPA: u64 = 6 << 20;
 
 /// What the checks learned so far. `None` means the step that finds it failed.
 #[derive(Default)]
@@ -131,6 +135,10 @@ impl Ctx {
 /// kernel's view once the endpoint is probed (l.3 on).
 pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
     a_pci::run(ctx, rep);
+    let vendor = ctx.cfg.vendor_checks.enabled();
+    if vendor {
+        v_vendor::run_early(ctx, rep);
+    }
     b_firmware::run(ctx, rep);
     l_cdat::run_early(ctx, rep);
     c_kernel::run(ctx, rep);
@@ -143,6 +151,9 @@ pub fn run_all(ctx: &mut Ctx, rep: &mut Reporter) {
     l_cdat::run(ctx, rep);
     if ctx.cfg.hpa {
         j_hpa::run(ctx, rep);
+    }
+    if vendor {
+        v_vendor::run_late(ctx, rep);
     }
     // Last: it takes the device through resets, unbinds and unplugs, and leaves it
     // attached again with the data of g and j in place.
