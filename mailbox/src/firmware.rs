@@ -267,11 +267,15 @@ impl Firmware {
                     self.transfer = None;
                     return Err(FwError::Verification);
                 }
-                check(&part(if end {
+                // A part the firmware refuses ends the transfer: the package is bad.
+                if let Err(e) = check(&part(if end {
                     FwAction::End
                 } else {
                     FwAction::Continue
-                }))?;
+                })) {
+                    self.transfer = None;
+                    return Err(e);
+                }
                 let Some(s) = slot_idx else {
                     self.transfer = Some(Transfer {
                         received: total,

@@ -43,7 +43,8 @@ pub trait VendorHooks {
     /// One part of Transfer FW (CXL r3.1 §8.2.9.3.2) that passed the mailbox's own
     /// checks (action, slot, order, size), before it takes effect: accept it, or
     /// refuse it with the error the command then fails with (typically
-    /// [`FwError::Verification`] for an image the device's firmware rejects). An
+    /// [`FwError::Verification`] for an image the device's firmware rejects). A
+    /// refused part ends a transfer in parts (the next must start with Initiate). An
     /// Abort is announced here too; its result is ignored.
     fn transfer_fw(&mut self, _part: &FwPart<'_>) -> Result<(), FwError> {
         Ok(())

@@ -941,6 +941,35 @@ fn firmware_refuses_an_image_and_nothing_changes() {
     assert_eq!(r, mb::RC_FW_TRANSFER_OUT_OF_ORDER);
     // Parts the mailbox refuses itself never reach the firmware.
     assert_eq!(h.parts.len(), 2);
+    // A refused End ends the transfer: the next part must start a new one.
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(1, 0, 0, &[1; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, 0);
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(3, 2, 1, &[0xbd; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, 0x0a);
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(2, 0, 2, &[1; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, mb::RC_FW_TRANSFER_OUT_OF_ORDER, "nothing in progress");
+    h.parts.truncate(2);
     // An accepted package in parts: each part is seen at its byte offset.
     let mut img = b"good-image-00001".to_vec();
     img.resize(256, 7);

@@ -305,21 +305,33 @@ pub fn run_late(ctx: &mut Ctx, rep: &mut Reporter) {
                     mb::RC_INVALID_INPUT,
                 )?;
                 let warning = mb::get_event_records::LOG_WARNING;
-                // Start from an empty Warning log.
-                let clear = [warning, mb::clear_event_records::FLAG_CLEAR_ALL, 0, 0, 0, 0];
-                m.ok(mb::OP_CLEAR_EVENT_RECORDS, &clear, 0)?;
                 m.ok(OP_RAISE_EVENT, &[warning, 0x42], 0)?;
                 let out = m.ok(mb::OP_GET_EVENT_RECORDS, &[warning], m.payload_size)?;
-                let count = le16(&out, 0x14).unwrap_or(0);
-                let rec = out
-                    .get(0x20..0x20 + mb::event_record::LEN)
-                    .ok_or("no record")?;
-                let data = rec[mb::event_record::DATA];
-                m.ok(mb::OP_CLEAR_EVENT_RECORDS, &clear, 0)?;
-                if count != 1 || rec[..16] != ACME_EVENT_UUID || data != 0x42 {
+                let count = usize::from(le16(&out, 0x14).unwrap_or(0));
+                let len = mb::event_record::LEN;
+                let records: Vec<&[u8]> = (0..count)
+                    .filter_map(|i| out.get(0x20 + i * len..0x20 + (i + 1) * len))
+                    .collect();
+                let ours = records
+                    .iter()
+                    .filter(|r| r[..16] == ACME_EVENT_UUID && r[mb::event_record::DATA] == 0x42)
+                    .count();
+                // Clear what was read, by handle (Clear All is for an overflowed log).
+                let mut clear = vec![warning, 0, records.len() as u8, 0, 0, 0];
+                for r in &records {
+                    let h = mb::event_record::HANDLE;
+                    clear.extend_from_slice(&r[h..h + 2]);
+                }
+                if !records.is_empty() {
+                    m.ok(mb::OP_CLEAR_EVENT_RECORDS, &clear, 0)?;
+                }
+                if ours != 1 {
+                    let uuids: Vec<String> = records
+                        .iter()
+                        .map(|r| format!("{:02x?}", &r[..16]))
+                        .collect();
                     return Err(format!(
-                        "{count} record(s); UUID {:02x?}, data {data:#x}",
-                        &rec[..16]
+                        "{count} Warning record(s), {ours} of them Acme's: {uuids:?}"
                     ));
                 }
                 Ok(
