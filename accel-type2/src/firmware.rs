@@ -371,6 +371,16 @@ pub fn names() -> &'static [&'static str] {
     &["default", "slow-commit", "bios"]
 }
 
+/// One line about a firmware [`by_name`] builds.
+pub fn about(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "default" => "accepts every valid commit; media ready at once",
+        "slow-commit" => "delays commits, rejects those over a size limit (delay_ms, max_size)",
+        "bios" => "pre-commits decoder 0 at power-on (base, size)",
+        _ => return None,
+    })
+}
+
 /// Build a firmware by name.
 pub fn by_name(name: &str) -> Option<Box<dyn Firmware>> {
     match name {
@@ -390,8 +400,10 @@ mod tests {
         for n in names() {
             let fw = by_name(n).unwrap();
             assert_eq!(fw.name(), *n);
+            assert!(about(n).is_some());
         }
         assert!(by_name("nonesuch").is_none());
+        assert!(about("nonesuch").is_none());
     }
 
     #[test]

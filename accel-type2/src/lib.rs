@@ -18,7 +18,7 @@
 //! bar2_size, reset_kind, cxl_reset_in_progress, set_offload, take_jobs,
 //! complete_dma, wipe_progress, complete_wipe, cdat, replace_cdat}`,
 //! `AccelConfig::cdat`, `DeviceMemory::zero`,
-//! `firmware::{by_name, names, SlowCommitFirmware, BiosFirmware, parse_u64,
+//! `firmware::{by_name, names, about, SlowCommitFirmware, BiosFirmware, parse_u64,
 //! CxlResetDecision}`, `Firmware::on_cxl_reset`, `reset::{ResetKind, RegisterClass,
 //! Effect, effect, keeps}`, `jobs::{Job, WipeJob, WipeError}`,
 //! `engine::{DmaJob, CancelFlag}`,

@@ -74,7 +74,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use accel_type2::firmware::{BiosFirmware, DefaultFirmware, SlowCommitFirmware};
+use accel_type2::firmware::{self, DefaultFirmware};
 use accel_type2::{EngineOperation, Firmware};
 use clap::{CommandFactory, FromArgMatches};
 use thiserror::Error;
@@ -127,31 +127,21 @@ impl Default for Catalog {
 }
 
 impl Catalog {
-    /// The stock daemon's: `default`, `slow-commit`, `bios`; no engine operations.
+    /// The stock daemon's: the model's built-in firmwares (`default`, `slow-commit`,
+    /// `bios`); no engine operations.
     pub fn builtin() -> Self {
-        let entry = |name: &str, about: &str, factory: FirmwareFactory| FirmwareEntry {
-            name: name.into(),
-            about: about.into(),
-            factory,
-        };
+        let firmwares = firmware::names()
+            .iter()
+            .map(|&name| FirmwareEntry {
+                name: name.into(),
+                about: firmware::about(name).unwrap_or_default().into(),
+                factory: Arc::new(move || {
+                    firmware::by_name(name).unwrap_or_else(|| Box::new(DefaultFirmware))
+                }),
+            })
+            .collect();
         Self {
-            firmwares: vec![
-                entry(
-                    "default",
-                    "accepts every valid commit; media ready at once",
-                    Arc::new(|| Box::new(DefaultFirmware)),
-                ),
-                entry(
-                    "slow-commit",
-                    "delays commits, rejects those over a size limit (delay_ms, max_size)",
-                    Arc::new(|| Box::new(SlowCommitFirmware::default())),
-                ),
-                entry(
-                    "bios",
-                    "pre-commits decoder 0 at power-on (base, size)",
-                    Arc::new(|| Box::new(BiosFirmware::default())),
-                ),
-            ],
+            firmwares,
             default: "default".into(),
             operations: Vec::new(),
         }

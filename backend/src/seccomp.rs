@@ -1,6 +1,6 @@
 //! Optional seccomp confinement (`--seccomp on`), built with rust-vmm's `seccompiler`.
 //!
-//! Each of the daemon's four threads installs its own filter once its setup is done
+//! Each of the daemon's threads installs its own filter once its setup is done
 //! (sockets bound, memory mapped, event loop built), listing exactly the system calls
 //! that thread makes from then on:
 //!
