@@ -193,7 +193,7 @@ pub struct Link {
     next_id: Arc<AtomicU64>,
 }
 
-/// A question whose answer is collected later ([`Pending::poll`]).
+/// A question whose answer is collected later (`Pending::poll`).
 pub struct Pending {
     rx: Receiver<Reply>,
     asked: Instant,

@@ -186,7 +186,7 @@ pub fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
 
 /// Sets O_NONBLOCK on `fd`'s open file description (shared with every other
 /// fd of that description, in this process and in the peer's).
-pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     let fl = fd_flags(fd)?;
     if fl & libc::O_NONBLOCK != 0 {
         return Ok(());
@@ -217,14 +217,14 @@ const EVENTFD_LINK: &[u8] = b"anon_inode:[eventfd]";
 /// Whether `fd` is an eventfd. Read from the fd's link in /proc, the only place
 /// that tells an eventfd from the other anonymous-inode files (timerfd, signalfd,
 /// epoll...), which share one inode and look alike to fstat(2).
-pub(crate) fn is_eventfd(fd: RawFd) -> io::Result<bool> {
+pub fn is_eventfd(fd: RawFd) -> io::Result<bool> {
     let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
     Ok(link.as_os_str().as_bytes() == EVENTFD_LINK)
 }
 
 /// Writes one eventfd increment without waiting: an error of kind WouldBlock
 /// means the counter is full (the interrupt is pending already).
-pub(crate) fn write_eventfd(fd: RawFd, value: u64) -> io::Result<()> {
+pub fn write_eventfd(fd: RawFd, value: u64) -> io::Result<()> {
     let bytes = value.to_ne_bytes();
     loop {
         // SAFETY: write(2) of 8 bytes from a live local buffer.
