@@ -1232,4 +1232,48 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Ctl(_))));
         assert!(Cli::try_parse_from(["cxl-accel-backend", "--memory-size", "1Q"]).is_err());
     }
+
+    #[test]
+    fn firmware_socket_options_from_the_command_line_and_the_file() {
+        let c = Config::merge(args("/tmp/s"), FileConfig::default()).unwrap();
+        assert_eq!((c.firmware_socket, c.firmware_deadline_ms), (None, 10));
+        let file =
+            FileConfig::parse("firmware-socket = \"/tmp/fw\"\nfirmware-deadline-ms = 25").unwrap();
+        let c = Config::merge(args("/tmp/s"), file).unwrap();
+        assert_eq!(c.firmware_socket.as_deref(), Some(Path::new("/tmp/fw")));
+        assert_eq!(c.firmware_deadline_ms, 25);
+        for ms in [0, 1001] {
+            let a = DaemonArgs {
+                firmware_deadline_ms: Some(ms),
+                ..args("/tmp/s")
+            };
+            assert!(matches!(
+                Config::merge(a, FileConfig::default()),
+                Err(ConfigError::FirmwareDeadline(v)) if v == ms
+            ));
+        }
+        // Three sockets, three paths.
+        for (control, fw) in [(None, "/tmp/s"), (Some("/tmp/c"), "/tmp/c")] {
+            let a = DaemonArgs {
+                control: control.map(PathBuf::from),
+                firmware_socket: Some(fw.into()),
+                ..args("/tmp/s")
+            };
+            assert!(matches!(
+                Config::merge(a, FileConfig::default()),
+                Err(ConfigError::SamePaths)
+            ));
+        }
+        let json = Config::merge(
+            DaemonArgs {
+                firmware_socket: Some("/tmp/fw".into()),
+                ..args("/tmp/s")
+            },
+            FileConfig::default(),
+        )
+        .unwrap()
+        .to_json();
+        assert_eq!(json["firmware_socket"], "/tmp/fw");
+        assert_eq!(json["firmware_deadline_ms"], 10);
+    }
 }

@@ -722,18 +722,6 @@ fn ms_to_ns(ms: u64) -> u64 {
     ms.saturating_mul(1_000_000)
 }
 
-fn fw_error_name(e: FwError) -> &'static str {
-    match e {
-        FwError::BadAction(_) | FwError::BadPart => "invalid_input",
-        FwError::InvalidSlot(_) => "invalid_slot",
-        FwError::InProgress => "in_progress",
-        FwError::OutOfOrder => "out_of_order",
-        FwError::Verification => "verification",
-        FwError::ActivationRolledBack => "activation_rolled_back",
-        FwError::ActivationNeedsColdReset => "activation_needs_cold_reset",
-    }
-}
-
 fn fw_error_from(name: &str, slot: u8) -> Option<FwError> {
     Some(match name {
         "invalid_input" => FwError::BadPart,
@@ -1149,18 +1137,75 @@ pub fn hello(config: &crate::Config, deadline_ms: u64) -> Map<String, Value> {
     }
 }
 
-/// Names of the Transfer/Activate FW failures, as the protocol spells them.
-pub fn fw_error_names() -> Vec<&'static str> {
-    [
-        FwError::BadPart,
-        FwError::InvalidSlot(0),
-        FwError::InProgress,
-        FwError::OutOfOrder,
-        FwError::Verification,
-        FwError::ActivationRolledBack,
-        FwError::ActivationNeedsColdReset,
-    ]
-    .into_iter()
-    .map(fw_error_name)
-    .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw_error_name(e: FwError) -> &'static str {
+        match e {
+            FwError::BadAction(_) | FwError::BadPart => "invalid_input",
+            FwError::InvalidSlot(_) => "invalid_slot",
+            FwError::InProgress => "in_progress",
+            FwError::OutOfOrder => "out_of_order",
+            FwError::Verification => "verification",
+            FwError::ActivationRolledBack => "activation_rolled_back",
+            FwError::ActivationNeedsColdReset => "activation_needs_cold_reset",
+        }
+    }
+
+    #[test]
+    fn firmware_update_errors_round_trip_by_name() {
+        for e in [
+            FwError::BadPart,
+            FwError::InvalidSlot(3),
+            FwError::InProgress,
+            FwError::OutOfOrder,
+            FwError::Verification,
+            FwError::ActivationRolledBack,
+            FwError::ActivationNeedsColdReset,
+        ] {
+            let back = fw_error_from(fw_error_name(e), 3).unwrap();
+            assert_eq!(back.rc(), e.rc(), "{e:?}");
+        }
+        assert_eq!(fw_error_from("nonsense", 1), None);
+    }
+
+    #[test]
+    fn answers_are_checked_field_by_field() {
+        let obj = |s: &str| -> Map<String, Value> { serde_json::from_str(s).unwrap() };
+        let asked = Instant::now();
+        assert_eq!(
+            SocketFirmware::parse_commit(&obj(r#"{"decision":"accept"}"#), asked),
+            Ok(CommitDecision::Accept)
+        );
+        assert!(matches!(
+            SocketFirmware::parse_commit(&obj(r#"{"decision":"delay","ms":1000}"#), asked),
+            Ok(CommitDecision::Delay(ns)) if ns > 900_000_000 && ns <= 1_000_000_000
+        ));
+        for bad in [
+            r#"{"decision":"maybe"}"#,
+            r#"{"decision":1}"#,
+            r#"{"decision":"delay"}"#,
+            r#"{"decision":"delay","ms":-1}"#,
+            r#"{}"#,
+        ] {
+            assert!(
+                SocketFirmware::parse_commit(&obj(bad), asked).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_verdict(&obj(r#"{"accept":true}"#), 2), Ok(Ok(())));
+        assert_eq!(
+            parse_verdict(&obj(r#"{"reject":"invalid_slot"}"#), 2),
+            Ok(Err(FwError::InvalidSlot(2)))
+        );
+        for bad in [
+            r#"{"accept":false}"#,
+            r#"{"reject":7}"#,
+            r#"{"reject":"meh"}"#,
+            "{}",
+        ] {
+            assert!(parse_verdict(&obj(bad), 2).is_err(), "{bad}");
+        }
+    }
 }
