@@ -7,6 +7,9 @@
 //!    Low register (uncommitted) in each device's component block, found through
 //!    the Register Locator;
 //! 2. a raw mailbox Identify on each, the output payload read included;
+//! 5. fixed numbers of those operations on the backend between `bench-sync` lines,
+//!    after a phase with none, for the host's counts per operation (messages,
+//!    system calls, wake-ups);
 //! 3. 64 MiB written then read through the backend's BAR2 (sysfs `resource2`) and
 //!    through guest RAM in this process;
 //! 4. the backend's DMA engine copying 64 MiB of guest RAM to device memory: the
@@ -14,6 +17,9 @@
 //!    (their addresses from /proc/self/pagemap, physically contiguous runs merged
 //!    into one descriptor each); without huge pages it falls back to one descriptor
 //!    per 4 KiB page.
+//!
+//! Job `trap` is 1, 2 and 5 (the host runs it once per CPU placement and QEMU); job
+//! `data` is 3 and 4.
 //!
 //! `cxl-guest-test bench --bench ready` brings up whichever device the VM has (the
 //! backend or a cxl-type3) as firmware and the kernel would: commit the host
@@ -56,12 +62,17 @@ const MBOX_BATCH: usize = 8;
 const MBOX_SAMPLES: usize = 150;
 const BW_ROUNDS: usize = 4;
 const DMA_ROUNDS: usize = 3;
-/// Operations per message-count phase.
-const COUNT_OPS: usize = 500;
+/// Operations per counted phase: enough that the host's count of the pauses around
+/// them (measured alone, then subtracted) is small beside theirs.
+const COUNT_READS: usize = 4000;
+const COUNT_WRITES: usize = 2000;
+const COUNT_IDENTIFY: usize = 600;
 
 pub fn run(cfg: &Config, rep: &mut Reporter) {
     match cfg.bench {
-        BenchJob::All => run_all(cfg, rep),
+        BenchJob::All => run_jobs(cfg, rep, true, true),
+        BenchJob::Trap => run_jobs(cfg, rep, true, false),
+        BenchJob::Data => run_jobs(cfg, rep, false, true),
         BenchJob::Ready => ready(cfg, rep),
     }
 }
@@ -690,47 +701,53 @@ fn dma(backend: &mut Dut, bar2_ptr: *const u8) -> Result<String, String> {
     ))
 }
 
-// --- message counts -------------------------------------------------------------------------
+// --- counted phases ------------------------------------------------------------------------
 
-/// Phases of `ops` operations between two `bench-sync` lines, for the host to count
-/// the backend's messages per operation.
+/// Phases of fixed numbers of operations between two `bench-sync` lines: the host
+/// counts the backend's messages (control socket) and the system calls, sleeps and
+/// wake-ups of QEMU's and the backend's threads (perf) over each. The first phase
+/// has no operation at all: what the host counts over it is the cost of the two
+/// pauses themselves, which it subtracts from the others.
 fn count_phases(backend: &Dut) -> Result<String, String> {
     let (bar, off) = backend.test_reg();
     let m = backend.map(bar);
+    sync_host("count-idle-start");
+    sync_host("count-idle-end");
+    emit("ops.idle", 0.0, "count");
+
     sync_host("count-read-start");
-    for _ in 0..COUNT_OPS {
+    for _ in 0..COUNT_READS {
         black_box(m.read32(off));
     }
     sync_host("count-read-end");
-    emit("ops.read", COUNT_OPS as f64, "count");
+    emit("ops.read", COUNT_READS as f64, "count");
 
     sync_host("count-write-start");
-    for i in 0..COUNT_OPS as u32 {
+    for i in 0..COUNT_WRITES as u32 {
         m.write32(off, (i & 0xf) << 28);
         black_box(m.read32(off));
     }
     sync_host("count-write-end");
-    emit("ops.write", COUNT_OPS as f64, "count");
+    emit("ops.write", COUNT_WRITES as f64, "count");
 
     let (mbar, mbase) = backend.mbox.ok_or("backend: no mailbox")?;
     let mm = backend.map(mbar);
     let mut out = [0u8; IDENTIFY_MAX];
-    let n = COUNT_OPS / 5;
     sync_host("count-identify-start");
-    for _ in 0..n {
+    for _ in 0..COUNT_IDENTIFY {
         identify(mm, mbase, &mut out)?;
     }
     sync_host("count-identify-end");
-    emit("ops.identify", n as f64, "count");
+    emit("ops.identify", COUNT_IDENTIFY as f64, "count");
     m.write32(off, 0);
     Ok(format!(
-        "{COUNT_OPS} reads, {COUNT_OPS} writes, {n} Identify"
+        "{COUNT_READS} reads, {COUNT_WRITES} writes + read back, {COUNT_IDENTIFY} Identify"
     ))
 }
 
-fn run_all(cfg: &Config, rep: &mut Reporter) {
-    let mut backend: Option<Dut> = None;
-    let mut type3: Option<Dut> = None;
+/// bench.0: both devices located, or None (the check says why).
+fn open_duts(cfg: &Config, rep: &mut Reporter) -> Option<(Dut, Dut)> {
+    let mut duts = None;
     rep.check(
         "bench.0",
         "the backend and a cxl-type3: HDM decoder 1 and the mailbox located",
@@ -744,25 +761,34 @@ fn run_all(cfg: &Config, rep: &mut Reporter) {
             if b.mbox.is_none() || t.mbox.is_none() {
                 return Err(format!("a mailbox is missing: {s}"));
             }
-            backend = Some(b);
-            type3 = Some(t);
+            duts = Some((b, t));
             Ok(s)
         },
     );
-    let (Some(mut b), Some(t)) = (backend, type3) else {
-        return;
-    };
-    sync_host("start");
+    duts
+}
+
+/// Job `trap`: bench.1, bench.2 and bench.5.
+fn trapped(b: &Dut, t: &Dut, rep: &mut Reporter) {
     rep.check(
         "bench.1",
         "trapped register read and write+read back (HDM decoder 1 Base Low)",
-        || registers(&[&b, &t]),
+        || registers(&[b, t]),
     );
     rep.check(
         "bench.2",
         "raw mailbox Identify round trip, payload read included",
-        || mailbox(&[&b, &t]),
+        || mailbox(&[b, t]),
     );
+    rep.check(
+        "bench.5",
+        "counted phases: backend messages, system calls and wake-ups (host counts)",
+        || count_phases(b),
+    );
+}
+
+/// Job `data`: bench.3 and bench.4, with the host's RSS looks between them.
+fn data(b: &mut Dut, rep: &mut Reporter) {
     let mut bar2_ptr: Option<*const u8> = None;
     rep.check(
         "bench.3",
@@ -782,15 +808,23 @@ fn run_all(cfg: &Config, rep: &mut Reporter) {
         "DMA engine: 64 MiB guest RAM -> device memory",
         || {
             let p = bar2_ptr.ok_or("prerequisite missing: BAR2 (bench.3)")?;
-            dma(&mut b, p)
+            dma(b, p)
         },
     );
     sync_host("after-dma");
-    rep.check(
-        "bench.5",
-        "backend message counts per operation (host counts)",
-        || count_phases(&b),
-    );
+}
+
+fn run_jobs(cfg: &Config, rep: &mut Reporter, trap: bool, device_memory: bool) {
+    let Some((mut b, t)) = open_duts(cfg, rep) else {
+        return;
+    };
+    sync_host("start");
+    if trap {
+        trapped(&b, &t, rep);
+    }
+    if device_memory {
+        data(&mut b, rep);
+    }
     sync_host("end");
 }
 

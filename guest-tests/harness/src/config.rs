@@ -19,9 +19,14 @@ pub enum Mode {
 /// What bench mode does (`--bench`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BenchJob {
-    /// Every in-guest figure, backend against cxl-type3.
+    /// Every in-guest figure, backend against cxl-type3: `trap`, then `data`.
     #[default]
     All,
+    /// The trapped accesses only (register read, write + read back, mailbox
+    /// Identify) and their counted phases: what the host repeats per placement.
+    Trap,
+    /// Device memory only: bandwidth through BAR2 and the DMA engine.
+    Data,
     /// Bring the VM's one device up to an assembled region, for the host's timing.
     Ready,
 }
@@ -139,7 +144,9 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
                            run k's hot-unplug and re-plug steps (default off)
   --seconds N              chaos mode: seconds of random accesses (default 30)
   --seed N                 chaos mode: random seed (default: from the clock)
-  --bench all|ready        bench mode: every figure, or bring-up time only
+  --bench all|trap|data|ready
+                           bench mode: every figure; trapped accesses only; device
+                           memory only; or bring-up time only
   --hold-after ID          after check ID (e.g. g.2) print `# hold-after ID: waiting
                            for the host` and wait for good (a fault test's kill point)
   --vendor-checks off|hooks|full
@@ -263,8 +270,14 @@ impl Config {
             "bench" => {
                 self.bench = match value {
                     "all" => BenchJob::All,
+                    "trap" => BenchJob::Trap,
+                    "data" => BenchJob::Data,
                     "ready" => BenchJob::Ready,
-                    _ => return Err(format!("bench: expected all|ready, got {value:?}")),
+                    _ => {
+                        return Err(format!(
+                            "bench: expected all|trap|data|ready, got {value:?}"
+                        ))
+                    }
                 }
             }
             _ => return Err(format!("unknown key {key:?}")),
@@ -450,7 +463,12 @@ mod tests {
             b.set(k, v).unwrap();
         }
         assert_eq!((b.mode, b.bench), (Mode::Bench, BenchJob::Ready));
+        b.set("bench", "trap").unwrap();
+        assert_eq!(b.bench, BenchJob::Trap);
+        b.set("bench", "data").unwrap();
+        assert_eq!(b.bench, BenchJob::Data);
         assert!(b.set("bench", "fast").is_err());
+        assert_eq!(b.bench, BenchJob::Data, "a bad value changes nothing");
         // the HPA bandwidth figure, as /init passes it
         let mut h = Config::default();
         assert!(!h.hpabench);
