@@ -8,8 +8,9 @@
 //! hostbench daemon --backend PATH [--runs N]
 //!                                         backend startup (spawn to socket ready), idle RSS
 //!                                         at 512 MiB and 64 GiB of device memory
-//! hostbench client --backend PATH [--iters N] [--cpus A,B] [--no-perf] [--dma-mib N]
-//!                  [--dma-runs N]         REGION_READ/WRITE round trips to a backend from
+//! hostbench client --backend PATH | --socket PATH [--iters N] [--cpus A,B] [--no-perf]
+//!                  [--dma-mib N] [--dma-runs N]
+//!                                         REGION_READ/WRITE round trips to a backend from
 //!                                         this process (on CPU A; the backend on CPU B),
 //!                                         no QEMU: the backend's own share; then the same
 //!                                         read while the DMA engine copies N MiB (default
@@ -148,6 +149,70 @@ fn raw_write_all(fd: i32, buf: &[u8]) -> bool {
     })
 }
 
+/// A forked child that echoes: each request of [`REQ`] bytes gets a reply of
+/// [`REPLY`] bytes, with blocking read/write.
+struct Echo {
+    s: UnixStream,
+    pid: libc::pid_t,
+}
+
+impl Echo {
+    /// Fork the echo, on CPU `cpu` if given. Call it while this process has one
+    /// thread: the child only calls sched_setaffinity, read, write and _exit.
+    fn spawn(cpu: Option<usize>) -> Res<Echo> {
+        let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        // SAFETY: this process has one thread (the caller's promise); the child
+        // only makes async-signal-safe calls.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            drop(a);
+            if let Some(cpu) = cpu {
+                if pin(0, cpu).is_err() {
+                    // SAFETY: leave the child without running the parent's destructors.
+                    unsafe { libc::_exit(2) };
+                }
+            }
+            let fd = b.as_raw_fd();
+            let mut req = [0u8; REQ];
+            let reply = [0u8; REPLY];
+            while raw_read_exact(fd, &mut req) && raw_write_all(fd, &reply) {}
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        drop(b);
+        Ok(Echo { s: a, pid })
+    }
+
+    fn round_trip(&self) -> Res<()> {
+        let fd = self.s.as_raw_fd();
+        let req = [1u8; REQ];
+        let mut reply = [0u8; REPLY];
+        if raw_write_all(fd, &req) && raw_read_exact(fd, &mut reply) {
+            Ok(())
+        } else {
+            Err("the echo child went away".into())
+        }
+    }
+
+    /// Close the socket and reap the child; an error if it did not end well.
+    fn finish(self) -> Res<()> {
+        let pid = self.pid;
+        drop(self.s);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if status != 0 {
+            return Err(format!(
+                "the echo child ended with status {status:#x} (pinning it failed?)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A request/reply round trip over a UNIX stream socket between this process and a
 /// forked child that echoes, with blocking read/write: the floor under any trapped
 /// access of an out-of-process device. `--cpus A,B` pins this process to CPU A and
@@ -159,43 +224,11 @@ fn pingpong(args: &[String]) -> Res<()> {
     if let Some(p) = placement {
         pin(0, p.client).map_err(|e| format!("pinning to CPU {}: {e}", p.client))?;
     }
-    let (a, b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    // SAFETY: this process has one thread; the child only calls sched_setaffinity,
-    // read, write and _exit, which are async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        drop(a);
-        if let Some(p) = placement {
-            if pin(0, p.server).is_err() {
-                // SAFETY: leave the child without running the parent's destructors.
-                unsafe { libc::_exit(2) };
-            }
-        }
-        let fd = b.as_raw_fd();
-        let mut req = [0u8; REQ];
-        let reply = [0u8; REPLY];
-        while raw_read_exact(fd, &mut req) && raw_write_all(fd, &reply) {}
-        // SAFETY: leave the child without running the parent's destructors.
-        unsafe { libc::_exit(0) };
-    }
-    drop(b);
-    let fd = a.as_raw_fd();
-    let req = [1u8; REQ];
-    let mut reply = [0u8; REPLY];
-    let mut round_trip = || -> Res<()> {
-        if raw_write_all(fd, &req) && raw_read_exact(fd, &mut reply) {
-            Ok(())
-        } else {
-            Err("the echo child went away".into())
-        }
-    };
+    let echo = Echo::spawn(placement.map(|p| p.server))?;
     let mut rtt = Vec::with_capacity(iters);
     for i in 0..iters + 1000 {
         let t = Instant::now();
-        round_trip()?;
+        echo.round_trip()?;
         if i >= 1000 {
             rtt.push(t.elapsed().as_nanos() as f64);
         }
@@ -203,17 +236,9 @@ fn pingpong(args: &[String]) -> Res<()> {
     let perf = if args.iter().any(|a| a == "--no-perf") {
         Value::Null
     } else {
-        counted(pid as u32, COUNTED_OPS, &mut round_trip)?
+        counted(echo.pid as u32, COUNTED_OPS, || echo.round_trip())?
     };
-    drop(a);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    if status != 0 {
-        return Err(format!(
-            "the echo child ended with status {status:#x} (pinning it failed?)"
-        ));
-    }
+    echo.finish()?;
     let med = median(&mut rtt);
     let p10 = percentile(&mut rtt, 0.1);
     let p90 = percentile(&mut rtt, 0.9);
@@ -511,14 +536,42 @@ impl Conn {
     }
 }
 
+/// The process at the other end of `s` (SO_PEERCRED).
+fn peer_pid(s: &UnixStream) -> Res<u32> {
+    // SAFETY: an all-zero ucred is valid; getsockopt writes at most `len` bytes.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes for the option.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!("SO_PEERCRED: {}", std::io::Error::last_os_error()));
+    }
+    Ok(cred.pid as u32)
+}
+
 /// REGION_READ and REGION_WRITE of HDM decoder 1 Base Low in BAR0, straight to the
-/// backend: how much of a trapped access is the backend's own. `--cpus A,B` pins
+/// backend: how much of a trapped access is the backend's own, with the floor
+/// measured in the same run, interleaved (`pingpong_interleaved_ns`). `--socket PATH`
+/// talks to a backend already listening there (e.g. under callgrind) instead of
+/// starting one. `--cpus A,B` pins
 /// this process to CPU A and every thread of the backend to CPU B. Then, unless
 /// `--no-perf`, [`COUNTED_OPS`] more reads with perf counting both sides; then the
 /// same read while the DMA engine copies `--dma-mib` MiB (see [`dma_phase`]; 0
 /// skips it).
 fn client(args: &[String]) -> Res<()> {
-    let backend = PathBuf::from(opt(args, "--backend").ok_or("--backend needed")?);
+    let backend = PathBuf::from(
+        opt(args, "--backend")
+            .or(opt(args, "--socket"))
+            .ok_or("--backend or --socket needed")?,
+    );
     let iters = opt_num(args, "--iters", 20_000)? as usize;
     let dma_mib = opt_num(args, "--dma-mib", 1024)?.min(1024);
     let dma_runs = opt_num(args, "--dma-runs", 3)?.max(1) as usize;
@@ -527,27 +580,37 @@ fn client(args: &[String]) -> Res<()> {
         pin(0, p.client).map_err(|e| format!("pinning to CPU {}: {e}", p.client))?;
     }
     let dir = scratch_dir("cxl-accel-hostbench-c")?;
-    let sock = dir.join("client.sock");
-    // Device memory: at least the transfer, in 256 MiB steps.
-    let mem_mib = dma_mib.div_ceil(256).max(2) * 256;
-    let mem_size = format!("{mem_mib}M");
-    let mut child = spawn_backend(
-        &backend,
-        &sock,
-        &["--once", "--memory-size", &mem_size],
-        placement.map(|p| p.server),
-    )?;
-    let t = Instant::now();
-    let s = loop {
-        if let Ok(s) = UnixStream::connect(&sock) {
-            break s;
+    let (mut child, s) = match opt(args, "--socket") {
+        Some(path) => (
+            None,
+            UnixStream::connect(path).map_err(|e| format!("{path}: {e}"))?,
+        ),
+        None => {
+            let sock = dir.join("client.sock");
+            // Device memory: at least the transfer, in 256 MiB steps.
+            let mem_mib = dma_mib.div_ceil(256).max(2) * 256;
+            let mem_size = format!("{mem_mib}M");
+            let mut child = spawn_backend(
+                &backend,
+                &sock,
+                &["--once", "--memory-size", &mem_size],
+                placement.map(|p| p.server),
+            )?;
+            let t = Instant::now();
+            let s = loop {
+                if let Ok(s) = UnixStream::connect(&sock) {
+                    break s;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    return Err("backend socket not ready".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            (Some(child), s)
         }
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            return Err("backend socket not ready".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
     };
+    let server_pid = peer_pid(&s)?;
     let mut c = Conn::new(s);
     let mut v = Vec::new();
     v.extend_from_slice(&0u16.to_le_bytes());
@@ -559,28 +622,47 @@ fn client(args: &[String]) -> Res<()> {
     let read = Conn::access(0, reg, 4);
     let mut write = Conn::access(0, reg, 4);
     write.extend_from_slice(&0x1000_0000u32.to_le_bytes());
+    // The floor, interleaved with the backend's round trips: an echo on the
+    // backend's CPU, in blocks of BLOCK round trips (then BLOCK reads and writes),
+    // so that both see the same machine from moment to moment. Blocks rather than
+    // single round trips: on one core the backend (or the echo) finishes its loop
+    // after its reply, and that time would land in the next round trip of the
+    // other. The first block of each warms up.
+    const BLOCK: usize = 500;
+    let echo = Echo::spawn(placement.map(|p| p.server))?;
     let mut rd = Vec::with_capacity(iters);
     let mut wr = Vec::with_capacity(iters);
-    for i in 0..iters + 500 {
-        let t = Instant::now();
-        c.call(CMD_REGION_READ, &read, None)?;
-        let r = t.elapsed().as_nanos() as f64;
-        let t = Instant::now();
-        c.call(CMD_REGION_WRITE, &write, None)?;
-        let w = t.elapsed().as_nanos() as f64;
-        if i >= 500 {
-            rd.push(r);
-            wr.push(w);
+    let mut pp = Vec::with_capacity(iters);
+    for block in 0..=iters.div_ceil(BLOCK) {
+        for _ in 0..BLOCK {
+            let t = Instant::now();
+            echo.round_trip()?;
+            if block > 0 {
+                pp.push(t.elapsed().as_nanos() as f64);
+            }
+        }
+        for _ in 0..BLOCK {
+            let t = Instant::now();
+            c.call(CMD_REGION_READ, &read, None)?;
+            let r = t.elapsed().as_nanos() as f64;
+            let t = Instant::now();
+            c.call(CMD_REGION_WRITE, &write, None)?;
+            if block > 0 {
+                rd.push(r);
+                wr.push(t.elapsed().as_nanos() as f64);
+            }
         }
     }
+    echo.finish()?;
     let perf = if args.iter().any(|a| a == "--no-perf") {
         Value::Null
     } else {
-        counted(child.id(), COUNTED_OPS, || {
+        counted(server_pid, COUNTED_OPS, || {
             c.call(CMD_REGION_READ, &read, None)
         })?
     };
     let mut out = json!({"backend_direct_read_ns": median(&mut rd), "backend_direct_write_ns": median(&mut wr),
+                         "pingpong_interleaved_ns": median(&mut pp),
                          "backend_direct_read_p10_ns": percentile(&mut rd, 0.1),
                          "backend_direct_read_p90_ns": percentile(&mut rd, 0.9), "iters": iters,
                          "placement": Placement::json(placement), "perf": perf});
@@ -592,7 +674,9 @@ fn client(args: &[String]) -> Res<()> {
         }
     }
     drop(c);
-    let _ = child.wait();
+    if let Some(child) = child.as_mut() {
+        let _ = child.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     println!("{out}");
     Ok(())

@@ -500,10 +500,20 @@ pub(crate) fn report(args: &[String]) -> Res<()> {
                 hv(&cl, "backend_direct_read_ns"),
                 "ns",
             )
-            .vs(format!("ping-pong floor [{pname}]"), floor)
+            .vs(
+                format!("ping-pong, interleaved [{pname}]"),
+                hv(&cl, "pingpong_interleaved_ns"),
+            )
             .at_most(1.2)
             .note(format!(
-                "a client of our own, no QEMU; REGION_WRITE {} ns; {} (server: the backend)",
+                "a client of our own, no QEMU; each read follows a round trip to an echo \
+                 on the backend's CPU (the anchor); {} x the floor row; REGION_WRITE {} ns; \
+                 {} (server: the backend)",
+                fmt_num(
+                    hv(&cl, "backend_direct_read_ns")
+                        .zip(floor)
+                        .map(|(r, f)| r / f)
+                ),
                 fmt_num(hv(&cl, "backend_direct_write_ns")),
                 counts_text(&cl_counts, "read")
             ))
