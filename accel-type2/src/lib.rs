@@ -1278,21 +1278,22 @@ impl AccelDevice {
             .device_regs
             .as_ref()
             .and_then(|r| r.mailbox().next_deadline());
-        [
-            self.component.next_deadline(),
-            mb,
-            // A reset whose Mem Clr wipe runs ends with the wipe, not by time.
-            self.cxl_reset
-                .filter(|f| !f.clearing)
-                .map(|f| f.deadline_ns),
-            match self.media {
-                Media::NotReadyUntil(t) => Some(t),
-                _ => None,
-            },
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // A reset whose Mem Clr wipe runs ends with the wipe, not by time.
+        let reset = match &self.cxl_reset {
+            Some(f) if !f.clearing => Some(f.deadline_ns),
+            _ => None,
+        };
+        let media = match self.media {
+            Media::NotReadyUntil(t) => Some(t),
+            _ => None,
+        };
+        // Called after every register access: plain comparisons rather than an
+        // iterator over the four (which cost a tenth of the backend's instructions
+        // per message).
+        earliest(
+            earliest(self.component.next_deadline(), mb),
+            earliest(reset, media),
+        )
     }
 
     // --- fault injection ---------------------------------------------------------------
@@ -1455,5 +1456,14 @@ impl AccelDevice {
         self.config.set_cdat(Arc::new(cdat));
         self.cfg.cdat = source;
         Ok(sequence)
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }

@@ -326,7 +326,16 @@ impl Shared {
     /// takes a snapshot of the guest RAM mappings. A job the worker cannot take fails
     /// at once (a transfer with ERR_ABORTED, a wipe with an error).
     pub fn dispatch_jobs(&mut self) {
-        for job in self.device.take_jobs() {
+        let jobs = self.device.take_jobs();
+        // After a register access there are none: the loop stays out of the way.
+        if !jobs.is_empty() {
+            self.queue_jobs(jobs);
+        }
+    }
+
+    #[cold]
+    fn queue_jobs(&mut self, jobs: Vec<Job>) {
+        for job in jobs {
             let queued = match (&self.worker, &job) {
                 (Some(q), Job::Dma(j)) => q.send(Work::Dma {
                     job: j.clone(),
@@ -385,7 +394,15 @@ impl Shared {
 
     /// Deliver the interrupts the device raised since the last call.
     pub fn deliver_interrupts(&mut self) {
-        for irq in self.device.take_interrupts() {
+        let irqs = self.device.take_interrupts();
+        if !irqs.is_empty() {
+            self.raise_all(irqs);
+        }
+    }
+
+    #[cold]
+    fn raise_all(&mut self, irqs: Vec<Interrupt>) {
+        for irq in irqs {
             let (index, vector) = match irq {
                 Interrupt::Msix(v) => (IRQ_MSIX, usize::from(v)),
                 Interrupt::Intx => (IRQ_INTX, 0),

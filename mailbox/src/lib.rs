@@ -514,6 +514,7 @@ impl Mailbox {
     /// and never spins while a slow one runs.
     pub fn next_deadline(&self) -> Option<u64> {
         self.bg
+            .as_ref()
             .filter(|op| !(op.waiting_for_media() && self.now_ns >= op.end_ns))
             .map(|op| op.end_ns)
     }
