@@ -27,6 +27,7 @@
 
 pub mod irq;
 pub mod protocol;
+mod recv;
 pub mod server;
 pub mod sys;
 
@@ -34,7 +35,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::io::RawFd;
 
 pub use irq::{IrqEventFd, Signal};
-pub use server::{ServeOutcome, Server, ServerError, ServerStats, StatsSnapshot};
+pub use server::{ServeOutcome, Server, ServerError, ServerStats, StatsSnapshot, Stopper};
 
 /// A positive errno value, sent back in an error reply.
 pub type Errno = i32;

@@ -2,8 +2,10 @@
 //! client at a time over it.
 //!
 //! Framing rules (README "Why our own vfio-user server"):
-//! - lengths are read exactly, looping on partial reads; a connection that
-//!   ends inside a header or a body is dropped, never parsed;
+//! - bytes are received into a buffer ([`super::recv`]): one recvmsg takes in
+//!   whatever the peer has sent, so a small message costs one receive, and the
+//!   bytes past it wait for the next; a message is parsed only once all its
+//!   bytes are in; a connection that ends inside a header or a body is dropped;
 //! - a message bigger than `MAX_MESSAGE_SIZE` is drained (up to
 //!   `MAX_DRAIN_SIZE`) and answered with EMSGSIZE, or ends the connection;
 //! - a message whose size is smaller than its header ends the connection: the
@@ -14,6 +16,11 @@
 //! - at most `MAX_MSG_FDS` fds are kept per message; unused ones are closed;
 //! - fds of the wrong kind for the message are refused (EINVAL) before the
 //!   device sees them: SET_IRQS takes eventfds only (see [`super::irq`]).
+//!
+//! Waiting: between messages the server waits in poll (the socket and the stop
+//! eventfd, up to the device's next deadline), or, with a [`Stopper`] and no
+//! deadline pending, in the blocking recvmsg itself, so that a message costs one
+//! receive and one send. Inside a message the peer has the stall timeout.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -22,7 +29,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
@@ -35,6 +42,7 @@ use super::protocol::{
     self, Command, Header, RegionAccess, Request, SetIrqsRequest, HEADER_SIZE, MAX_DRAIN_SIZE,
     MAX_MESSAGE_SIZE, MAX_MSG_FDS, REGION_ACCESS_SIZE, TYPE_COMMAND, TYPE_REPLY, VERSION_MAJOR,
 };
+use super::recv::RecvBuf;
 use super::sys::{self, FileId, Ready};
 use super::{DmaMapping, Errno, IrqEventFd, VfioUserDevice};
 
@@ -150,6 +158,71 @@ impl ServerStats {
     }
 }
 
+/// Stops a [`Server`] from any thread, at once: [`Stopper::stop`] writes the stop
+/// eventfd (which ends [`Server::accept`] and every poll) and shuts down the
+/// connection being served, which ends a receive blocked on it (the peer sees the
+/// connection close). Clones share one state; once stopped, it stays stopped.
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<StopperState>);
+
+#[derive(Debug)]
+struct StopperState {
+    event: EventFd,
+    /// Stopped yet; the fd of the connection being served.
+    slot: Mutex<(bool, Option<RawFd>)>,
+}
+
+/// A connection registered with a [`Stopper`]; withdrawn when dropped.
+struct Registered<'a>(&'a Stopper);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.slot().1 = None;
+    }
+}
+
+impl Stopper {
+    /// A stopper that writes `stop` (the eventfd given to `accept` and `serve`).
+    pub fn new(stop: &EventFd) -> io::Result<Self> {
+        Ok(Stopper(Arc::new(StopperState {
+            event: stop.try_clone()?,
+            slot: Mutex::new((false, None)),
+        })))
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, (bool, Option<RawFd>)> {
+        // The lock guards two plain values: a panic elsewhere cannot leave them
+        // half-written.
+        self.0.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop: write the eventfd, and shut down the connection being served.
+    pub fn stop(&self) -> io::Result<()> {
+        let mut slot = self.slot();
+        slot.0 = true;
+        if let Some(fd) = slot.1 {
+            // The fd stays open while registered (see `Server::serve`).
+            sys::shutdown(fd);
+        }
+        drop(slot);
+        self.0.event.write(1)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.slot().0
+    }
+
+    /// Register the connection `fd`; None if stopped already.
+    fn register(&self, fd: RawFd) -> Option<Registered<'_>> {
+        let mut slot = self.slot();
+        if slot.0 {
+            return None;
+        }
+        slot.1 = Some(fd);
+        Some(Registered(self))
+    }
+}
+
 /// The server: owns the listening socket, and removes it when dropped.
 pub struct Server {
     listener: UnixListener,
@@ -159,6 +232,7 @@ pub struct Server {
     file_id: FileId,
     stats: Arc<ServerStats>,
     stall_timeout: Duration,
+    stopper: Option<Stopper>,
 }
 
 impl std::fmt::Debug for Server {
@@ -205,6 +279,7 @@ impl Server {
             file_id,
             stats: Arc::new(ServerStats::default()),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            stopper: None,
         })
     }
 
@@ -217,6 +292,16 @@ impl Server {
     /// [`DEFAULT_STALL_TIMEOUT`]). Between messages a client may idle forever.
     pub fn set_stall_timeout(&mut self, timeout: Duration) {
         self.stall_timeout = timeout;
+    }
+
+    /// Stop [`serve`](Server::serve) through `stopper` from now on. A stopper can
+    /// end a receive that blocks on the connection, so `serve` then waits for each
+    /// message in recvmsg itself (one system call) rather than in poll first (two),
+    /// whenever no device deadline is pending. Writing the stop eventfd alone then
+    /// no longer ends `serve` at once: stop with [`Stopper::stop`], which writes it
+    /// too.
+    pub fn set_stopper(&mut self, stopper: Stopper) {
+        self.stopper = Some(stopper);
     }
 
     /// A copy of the counters.
@@ -280,18 +365,34 @@ impl Server {
         dev: &mut dyn VfioUserDevice,
         stop: &EventFd,
     ) -> Result<ServeOutcome, ServerError> {
+        // The connection can be shut down by the Stopper while it is served, and
+        // only then: it is registered before the first receive and withdrawn before
+        // the stream is closed.
+        let registered = match &self.stopper {
+            Some(s) => match s.register(stream.as_raw_fd()) {
+                Some(r) => Some(r),
+                None => {
+                    dev.disconnected();
+                    log::info!("vfio-user: stopping; dropping the client");
+                    return Ok(ServeOutcome::Stopped);
+                }
+            },
+            None => None,
+        };
         let mut conn = Connection {
             stream: &stream,
             stop: stop.as_raw_fd(),
+            stopper: self.stopper.as_ref(),
             stall: self.stall_timeout,
             stats: &self.stats,
-            body: Vec::new(),
-            out: Vec::new(),
+            rx: RecvBuf::new(),
+            out: Vec::with_capacity(REPLY_ROOM),
             fds: Vec::new(),
             negotiated: false,
             regions: Vec::new(),
         };
         let result = conn.run(dev);
+        drop(registered);
         dev.disconnected();
         match &result {
             Ok(ServeOutcome::Disconnected) => log::info!("vfio-user: client disconnected"),
@@ -343,22 +444,49 @@ struct RegionAccessInfo {
     writable: bool,
 }
 
+/// Room the reply buffer starts with: any reply on the register path.
+const REPLY_ROOM: usize = 4096;
+
 /// Regions whose access info is cached; higher indices are looked up each time.
 const REGION_CACHE_LEN: usize = 16;
 
 struct Connection<'a> {
     stream: &'a UnixStream,
     stop: RawFd,
+    /// With a [`Stopper`], which can end a blocking receive: the wait for the next
+    /// message is then a blocking recvmsg instead of poll and recvmsg.
+    stopper: Option<&'a Stopper>,
     stall: Duration,
     stats: &'a ServerStats,
-    /// The current message's body (reused; at most MAX_MESSAGE_SIZE).
-    body: Vec<u8>,
+    /// Received bytes: the current message and any that follow it.
+    rx: RecvBuf,
     /// The reply being built, header first (reused).
     out: Vec<u8>,
     /// Fds that came with the current message.
     fds: Vec<OwnedFd>,
     negotiated: bool,
     regions: Vec<Option<RegionAccessInfo>>,
+}
+
+/// What [`Connection::handle_message`] did.
+enum Handled {
+    /// Answered a message (or dropped a bad one); carry on.
+    Message,
+    /// Nothing came before the device's deadline.
+    Deadline,
+    /// The framing can no longer be trusted: end the connection.
+    Drop,
+}
+
+/// How a receive waits for bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// In recvmsg itself (no message started, no deadline, a Stopper can end it).
+    Block,
+    /// In poll, up to the device's deadline, or forever (no message started).
+    Idle(Option<Duration>),
+    /// In poll, up to the stall timeout (inside a message).
+    Stall,
 }
 
 impl Connection<'_> {
@@ -369,21 +497,11 @@ impl Connection<'_> {
     fn run(&mut self, dev: &mut dyn VfioUserDevice) -> Result<ServeOutcome, ServerError> {
         let mut timeout = dev.tick();
         loop {
-            match sys::poll(self.fd(), libc::POLLIN, self.stop, timeout)
-                .map_err(ServerError::Poll)?
-            {
-                Ready::Stop => return Ok(ServeOutcome::Stopped),
-                Ready::Timeout => {
-                    timeout = dev.tick();
-                    continue;
-                }
-                Ready::Fd => {}
-            }
-            let result = self.handle_message(dev);
+            let result = self.handle_message(dev, timeout);
             self.fds.clear();
             match result {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Handled::Message | Handled::Deadline) => {}
+                Ok(Handled::Drop) => {
                     bump(&self.stats.dropped_connections);
                     return Ok(ServeOutcome::Disconnected);
                 }
@@ -410,59 +528,81 @@ impl Connection<'_> {
         }
     }
 
-    /// Reads exactly `buf.len()` bytes (collecting fds), waiting with poll
-    /// when the socket has nothing yet. `started` says whether bytes of this
-    /// message were read before; once a message has started, the peer may not
-    /// pause for longer than `stall`.
-    fn read_exact(
-        stream: RawFd,
-        stop: RawFd,
-        stall: Duration,
-        buf: &mut [u8],
-        fds: &mut Vec<OwnedFd>,
-        started: bool,
-    ) -> Flow<()> {
-        let mut done = 0;
-        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-            match sys::recv_with_fds(stream, rest, fds, MAX_MSG_FDS) {
-                Ok(0) => {
-                    return Err(Exit::Closed {
-                        partial: started || done > 0,
-                    })
+    /// Receives until `need` bytes are buffered. `started` says whether bytes of
+    /// the current message were seen before this call; until one is, the wait is
+    /// [`Wait::Block`] or [`Wait::Idle`] with `idle` (the device's next deadline),
+    /// and `Ok(false)` says that deadline passed. Once a message has started, the
+    /// peer may not pause for longer than the stall timeout.
+    fn fill(&mut self, need: usize, idle: Option<Duration>, started: bool) -> Flow<bool> {
+        while self.rx.len() < need {
+            let started = started || self.rx.len() > 0;
+            let wait = if started {
+                Wait::Stall
+            } else if idle.is_none() && self.stopper.is_some() {
+                Wait::Block
+            } else {
+                Wait::Idle(idle)
+            };
+            if wait != Wait::Block {
+                let timeout = match wait {
+                    Wait::Idle(t) => t,
+                    _ => Some(self.stall),
+                };
+                match sys::poll(self.fd(), libc::POLLIN, self.stop, timeout).map_err(Exit::Io)? {
+                    Ready::Stop => return Err(Exit::Stopped),
+                    Ready::Timeout if started => return Err(Exit::Stalled),
+                    Ready::Timeout => return Ok(false),
+                    Ready::Fd => {}
                 }
-                // n <= rest.len(): done stays within buf.len().
-                Ok(n) => done = done.saturating_add(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let timeout = (started || done > 0).then_some(stall);
-                    match sys::poll(stream, libc::POLLIN, stop, timeout).map_err(Exit::Io)? {
-                        Ready::Stop => return Err(Exit::Stopped),
-                        Ready::Timeout => return Err(Exit::Stalled),
-                        Ready::Fd => {}
+            }
+            let fd = self.fd();
+            let block = wait == Wait::Block;
+            match self.rx.receive(need, |room, fds| {
+                sys::recv_with_fds(fd, room, fds, MAX_MSG_FDS, block)
+            }) {
+                Ok(0) => {
+                    if self.stopper.is_some_and(Stopper::is_stopped) {
+                        return Err(Exit::Stopped);
+                    }
+                    return Err(Exit::Closed {
+                        partial: started || self.rx.len() > 0,
+                    });
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if self.stopper.is_some_and(Stopper::is_stopped) {
+                        return Err(Exit::Stopped);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_disconnect(&e) => {
                     return Err(Exit::Closed {
-                        partial: started || done > 0,
+                        partial: started || self.rx.len() > 0,
                     })
                 }
                 Err(e) => return Err(Exit::Io(e)),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Reads and throws away `len` bytes, in fixed-size chunks.
+    /// Consumes `len` bytes of a message too big to keep, receiving what has not
+    /// come yet; its fds are closed.
     fn drain(&mut self, mut len: usize) -> Flow<()> {
-        let mut scratch = [0u8; 4096];
-        while len > 0 {
-            let n = len.min(scratch.len());
-            let chunk = scratch.get_mut(..n).unwrap_or(&mut []);
-            Self::read_exact(self.fd(), self.stop, self.stall, chunk, &mut self.fds, true)?;
-            self.fds.clear();
+        loop {
+            let n = len.min(self.rx.len());
+            let _ = self.rx.take_fds(n, &mut Vec::new(), 0);
+            self.rx.consume(n);
             len = len.saturating_sub(n);
+            if len == 0 {
+                return Ok(());
+            }
+            self.fill(1, None, true)?;
         }
-        Ok(())
     }
 
     /// Writes all of `buf`, passing `pass` with the first byte.
@@ -503,18 +643,19 @@ impl Connection<'_> {
         self.write_all(&hdr.error_reply(errno).encode(), None)
     }
 
-    /// Reads one message and answers it. `Ok(false)` means the framing can no
-    /// longer be trusted and the connection must end.
-    fn handle_message(&mut self, dev: &mut dyn VfioUserDevice) -> Flow<bool> {
+    /// Waits for one message (up to the device's deadline `idle`) and answers it.
+    fn handle_message(
+        &mut self,
+        dev: &mut dyn VfioUserDevice,
+        idle: Option<Duration>,
+    ) -> Flow<Handled> {
+        if !self.fill(HEADER_SIZE, idle, false)? {
+            return Ok(Handled::Deadline);
+        }
         let mut raw = [0u8; HEADER_SIZE];
-        Self::read_exact(
-            self.fd(),
-            self.stop,
-            self.stall,
-            &mut raw,
-            &mut self.fds,
-            false,
-        )?;
+        if let Some(h) = self.rx.data().get(..HEADER_SIZE) {
+            raw.copy_from_slice(h);
+        }
         let hdr = Header::decode(&raw);
         self.stats.count_message(hdr.command);
 
@@ -524,7 +665,7 @@ impl Connection<'_> {
                 bump(&self.stats.protocol_errors);
                 log::warn!("vfio-user: {e}; dropping the connection");
                 self.reply_error(&hdr, libc::EINVAL)?;
-                return Ok(false);
+                return Ok(Handled::Drop);
             }
         };
         if hdr.size > MAX_MESSAGE_SIZE {
@@ -535,29 +676,25 @@ impl Connection<'_> {
                     Command::name(hdr.command),
                     hdr.size
                 );
-                self.drain(body_len as usize)?;
+                self.drain(hdr.size as usize)?;
                 self.reply_error(&hdr, libc::EMSGSIZE)?;
-                return Ok(true);
+                return Ok(Handled::Message);
             }
             log::warn!(
                 "vfio-user: message size {} exceeds {MAX_DRAIN_SIZE}; dropping the connection",
                 hdr.size
             );
             self.reply_error(&hdr, libc::EMSGSIZE)?;
-            return Ok(false);
+            return Ok(Handled::Drop);
         }
 
         // Bounded by MAX_MESSAGE_SIZE above.
-        self.body.clear();
-        self.body.resize(body_len as usize, 0);
-        Self::read_exact(
-            self.fd(),
-            self.stop,
-            self.stall,
-            &mut self.body,
-            &mut self.fds,
-            true,
-        )?;
+        let size = HEADER_SIZE.saturating_add(body_len as usize);
+        self.fill(size, None, true)?;
+        let closed = self.rx.take_fds(size, &mut self.fds, MAX_MSG_FDS);
+        if closed > 0 {
+            log::warn!("vfio-user: more than {MAX_MSG_FDS} fds with one message; closed {closed}");
+        }
 
         match hdr.msg_type() {
             TYPE_COMMAND => {}
@@ -565,22 +702,30 @@ impl Connection<'_> {
                 // We never send requests, so no reply is expected.
                 bump(&self.stats.protocol_errors);
                 log::warn!("vfio-user: unexpected reply (id {}); ignored", hdr.id);
-                return Ok(true);
+                self.rx.consume(size);
+                return Ok(Handled::Message);
             }
             other => {
                 bump(&self.stats.protocol_errors);
                 log::warn!("vfio-user: unknown message type {other}");
+                self.rx.consume(size);
                 self.reply_error(&hdr, libc::EINVAL)?;
-                return Ok(true);
+                return Ok(Handled::Message);
             }
         }
 
         self.out.clear();
         self.out.extend_from_slice(&[0u8; HEADER_SIZE]);
-        match self.dispatch(&hdr, dev) {
+        // The body is read in place; the buffer is lent out while the command runs.
+        let rx = std::mem::take(&mut self.rx);
+        let body = rx.data().get(HEADER_SIZE..size).unwrap_or(&[]);
+        let result = self.dispatch(&hdr, body, dev);
+        self.rx = rx;
+        self.rx.consume(size);
+        match result {
             Ok(pass) => {
                 if hdr.no_reply() {
-                    return Ok(true);
+                    return Ok(Handled::Message);
                 }
                 let body = self.out.len().saturating_sub(HEADER_SIZE);
                 let reply = hdr.reply(u32::try_from(body).unwrap_or(u32::MAX)).encode();
@@ -604,7 +749,7 @@ impl Connection<'_> {
                 self.reply_error(&hdr, errno)?;
             }
         }
-        Ok(true)
+        Ok(Handled::Message)
     }
 
     /// Runs one command. The reply body is appended to `self.out`; the fd to
@@ -612,6 +757,7 @@ impl Connection<'_> {
     fn dispatch(
         &mut self,
         hdr: &Header,
+        body: &[u8],
         dev: &mut dyn VfioUserDevice,
     ) -> Result<Option<RawFd>, Errno> {
         let Some(cmd) = Command::from_u16(hdr.command) else {
@@ -625,7 +771,7 @@ impl Connection<'_> {
         if cmd == Command::RegionWrite && hdr.no_reply() {
             bump(&self.stats.posted_writes);
         }
-        let req = Request::decode(cmd, &self.body).map_err(|e| {
+        let req = Request::decode(cmd, body).map_err(|e| {
             log::warn!("vfio-user: {e}");
             e.errno()
         })?;

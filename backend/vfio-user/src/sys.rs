@@ -245,20 +245,29 @@ pub fn write_eventfd(fd: RawFd, value: u64) -> io::Result<()> {
     }
 }
 
+/// shutdown(2) both directions of the socket `fd`: a receive blocked on it
+/// returns end of stream. Errors (not a socket, not connected) are ignored: the
+/// only aim is to end such a receive.
+pub(super) fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown takes an fd number and a constant; it touches no memory.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// Room for `MAX` fds in one control message, as u64 words so that the
 /// buffer is aligned for `cmsghdr`.
 const CMSG_WORDS: usize =
     (16 + super::protocol::MAX_MSG_FDS * size_of::<libc::c_int>()).div_ceil(size_of::<u64>()) + 1;
 
-/// One non-blocking recvmsg(2) into `buf`. Fds that arrive are appended to
-/// `fds` until it holds `max_fds`; further ones are closed at once (and the
-/// kernel closes any that did not fit the control buffer). Returns the number
-/// of bytes read, 0 at end of stream.
+/// One recvmsg(2) into `buf`, non-blocking unless `block`. Fds that arrive are
+/// appended to `fds` until it holds `max_fds`; further ones are closed at once
+/// (and the kernel closes any that did not fit the control buffer). Returns the
+/// number of bytes read, 0 at end of stream.
 pub(super) fn recv_with_fds(
     fd: RawFd,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     max_fds: usize,
+    block: bool,
 ) -> io::Result<usize> {
     let mut cmsg_buf = [0u64; CMSG_WORDS];
     let mut iov = libc::iovec {
@@ -274,7 +283,8 @@ pub(super) fn recv_with_fds(
     // SAFETY: `msg` points at `iov` (which covers `buf`, writable for its
     // length) and at `cmsg_buf` (writable for msg_controllen bytes); all
     // outlive the call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+    let n = unsafe { libc::recvmsg(fd, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -396,12 +406,12 @@ mod tests {
         a.send_with_fds(&[&[7u8, 8][..]], &raw).unwrap();
         let mut buf = [0u8; 2];
         let mut fds = Vec::new();
-        let n = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds, 3).unwrap();
+        let n = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds, 3, false).unwrap();
         assert_eq!(n, 2);
         assert_eq!(buf, [7, 8]);
         assert_eq!(fds.len(), 3);
         // Nothing more to read: would block.
-        let e = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds, 3).unwrap_err();
+        let e = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds, 3, false).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
@@ -420,7 +430,7 @@ mod tests {
         let mut fds = Vec::new();
         let mut buf = [0u8; 1];
         assert_eq!(
-            recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds, 16).unwrap(),
+            recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds, 16, false).unwrap(),
             1
         );
         assert_eq!(fds.len(), 1);

@@ -31,7 +31,7 @@ use vfio_user_server::protocol::{
 };
 use vfio_user_server::{
     DmaMapping, Errno, IrqEventFd, IrqInfo, RegionInfo, ServeOutcome, Server, ServerError, Signal,
-    StatsSnapshot, VfioUserDevice,
+    StatsSnapshot, Stopper, VfioUserDevice,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -64,6 +64,8 @@ struct Mock {
     disconnects: u32,
     ticks: u32,
     tick_every: Option<Duration>,
+    /// How long each REGION_READ takes (a busy device).
+    read_delay: Option<Duration>,
 }
 
 fn temp_file(size: u64) -> File {
@@ -91,6 +93,7 @@ impl Mock {
             disconnects: 0,
             ticks: 0,
             tick_every: None,
+            read_delay: None,
         }
     }
 }
@@ -143,6 +146,9 @@ impl VfioUserDevice for Mock {
         })
     }
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if let Some(d) = self.read_delay {
+            std::thread::sleep(d);
+        }
         let o = offset as usize;
         match index {
             0 => buf.copy_from_slice(&self.bar0[o..o + buf.len()]),
@@ -240,11 +246,26 @@ struct Finished {
     stats: StatsSnapshot,
 }
 
+/// How the server under test waits for the next message: in poll, stopped by the
+/// eventfd; or in recvmsg itself, with a [`Stopper`] set. Every scenario below runs
+/// both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Poll,
+    Block,
+}
+
+const WAITS: [Wait; 2] = [Wait::Poll, Wait::Block];
+
 /// A server on its own thread, serving clients one after the other.
 struct Harness {
     dir: PathBuf,
     path: PathBuf,
     stop: EventFd,
+    /// The name of its server thread, its own among the tests running at once.
+    thread_name: String,
+    /// Set with [`Wait::Block`]: what stops the server then.
+    stopper: Option<Stopper>,
     outcomes: mpsc::Receiver<ServeOutcome>,
     thread: Option<JoinHandle<Finished>>,
 }
@@ -262,42 +283,54 @@ fn temp_dir() -> PathBuf {
 }
 
 impl Harness {
-    fn start(mock: Mock) -> Harness {
-        Harness::start_with_stall(mock, None)
+    fn start_in(wait: Wait, mock: Mock) -> Harness {
+        Harness::start_with(mock, wait, None)
     }
 
-    fn start_with_stall(mock: Mock, stall: Option<Duration>) -> Harness {
+    fn start_with(mock: Mock, wait: Wait, stall: Option<Duration>) -> Harness {
         let dir = temp_dir();
         let path = dir.join("dev.sock");
         let stop = EventFd::new(EFD_NONBLOCK).unwrap();
         let thread_stop = stop.try_clone().unwrap();
+        let stopper = (wait == Wait::Block).then(|| Stopper::new(&stop).unwrap());
+        let thread_stopper = stopper.clone();
         let thread_path = path.clone();
+        // A thread name holds at most 15 bytes.
+        let thread_name = format!("srv{}", COUNTER.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel();
         let (otx, orx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut mock = mock;
-            let mut server = Server::bind(&thread_path).unwrap();
-            if let Some(stall) = stall {
-                server.set_stall_timeout(stall);
-            }
-            tx.send(()).unwrap();
-            let mut outcomes = Vec::new();
-            while let Some(stream) = server.accept(&thread_stop).unwrap() {
-                let outcome = server.serve(stream, &mut mock, &thread_stop).unwrap();
-                let _ = otx.send(outcome);
-                outcomes.push(outcome);
-            }
-            Finished {
-                mock,
-                outcomes,
-                stats: server.stats(),
-            }
-        });
+        let thread = std::thread::Builder::new()
+            .name(thread_name.clone())
+            .spawn(move || {
+                let mut mock = mock;
+                let mut server = Server::bind(&thread_path).unwrap();
+                if let Some(stall) = stall {
+                    server.set_stall_timeout(stall);
+                }
+                if let Some(s) = thread_stopper {
+                    server.set_stopper(s);
+                }
+                tx.send(()).unwrap();
+                let mut outcomes = Vec::new();
+                while let Some(stream) = server.accept(&thread_stop).unwrap() {
+                    let outcome = server.serve(stream, &mut mock, &thread_stop).unwrap();
+                    let _ = otx.send(outcome);
+                    outcomes.push(outcome);
+                }
+                Finished {
+                    mock,
+                    outcomes,
+                    stats: server.stats(),
+                }
+            })
+            .unwrap();
         rx.recv().unwrap();
         Harness {
             dir,
             path,
             stop,
+            thread_name,
+            stopper,
             outcomes: orx,
             thread: Some(thread),
         }
@@ -308,8 +341,16 @@ impl Harness {
         self.outcomes.recv_timeout(Duration::from_secs(10)).unwrap()
     }
 
+    /// Stop the server as its mode wants: the Stopper, or the eventfd.
+    fn stop(&self) {
+        match &self.stopper {
+            Some(s) => s.stop().unwrap(),
+            None => self.stop.write(1).unwrap(),
+        }
+    }
+
     fn finish(mut self) -> Finished {
-        self.stop.write(1).unwrap();
+        self.stop();
         self.thread.take().unwrap().join().unwrap()
     }
 }
@@ -317,7 +358,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = self.stop.write(1);
+            self.stop();
             let _ = t.join();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -470,554 +511,580 @@ fn assert_bar0_untouched(path: &Path) {
 
 #[test]
 fn crate_client_end_to_end() {
-    let h = Harness::start(Mock::new());
-    let mut client = vfio_user::Client::new(&h.path).unwrap();
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut client = vfio_user::Client::new(&h.path).unwrap();
 
-    // Region info for every region.
-    let r0 = client.region(0).unwrap();
-    assert_eq!(r0.size, BAR0_SIZE);
-    assert_eq!(
-        r0.flags,
-        VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
-    );
-    assert!(r0.file_offset.is_none());
-    let r2 = client.region(2).unwrap();
-    assert_eq!(r2.size, BAR2_SIZE);
-    assert_eq!(
-        r2.flags,
-        VFIO_REGION_INFO_FLAG_READ
-            | VFIO_REGION_INFO_FLAG_WRITE
-            | VFIO_REGION_INFO_FLAG_MMAP
-            | VFIO_REGION_INFO_FLAG_CAPS
-    );
-    assert_eq!(r2.sparse_areas.len(), 1);
-    assert_eq!(r2.sparse_areas[0].offset, 0);
-    assert_eq!(r2.sparse_areas[0].size, BAR2_SIZE);
-    let bar2_file = r2
-        .file_offset
-        .as_ref()
-        .expect("fd for BAR2")
-        .file()
-        .try_clone()
-        .unwrap();
-    // Mmappable without sparse areas: the fd must still come (the crate's bug).
-    let r4 = client.region(4).unwrap();
-    assert!(r4.sparse_areas.is_empty());
-    assert_ne!(r4.flags & VFIO_REGION_INFO_FLAG_MMAP, 0);
-    assert!(r4.file_offset.is_some(), "fd for BAR4 without sparse areas");
-    assert_eq!(client.region(7).unwrap().size, CONFIG_SIZE);
-    for i in [1, 3, 5, 6, 8] {
-        assert_eq!(client.region(i).unwrap().size, 0);
-    }
+        // Region info for every region.
+        let r0 = client.region(0).unwrap();
+        assert_eq!(r0.size, BAR0_SIZE);
+        assert_eq!(
+            r0.flags,
+            VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+        );
+        assert!(r0.file_offset.is_none());
+        let r2 = client.region(2).unwrap();
+        assert_eq!(r2.size, BAR2_SIZE);
+        assert_eq!(
+            r2.flags,
+            VFIO_REGION_INFO_FLAG_READ
+                | VFIO_REGION_INFO_FLAG_WRITE
+                | VFIO_REGION_INFO_FLAG_MMAP
+                | VFIO_REGION_INFO_FLAG_CAPS
+        );
+        assert_eq!(r2.sparse_areas.len(), 1);
+        assert_eq!(r2.sparse_areas[0].offset, 0);
+        assert_eq!(r2.sparse_areas[0].size, BAR2_SIZE);
+        let bar2_file = r2
+            .file_offset
+            .as_ref()
+            .expect("fd for BAR2")
+            .file()
+            .try_clone()
+            .unwrap();
+        // Mmappable without sparse areas: the fd must still come (the crate's bug).
+        let r4 = client.region(4).unwrap();
+        assert!(r4.sparse_areas.is_empty());
+        assert_ne!(r4.flags & VFIO_REGION_INFO_FLAG_MMAP, 0);
+        assert!(r4.file_offset.is_some(), "fd for BAR4 without sparse areas");
+        assert_eq!(client.region(7).unwrap().size, CONFIG_SIZE);
+        for i in [1, 3, 5, 6, 8] {
+            assert_eq!(client.region(i).unwrap().size, 0);
+        }
 
-    // Writes through a real mapping of the fd are seen by REGION_READ, and
-    // REGION_WRITEs are seen through the mapping.
-    let map = vm_memory::MmapRegion::<()>::from_file(
-        vm_memory::FileOffset::new(bar2_file, 0),
-        BAR2_SIZE as usize,
-    )
-    .unwrap();
-    use vm_memory::{Bytes, VolatileMemory};
-    let vs = map.as_volatile_slice();
-    vs.write_slice(b"through the mapping", 0x1234).unwrap();
-    let mut buf = [0u8; 19];
-    client.region_read(2, 0x1234, &mut buf).unwrap();
-    assert_eq!(&buf, b"through the mapping");
-    client
-        .region_write(2, 0x10_0000, b"via REGION_WRITE")
-        .unwrap();
-    let mut seen = [0u8; 16];
-    vs.read_slice(&mut seen, 0x10_0000).unwrap();
-    assert_eq!(&seen, b"via REGION_WRITE");
-
-    // Trapped regions.
-    client
-        .region_write(0, 8, &[0xaa, 0xbb, 0xcc, 0xdd])
-        .unwrap();
-    let mut b4 = [0u8; 4];
-    client.region_read(0, 8, &mut b4).unwrap();
-    assert_eq!(b4, [0xaa, 0xbb, 0xcc, 0xdd]);
-    client.region_write(7, 4, &[0x06, 0x01]).unwrap();
-    let mut cfg = [0u8; 2];
-    client.region_read(7, 4, &mut cfg).unwrap();
-    assert_eq!(cfg, [0x06, 0x01]);
-
-    // IRQs.
-    let msix = client.get_irq_info(2).unwrap();
-    assert_eq!(msix.count, MSIX_VECTORS);
-    assert_eq!(msix.index, 2);
-    assert_ne!(msix.flags & VFIO_IRQ_INFO_EVENTFD, 0);
-    let efds: Vec<EventFd> = (0..MSIX_VECTORS)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
-    let raw: Vec<RawFd> = efds.iter().map(|e| e.as_raw_fd()).collect();
-    client
-        .set_irqs(
-            2,
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            0,
-            MSIX_VECTORS,
-            &raw,
+        // Writes through a real mapping of the fd are seen by REGION_READ, and
+        // REGION_WRITEs are seen through the mapping.
+        let map = vm_memory::MmapRegion::<()>::from_file(
+            vm_memory::FileOffset::new(bar2_file, 0),
+            BAR2_SIZE as usize,
         )
         .unwrap();
-    for e in &efds {
-        assert_eq!(
-            e.read().unwrap(),
-            1,
-            "device fired the eventfd it was given"
+        use vm_memory::{Bytes, VolatileMemory};
+        let vs = map.as_volatile_slice();
+        vs.write_slice(b"through the mapping", 0x1234).unwrap();
+        let mut buf = [0u8; 19];
+        client.region_read(2, 0x1234, &mut buf).unwrap();
+        assert_eq!(&buf, b"through the mapping");
+        client
+            .region_write(2, 0x10_0000, b"via REGION_WRITE")
+            .unwrap();
+        let mut seen = [0u8; 16];
+        vs.read_slice(&mut seen, 0x10_0000).unwrap();
+        assert_eq!(&seen, b"via REGION_WRITE");
+
+        // Trapped regions.
+        client
+            .region_write(0, 8, &[0xaa, 0xbb, 0xcc, 0xdd])
+            .unwrap();
+        let mut b4 = [0u8; 4];
+        client.region_read(0, 8, &mut b4).unwrap();
+        assert_eq!(b4, [0xaa, 0xbb, 0xcc, 0xdd]);
+        client.region_write(7, 4, &[0x06, 0x01]).unwrap();
+        let mut cfg = [0u8; 2];
+        client.region_read(7, 4, &mut cfg).unwrap();
+        assert_eq!(cfg, [0x06, 0x01]);
+
+        // IRQs.
+        let msix = client.get_irq_info(2).unwrap();
+        assert_eq!(msix.count, MSIX_VECTORS);
+        assert_eq!(msix.index, 2);
+        assert_ne!(msix.flags & VFIO_IRQ_INFO_EVENTFD, 0);
+        let efds: Vec<EventFd> = (0..MSIX_VECTORS)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let raw: Vec<RawFd> = efds.iter().map(|e| e.as_raw_fd()).collect();
+        client
+            .set_irqs(
+                2,
+                VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                MSIX_VECTORS,
+                &raw,
+            )
+            .unwrap();
+        for e in &efds {
+            assert_eq!(
+                e.read().unwrap(),
+                1,
+                "device fired the eventfd it was given"
+            );
+        }
+
+        // DMA with an fd: the device writes a marker into the client's file.
+        let guest_ram = temp_file(0x10000);
+        client
+            .dma_map(0x2000, 0x1_0000_0000, 0x8000, guest_ram.as_raw_fd())
+            .unwrap();
+        let mut marker = [0u8; 4];
+        guest_ram.read_exact_at(&mut marker, 0x2000).unwrap();
+        assert_eq!(&marker, b"dma!");
+        client.dma_unmap(0x1_0000_0000, 0x8000).unwrap();
+
+        client.reset().unwrap();
+        client.region_read(7, 4, &mut cfg).unwrap();
+        assert_eq!(cfg, [0, 0], "reset reached the device");
+        client.shutdown().unwrap();
+        drop(client);
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+
+        let done = h.finish();
+        assert_eq!(done.outcomes, vec![ServeOutcome::Disconnected]);
+        let m = &done.mock;
+        assert_eq!(m.resets, 1);
+        assert_eq!(m.disconnects, 1);
+        assert!(
+            m.irqs.iter().all(Option::is_none),
+            "disconnected() dropped the eventfds"
         );
+        assert_eq!(
+            m.dma_maps,
+            vec![(0x1_0000_0000, 0x8000, 0x2000, true, true)]
+        );
+        assert_eq!(m.dma_unmaps, vec![(0x1_0000_0000, 0x8000)]);
+        assert_eq!(m.set_irqs_calls.len(), 1);
+        assert_eq!(m.set_irqs_calls[0].4, vec![true; MSIX_VECTORS as usize]);
+        assert_eq!(done.stats.connections, 1);
+        assert_eq!(done.stats.error_replies, 0);
+        assert_eq!(done.stats.by_command.get("version"), Some(&1));
+        assert!(done.stats.by_command["region_read"] >= 4);
     }
-
-    // DMA with an fd: the device writes a marker into the client's file.
-    let guest_ram = temp_file(0x10000);
-    client
-        .dma_map(0x2000, 0x1_0000_0000, 0x8000, guest_ram.as_raw_fd())
-        .unwrap();
-    let mut marker = [0u8; 4];
-    guest_ram.read_exact_at(&mut marker, 0x2000).unwrap();
-    assert_eq!(&marker, b"dma!");
-    client.dma_unmap(0x1_0000_0000, 0x8000).unwrap();
-
-    client.reset().unwrap();
-    client.region_read(7, 4, &mut cfg).unwrap();
-    assert_eq!(cfg, [0, 0], "reset reached the device");
-    client.shutdown().unwrap();
-    drop(client);
-    assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
-
-    let done = h.finish();
-    assert_eq!(done.outcomes, vec![ServeOutcome::Disconnected]);
-    let m = &done.mock;
-    assert_eq!(m.resets, 1);
-    assert_eq!(m.disconnects, 1);
-    assert!(
-        m.irqs.iter().all(Option::is_none),
-        "disconnected() dropped the eventfds"
-    );
-    assert_eq!(
-        m.dma_maps,
-        vec![(0x1_0000_0000, 0x8000, 0x2000, true, true)]
-    );
-    assert_eq!(m.dma_unmaps, vec![(0x1_0000_0000, 0x8000)]);
-    assert_eq!(m.set_irqs_calls.len(), 1);
-    assert_eq!(m.set_irqs_calls[0].4, vec![true; MSIX_VECTORS as usize]);
-    assert_eq!(done.stats.connections, 1);
-    assert_eq!(done.stats.error_replies, 0);
-    assert_eq!(done.stats.by_command.get("version"), Some(&1));
-    assert!(done.stats.by_command["region_read"] >= 4);
 }
 
 #[test]
 fn version_reply_fits_qemu_and_limits_are_announced() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect_bare(&h.path);
-    // QEMU sends 0.0 and refuses a higher minor in the reply.
-    let mut body = vec![0, 0, 0, 0];
-    body.extend_from_slice(br#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096,"max_bitmap_size":268435456}}}"#);
-    body.push(0);
-    let reply = r.request(CMD_VERSION, 0, &body);
-    assert_eq!(reply.errno(), None);
-    assert_eq!(&reply.body[..4], &[0, 0, 0, 0]);
-    assert!(
-        reply.hdr.size as usize <= HEADER_SIZE + body.len(),
-        "fits QEMU's buffer"
-    );
-    assert_eq!(reply.body.last(), Some(&0));
-    let caps: serde_json::Value =
-        serde_json::from_slice(&reply.body[4..reply.body.len() - 1]).unwrap();
-    assert_eq!(caps["capabilities"]["max_msg_fds"], 16);
-    assert_eq!(
-        caps["capabilities"]["max_data_xfer_size"],
-        MAX_DATA_XFER_SIZE
-    );
-    // A second VERSION is refused; the connection carries on.
-    assert_eq!(r.request(CMD_VERSION, 0, &body).errno(), Some(libc::EINVAL));
-    assert_eq!(r.region_read(0, 0, 4).errno(), None);
-    // One client at a time: end this one before the next.
-    drop(r);
-    // Wrong major.
-    let mut r2 = Raw::connect_bare(&h.path);
-    assert_eq!(
-        r2.request(CMD_VERSION, 0, &[1, 0, 0, 0]).errno(),
-        Some(libc::ENOTSUP)
-    );
-    drop(r2);
-    // Malformed JSON.
-    let mut r3 = Raw::connect_bare(&h.path);
-    assert_eq!(
-        r3.request(CMD_VERSION, 0, b"\0\0\0\0{oops\0").errno(),
-        Some(libc::EINVAL)
-    );
-    // Anything before VERSION.
-    assert_eq!(r3.region_read(0, 0, 4).errno(), Some(libc::EINVAL));
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect_bare(&h.path);
+        // QEMU sends 0.0 and refuses a higher minor in the reply.
+        let mut body = vec![0, 0, 0, 0];
+        body.extend_from_slice(br#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"migration":{"pgsize":4096,"max_bitmap_size":268435456}}}"#);
+        body.push(0);
+        let reply = r.request(CMD_VERSION, 0, &body);
+        assert_eq!(reply.errno(), None);
+        assert_eq!(&reply.body[..4], &[0, 0, 0, 0]);
+        assert!(
+            reply.hdr.size as usize <= HEADER_SIZE + body.len(),
+            "fits QEMU's buffer"
+        );
+        assert_eq!(reply.body.last(), Some(&0));
+        let caps: serde_json::Value =
+            serde_json::from_slice(&reply.body[4..reply.body.len() - 1]).unwrap();
+        assert_eq!(caps["capabilities"]["max_msg_fds"], 16);
+        assert_eq!(
+            caps["capabilities"]["max_data_xfer_size"],
+            MAX_DATA_XFER_SIZE
+        );
+        // A second VERSION is refused; the connection carries on.
+        assert_eq!(r.request(CMD_VERSION, 0, &body).errno(), Some(libc::EINVAL));
+        assert_eq!(r.region_read(0, 0, 4).errno(), None);
+        // One client at a time: end this one before the next.
+        drop(r);
+        // Wrong major.
+        let mut r2 = Raw::connect_bare(&h.path);
+        assert_eq!(
+            r2.request(CMD_VERSION, 0, &[1, 0, 0, 0]).errno(),
+            Some(libc::ENOTSUP)
+        );
+        drop(r2);
+        // Malformed JSON.
+        let mut r3 = Raw::connect_bare(&h.path);
+        assert_eq!(
+            r3.request(CMD_VERSION, 0, b"\0\0\0\0{oops\0").errno(),
+            Some(libc::EINVAL)
+        );
+        // Anything before VERSION.
+        assert_eq!(r3.region_read(0, 0, 4).errno(), Some(libc::EINVAL));
+    }
 }
 
 #[test]
 fn region_info_reports_needed_argsz_then_sends_caps_and_fd() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    let req = |argsz: u32, index: u32| {
-        let mut v = Vec::new();
-        for x in [argsz, 0, index, 0] {
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-        v.extend_from_slice(&[0u8; 16]);
-        v
-    };
-    let small = r.request(CMD_GET_REGION_INFO, 0, &req(32, 2));
-    assert_eq!(small.errno(), None);
-    assert_eq!(small.body.len(), 32, "no caps in a short buffer");
-    let needed = u32::from_le_bytes(small.body[0..4].try_into().unwrap());
-    assert_eq!(needed, 64);
-    assert_eq!(small.fds, 1, "fd sent even with the short reply");
-    let full = r.request(CMD_GET_REGION_INFO, 0, &req(needed, 2));
-    assert_eq!(full.body.len(), 64);
-    assert_eq!(full.fds, 1);
-    // Trapped region: no fd.
-    let bar0 = r.request(CMD_GET_REGION_INFO, 0, &req(32, 0));
-    assert_eq!(bar0.fds, 0);
-    // Out of range, and an argsz below the struct.
-    assert_eq!(
-        r.request(CMD_GET_REGION_INFO, 0, &req(32, 9)).errno(),
-        Some(libc::EINVAL)
-    );
-    assert_eq!(
-        r.request(CMD_GET_REGION_INFO, 0, &req(8, 0)).errno(),
-        Some(libc::EINVAL)
-    );
-    // Truncated body.
-    assert_eq!(
-        r.request(CMD_GET_REGION_INFO, 0, &req(32, 0)[..12]).errno(),
-        Some(libc::EINVAL)
-    );
-    assert_eq!(r.region_read(0, 0, 4).errno(), None);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        let req = |argsz: u32, index: u32| {
+            let mut v = Vec::new();
+            for x in [argsz, 0, index, 0] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            v.extend_from_slice(&[0u8; 16]);
+            v
+        };
+        let small = r.request(CMD_GET_REGION_INFO, 0, &req(32, 2));
+        assert_eq!(small.errno(), None);
+        assert_eq!(small.body.len(), 32, "no caps in a short buffer");
+        let needed = u32::from_le_bytes(small.body[0..4].try_into().unwrap());
+        assert_eq!(needed, 64);
+        assert_eq!(small.fds, 1, "fd sent even with the short reply");
+        let full = r.request(CMD_GET_REGION_INFO, 0, &req(needed, 2));
+        assert_eq!(full.body.len(), 64);
+        assert_eq!(full.fds, 1);
+        // Trapped region: no fd.
+        let bar0 = r.request(CMD_GET_REGION_INFO, 0, &req(32, 0));
+        assert_eq!(bar0.fds, 0);
+        // Out of range, and an argsz below the struct.
+        assert_eq!(
+            r.request(CMD_GET_REGION_INFO, 0, &req(32, 9)).errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            r.request(CMD_GET_REGION_INFO, 0, &req(8, 0)).errno(),
+            Some(libc::EINVAL)
+        );
+        // Truncated body.
+        assert_eq!(
+            r.request(CMD_GET_REGION_INFO, 0, &req(32, 0)[..12]).errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(r.region_read(0, 0, 4).errno(), None);
+    }
 }
 
 #[test]
 fn posted_write_gets_no_reply() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    r.send(
-        CMD_REGION_WRITE,
-        FLAG_NO_REPLY,
-        &access(0, 0x40, 4, &[1, 2, 3, 4]),
-    );
-    // A failing posted write is not answered either.
-    r.send(
-        CMD_REGION_WRITE,
-        FLAG_NO_REPLY,
-        &access(0, BAR0_SIZE, 4, &[1, 2, 3, 4]),
-    );
-    // The next reply on the wire is the read's, and it sees the posted write.
-    let reply = r.region_read(0, 0x40, 4);
-    assert_eq!(reply.errno(), None);
-    assert_eq!(&reply.body[16..], &[1, 2, 3, 4]);
-    drop(r);
-    let done = h.finish();
-    assert_eq!(done.stats.posted_writes, 2);
-    assert_eq!(done.stats.posted_errors, 1);
-    assert_eq!(done.stats.error_replies, 0);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        r.send(
+            CMD_REGION_WRITE,
+            FLAG_NO_REPLY,
+            &access(0, 0x40, 4, &[1, 2, 3, 4]),
+        );
+        // A failing posted write is not answered either.
+        r.send(
+            CMD_REGION_WRITE,
+            FLAG_NO_REPLY,
+            &access(0, BAR0_SIZE, 4, &[1, 2, 3, 4]),
+        );
+        // The next reply on the wire is the read's, and it sees the posted write.
+        let reply = r.region_read(0, 0x40, 4);
+        assert_eq!(reply.errno(), None);
+        assert_eq!(&reply.body[16..], &[1, 2, 3, 4]);
+        drop(r);
+        let done = h.finish();
+        assert_eq!(done.stats.posted_writes, 2);
+        assert_eq!(done.stats.posted_errors, 1);
+        assert_eq!(done.stats.error_replies, 0);
+    }
 }
 
 #[test]
 fn truncated_header_then_close_is_not_a_command() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    r.s.write_all(&[9, 0, 9, 0, 32, 0, 0]).unwrap();
-    drop(r);
-    // Truncated body too.
-    let mut r = Raw::connect(&h.path);
-    let hdr = r.header(CMD_REGION_WRITE, 0, 20);
-    r.s.write_all(&hdr.encode()).unwrap();
-    r.s.write_all(&access(0, 0, 4, &[0xee, 0xee])).unwrap();
-    drop(r);
-    assert_bar0_untouched(&h.path);
-    for _ in 0..3 {
-        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        r.s.write_all(&[9, 0, 9, 0, 32, 0, 0]).unwrap();
+        drop(r);
+        // Truncated body too.
+        let mut r = Raw::connect(&h.path);
+        let hdr = r.header(CMD_REGION_WRITE, 0, 20);
+        r.s.write_all(&hdr.encode()).unwrap();
+        r.s.write_all(&access(0, 0, 4, &[0xee, 0xee])).unwrap();
+        drop(r);
+        assert_bar0_untouched(&h.path);
+        for _ in 0..3 {
+            assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+        }
+        let done = h.finish();
+        assert_eq!(done.outcomes.len(), 3);
+        assert_eq!(done.stats.protocol_errors, 2);
+        assert_eq!(done.stats.by_command.get("region_write"), Some(&1));
     }
-    let done = h.finish();
-    assert_eq!(done.outcomes.len(), 3);
-    assert_eq!(done.stats.protocol_errors, 2);
-    assert_eq!(done.stats.by_command.get("region_write"), Some(&1));
 }
 
 #[test]
 fn header_split_across_writes_is_reassembled() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    let body = access(0, 0x10, 4, &[]);
-    let hdr = r.header(CMD_REGION_READ, 0, body.len());
-    let mut msg = hdr.encode().to_vec();
-    msg.extend_from_slice(&body);
-    for chunk in msg.chunks(3) {
-        r.s.write_all(chunk).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        let body = access(0, 0x10, 4, &[]);
+        let hdr = r.header(CMD_REGION_READ, 0, body.len());
+        let mut msg = hdr.encode().to_vec();
+        msg.extend_from_slice(&body);
+        for chunk in msg.chunks(3) {
+            r.s.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let reply = r.recv();
+        assert_eq!(reply.hdr.id, hdr.id);
+        assert_eq!(&reply.body[16..], &bar0_pattern(0x10, 4)[..]);
     }
-    let reply = r.recv();
-    assert_eq!(reply.hdr.id, hdr.id);
-    assert_eq!(&reply.body[16..], &bar0_pattern(0x10, 4)[..]);
 }
 
 #[test]
 fn size_below_header_drops_the_connection() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    let mut hdr = r.header(CMD_REGION_READ, 0, 0);
-    hdr.size = 8;
-    r.s.write_all(&hdr.encode()).unwrap();
-    let reply = r.recv();
-    assert_eq!(reply.errno(), Some(libc::EINVAL));
-    r.assert_closed();
-    assert_bar0_untouched(&h.path);
-    let done = h.finish();
-    assert_eq!(done.stats.dropped_connections, 1);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        let mut hdr = r.header(CMD_REGION_READ, 0, 0);
+        hdr.size = 8;
+        r.s.write_all(&hdr.encode()).unwrap();
+        let reply = r.recv();
+        assert_eq!(reply.errno(), Some(libc::EINVAL));
+        r.assert_closed();
+        assert_bar0_untouched(&h.path);
+        let done = h.finish();
+        assert_eq!(done.stats.dropped_connections, 1);
+    }
 }
 
 #[test]
 fn oversized_message_is_drained_and_refused() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    // Over the limit but drainable: a REGION_WRITE whose data would change BAR0.
-    let data = vec![0xffu8; MAX_MESSAGE_SIZE as usize];
-    let body = access(0, 0, data.len() as u32, &data);
-    let reply = r.request(CMD_REGION_WRITE, 0, &body);
-    assert_eq!(reply.errno(), Some(libc::EMSGSIZE));
-    // Same connection still works, device unchanged.
-    let ok = r.region_read(0, 0, BAR0_SIZE as u32);
-    assert_eq!(&ok.body[16..], &bar0_pattern(0, BAR0_SIZE as usize)[..]);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        // Over the limit but drainable: a REGION_WRITE whose data would change BAR0.
+        let data = vec![0xffu8; MAX_MESSAGE_SIZE as usize];
+        let body = access(0, 0, data.len() as u32, &data);
+        let reply = r.request(CMD_REGION_WRITE, 0, &body);
+        assert_eq!(reply.errno(), Some(libc::EMSGSIZE));
+        // Same connection still works, device unchanged.
+        let ok = r.region_read(0, 0, BAR0_SIZE as u32);
+        assert_eq!(&ok.body[16..], &bar0_pattern(0, BAR0_SIZE as usize)[..]);
 
-    // Beyond what is sane to drain: refused, connection dropped.
-    let mut hdr = r.header(CMD_REGION_WRITE, 0, 0);
-    hdr.size = MAX_DRAIN_SIZE + 1;
-    r.s.write_all(&hdr.encode()).unwrap();
-    assert_eq!(r.recv().errno(), Some(libc::EMSGSIZE));
-    r.assert_closed();
-    assert_bar0_untouched(&h.path);
+        // Beyond what is sane to drain: refused, connection dropped.
+        let mut hdr = r.header(CMD_REGION_WRITE, 0, 0);
+        hdr.size = MAX_DRAIN_SIZE + 1;
+        r.s.write_all(&hdr.encode()).unwrap();
+        assert_eq!(r.recv().errno(), Some(libc::EMSGSIZE));
+        r.assert_closed();
+        assert_bar0_untouched(&h.path);
+    }
 }
 
 #[test]
 fn unknown_and_unsupported_commands_are_refused_after_draining() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    assert_eq!(r.request(99, 0, &[0xee; 40]).errno(), Some(libc::ENOSYS));
-    assert_eq!(r.request(0, 0, &[]).errno(), Some(libc::ENOSYS));
-    // DMA_READ (11) is known but not served.
-    assert_eq!(r.request(11, 0, &[0; 24]).errno(), Some(libc::ENOTSUP));
-    // A reply-typed message is ignored, not answered.
-    r.send(9, TYPE_REPLY, &[0; 16]);
-    let ok = r.region_read(0, 0, 4);
-    assert_eq!(ok.errno(), None);
-    assert_eq!(&ok.body[16..], &bar0_pattern(0, 4)[..]);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        assert_eq!(r.request(99, 0, &[0xee; 40]).errno(), Some(libc::ENOSYS));
+        assert_eq!(r.request(0, 0, &[]).errno(), Some(libc::ENOSYS));
+        // DMA_READ (11) is known but not served.
+        assert_eq!(r.request(11, 0, &[0; 24]).errno(), Some(libc::ENOTSUP));
+        // A reply-typed message is ignored, not answered.
+        r.send(9, TYPE_REPLY, &[0; 16]);
+        let ok = r.region_read(0, 0, 4);
+        assert_eq!(ok.errno(), None);
+        assert_eq!(&ok.body[16..], &bar0_pattern(0, 4)[..]);
+    }
 }
 
 #[test]
 fn region_access_bounds_are_enforced() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    // Index out of range.
-    assert_eq!(r.region_read(9, 0, 4).errno(), Some(libc::EINVAL));
-    assert_eq!(r.region_write(42, 0, &[1]).errno(), Some(libc::EINVAL));
-    // Offset + count past the region, and offsets that overflow.
-    assert_eq!(
-        r.region_read(0, BAR0_SIZE - 2, 4).errno(),
-        Some(libc::EINVAL)
-    );
-    assert_eq!(
-        r.region_write(0, BAR0_SIZE - 2, &[9; 4]).errno(),
-        Some(libc::EINVAL)
-    );
-    assert_eq!(
-        r.region_read(0, u64::MAX - 1, 4).errno(),
-        Some(libc::EINVAL)
-    );
-    // Empty region.
-    assert_eq!(r.region_read(1, 0, 4).errno(), Some(libc::EINVAL));
-    // Count and data length disagree.
-    assert_eq!(
-        r.request(CMD_REGION_WRITE, 0, &access(0, 0, 8, &[9; 4]))
-            .errno(),
-        Some(libc::EINVAL)
-    );
-    // Zero-length and too-long reads; 1 MiB exactly is fine.
-    assert_eq!(r.region_read(2, 0, 0).errno(), Some(libc::EINVAL));
-    assert_eq!(
-        r.region_read(2, 0, MAX_DATA_XFER_SIZE + 1).errno(),
-        Some(libc::EINVAL)
-    );
-    let big = r.region_read(2, 0, MAX_DATA_XFER_SIZE);
-    assert_eq!(big.errno(), None);
-    assert_eq!(big.body.len(), 16 + MAX_DATA_XFER_SIZE as usize);
-    assert_eq!(
-        u32::from_le_bytes(big.body[12..16].try_into().unwrap()),
-        MAX_DATA_XFER_SIZE
-    );
-    drop(r);
-    assert_bar0_untouched(&h.path);
-    let done = h.finish();
-    assert_eq!(done.stats.error_replies, 9);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        // Index out of range.
+        assert_eq!(r.region_read(9, 0, 4).errno(), Some(libc::EINVAL));
+        assert_eq!(r.region_write(42, 0, &[1]).errno(), Some(libc::EINVAL));
+        // Offset + count past the region, and offsets that overflow.
+        assert_eq!(
+            r.region_read(0, BAR0_SIZE - 2, 4).errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            r.region_write(0, BAR0_SIZE - 2, &[9; 4]).errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            r.region_read(0, u64::MAX - 1, 4).errno(),
+            Some(libc::EINVAL)
+        );
+        // Empty region.
+        assert_eq!(r.region_read(1, 0, 4).errno(), Some(libc::EINVAL));
+        // Count and data length disagree.
+        assert_eq!(
+            r.request(CMD_REGION_WRITE, 0, &access(0, 0, 8, &[9; 4]))
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        // Zero-length and too-long reads; 1 MiB exactly is fine.
+        assert_eq!(r.region_read(2, 0, 0).errno(), Some(libc::EINVAL));
+        assert_eq!(
+            r.region_read(2, 0, MAX_DATA_XFER_SIZE + 1).errno(),
+            Some(libc::EINVAL)
+        );
+        let big = r.region_read(2, 0, MAX_DATA_XFER_SIZE);
+        assert_eq!(big.errno(), None);
+        assert_eq!(big.body.len(), 16 + MAX_DATA_XFER_SIZE as usize);
+        assert_eq!(
+            u32::from_le_bytes(big.body[12..16].try_into().unwrap()),
+            MAX_DATA_XFER_SIZE
+        );
+        drop(r);
+        assert_bar0_untouched(&h.path);
+        let done = h.finish();
+        assert_eq!(done.stats.error_replies, 9);
+    }
 }
 
 #[test]
 fn set_irqs_fd_runs_and_limits() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    let trig = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-    let efds: Vec<EventFd> = (0..3)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
-    let raw: Vec<RawFd> = efds.iter().map(|e| e.as_raw_fd()).collect();
-    // One vector per message, as QEMU does with max_msg_fds=1.
-    for (i, fd) in raw.iter().enumerate().take(2) {
-        r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, i as u32, 1), &[*fd]);
-        assert_eq!(r.recv().errno(), None);
-    }
-    // A run of -1: no fds at all.
-    assert_eq!(
-        r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, trig, 2, 2))
-            .errno(),
-        None
-    );
-    // More fds than vectors: refused, fds closed.
-    r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 2), &raw);
-    assert_eq!(r.recv().errno(), Some(libc::EINVAL));
-    // Beyond the index's vectors, a bad index, bad flags.
-    assert_eq!(
-        r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, trig, 3, 2))
-            .errno(),
-        Some(libc::EINVAL)
-    );
-    assert_eq!(
-        r.request(CMD_SET_IRQS, 0, &set_irqs_body(5, trig, 0, 1))
-            .errno(),
-        Some(libc::EINVAL)
-    );
-    assert_eq!(
-        r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, 0x7, 0, 1))
-            .errno(),
-        Some(libc::EINVAL)
-    );
-    // DATA_NONE with count 0 (disable all) passes through.
-    let none = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
-    assert_eq!(
-        r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, none, 0, 0))
-            .errno(),
-        None
-    );
-    // DATA_BOOL becomes DATA_NONE runs.
-    let mut b = set_irqs_body(2, VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_MASK, 0, 4);
-    b.extend_from_slice(&[1, 1, 0, 1]);
-    assert_eq!(r.request(CMD_SET_IRQS, 0, &b).errno(), None);
-    // Fds that are not eventfds: refused before the device sees them (the calls
-    // checked below do not include them).
-    let mut p = [0; 2];
-    // SAFETY: pipe(2) fills `p`; both ends are owned at once.
-    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
-    // SAFETY: fresh fds from pipe(2), owned by nobody else.
-    let pipe: Vec<OwnedFd> = p
-        .iter()
-        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
-    let file = temp_file(8);
-    for fd in [pipe[0].as_raw_fd(), pipe[1].as_raw_fd(), file.as_raw_fd()] {
-        r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 1), &[fd]);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        let trig = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+        let efds: Vec<EventFd> = (0..3)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let raw: Vec<RawFd> = efds.iter().map(|e| e.as_raw_fd()).collect();
+        // One vector per message, as QEMU does with max_msg_fds=1.
+        for (i, fd) in raw.iter().enumerate().take(2) {
+            r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, i as u32, 1), &[*fd]);
+            assert_eq!(r.recv().errno(), None);
+        }
+        // A run of -1: no fds at all.
+        assert_eq!(
+            r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, trig, 2, 2))
+                .errno(),
+            None
+        );
+        // More fds than vectors: refused, fds closed.
+        r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 2), &raw);
         assert_eq!(r.recv().errno(), Some(libc::EINVAL));
+        // Beyond the index's vectors, a bad index, bad flags.
+        assert_eq!(
+            r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, trig, 3, 2))
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            r.request(CMD_SET_IRQS, 0, &set_irqs_body(5, trig, 0, 1))
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, 0x7, 0, 1))
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        // DATA_NONE with count 0 (disable all) passes through.
+        let none = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
+        assert_eq!(
+            r.request(CMD_SET_IRQS, 0, &set_irqs_body(2, none, 0, 0))
+                .errno(),
+            None
+        );
+        // DATA_BOOL becomes DATA_NONE runs.
+        let mut b = set_irqs_body(2, VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_MASK, 0, 4);
+        b.extend_from_slice(&[1, 1, 0, 1]);
+        assert_eq!(r.request(CMD_SET_IRQS, 0, &b).errno(), None);
+        // Fds that are not eventfds: refused before the device sees them (the calls
+        // checked below do not include them).
+        let mut p = [0; 2];
+        // SAFETY: pipe(2) fills `p`; both ends are owned at once.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        // SAFETY: fresh fds from pipe(2), owned by nobody else.
+        let pipe: Vec<OwnedFd> = p
+            .iter()
+            .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        let file = temp_file(8);
+        for fd in [pipe[0].as_raw_fd(), pipe[1].as_raw_fd(), file.as_raw_fd()] {
+            r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 1), &[fd]);
+            assert_eq!(r.recv().errno(), Some(libc::EINVAL));
+        }
+        // One bad fd among eventfds spoils the message.
+        r.send_with_fds(
+            CMD_SET_IRQS,
+            &set_irqs_body(2, trig, 0, 2),
+            &[raw[0], pipe[1].as_raw_fd()],
+        );
+        assert_eq!(r.recv().errno(), Some(libc::EINVAL));
+        // Too many fds on one message: at most 16 kept, the message is refused.
+        let many: Vec<File> = (0..20).map(|_| File::open("/dev/null").unwrap()).collect();
+        let many_raw: Vec<RawFd> = many.iter().map(|f| f.as_raw_fd()).collect();
+        r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 4), &many_raw);
+        assert_eq!(r.recv().errno(), Some(libc::EINVAL));
+        for e in &efds[..2] {
+            assert_eq!(e.read().unwrap(), 1);
+        }
+        drop(r);
+        let done = h.finish();
+        let calls: Vec<_> = done
+            .mock
+            .set_irqs_calls
+            .iter()
+            .map(|(i, f, s, c, fds)| (*i, *f, *s, *c, fds.clone()))
+            .collect();
+        let mask_none = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK;
+        assert_eq!(
+            calls,
+            vec![
+                (2, trig, 0, 1, vec![true]),
+                (2, trig, 1, 1, vec![true]),
+                (2, trig, 2, 2, vec![false, false]),
+                (2, none, 0, 0, vec![]),
+                (2, mask_none, 0, 2, vec![]),
+                (2, mask_none, 3, 1, vec![]),
+            ]
+        );
+        assert_eq!(done.stats.refused_fds, 4);
     }
-    // One bad fd among eventfds spoils the message.
-    r.send_with_fds(
-        CMD_SET_IRQS,
-        &set_irqs_body(2, trig, 0, 2),
-        &[raw[0], pipe[1].as_raw_fd()],
-    );
-    assert_eq!(r.recv().errno(), Some(libc::EINVAL));
-    // Too many fds on one message: at most 16 kept, the message is refused.
-    let many: Vec<File> = (0..20).map(|_| File::open("/dev/null").unwrap()).collect();
-    let many_raw: Vec<RawFd> = many.iter().map(|f| f.as_raw_fd()).collect();
-    r.send_with_fds(CMD_SET_IRQS, &set_irqs_body(2, trig, 0, 4), &many_raw);
-    assert_eq!(r.recv().errno(), Some(libc::EINVAL));
-    for e in &efds[..2] {
-        assert_eq!(e.read().unwrap(), 1);
-    }
-    drop(r);
-    let done = h.finish();
-    let calls: Vec<_> = done
-        .mock
-        .set_irqs_calls
-        .iter()
-        .map(|(i, f, s, c, fds)| (*i, *f, *s, *c, fds.clone()))
-        .collect();
-    let mask_none = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK;
-    assert_eq!(
-        calls,
-        vec![
-            (2, trig, 0, 1, vec![true]),
-            (2, trig, 1, 1, vec![true]),
-            (2, trig, 2, 2, vec![false, false]),
-            (2, none, 0, 0, vec![]),
-            (2, mask_none, 0, 2, vec![]),
-            (2, mask_none, 3, 1, vec![]),
-        ]
-    );
-    assert_eq!(done.stats.refused_fds, 4);
 }
 
 #[test]
 fn dma_map_without_fd_and_unmap_all() {
-    let h = Harness::start(Mock::new());
-    let mut r = Raw::connect(&h.path);
-    let map = |flags: u32, offset: u64, iova: u64, size: u64| {
-        let mut v = Vec::new();
-        v.extend_from_slice(&32u32.to_le_bytes());
-        v.extend_from_slice(&flags.to_le_bytes());
-        v.extend_from_slice(&offset.to_le_bytes());
-        v.extend_from_slice(&iova.to_le_bytes());
-        v.extend_from_slice(&size.to_le_bytes());
-        v
-    };
-    let reply = r.request(CMD_DMA_MAP, 0, &map(1, 0, 0xfe00_0000, 0x1000));
-    assert_eq!(reply.errno(), None);
-    assert!(reply.body.is_empty());
-    assert_eq!(
-        r.request(CMD_DMA_MAP, 0, &map(3, 0, 0x1000, 0)).errno(),
-        Some(libc::EINVAL)
-    );
-    // Two fds on one map.
-    let a = temp_file(0x1000);
-    let b = temp_file(0x1000);
-    r.send_with_fds(
-        CMD_DMA_MAP,
-        &map(3, 0, 0, 0x1000),
-        &[a.as_raw_fd(), b.as_raw_fd()],
-    );
-    assert_eq!(r.recv().errno(), Some(libc::EINVAL));
-    let mut unmap_all = Vec::new();
-    unmap_all.extend_from_slice(&24u32.to_le_bytes());
-    unmap_all.extend_from_slice(&VFIO_DMA_UNMAP_FLAG_ALL.to_le_bytes());
-    unmap_all.extend_from_slice(&[0u8; 16]);
-    let reply = r.request(3, 0, &unmap_all);
-    assert_eq!(reply.errno(), None);
-    assert_eq!(reply.body.len(), 24, "unmap reply echoes the request");
-    drop(r);
-    let done = h.finish();
-    assert_eq!(
-        done.mock.dma_maps,
-        vec![(0xfe00_0000, 0x1000, 0, false, false)]
-    );
-    assert_eq!(done.mock.dma_unmaps, vec![(0, u64::MAX)]);
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        let map = |flags: u32, offset: u64, iova: u64, size: u64| {
+            let mut v = Vec::new();
+            v.extend_from_slice(&32u32.to_le_bytes());
+            v.extend_from_slice(&flags.to_le_bytes());
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(&iova.to_le_bytes());
+            v.extend_from_slice(&size.to_le_bytes());
+            v
+        };
+        let reply = r.request(CMD_DMA_MAP, 0, &map(1, 0, 0xfe00_0000, 0x1000));
+        assert_eq!(reply.errno(), None);
+        assert!(reply.body.is_empty());
+        assert_eq!(
+            r.request(CMD_DMA_MAP, 0, &map(3, 0, 0x1000, 0)).errno(),
+            Some(libc::EINVAL)
+        );
+        // Two fds on one map.
+        let a = temp_file(0x1000);
+        let b = temp_file(0x1000);
+        r.send_with_fds(
+            CMD_DMA_MAP,
+            &map(3, 0, 0, 0x1000),
+            &[a.as_raw_fd(), b.as_raw_fd()],
+        );
+        assert_eq!(r.recv().errno(), Some(libc::EINVAL));
+        let mut unmap_all = Vec::new();
+        unmap_all.extend_from_slice(&24u32.to_le_bytes());
+        unmap_all.extend_from_slice(&VFIO_DMA_UNMAP_FLAG_ALL.to_le_bytes());
+        unmap_all.extend_from_slice(&[0u8; 16]);
+        let reply = r.request(3, 0, &unmap_all);
+        assert_eq!(reply.errno(), None);
+        assert_eq!(reply.body.len(), 24, "unmap reply echoes the request");
+        drop(r);
+        let done = h.finish();
+        assert_eq!(
+            done.mock.dma_maps,
+            vec![(0xfe00_0000, 0x1000, 0, false, false)]
+        );
+        assert_eq!(done.mock.dma_unmaps, vec![(0, u64::MAX)]);
+    }
 }
 
 #[test]
 fn tick_runs_on_timeout_and_stop_ends_serve() {
-    let mut mock = Mock::new();
-    mock.tick_every = Some(Duration::from_millis(5));
-    let h = Harness::start(mock);
-    let mut r = Raw::connect(&h.path);
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(r.region_read(0, 0, 4).errno(), None);
-    let done = h.finish();
-    assert_eq!(done.outcomes, vec![ServeOutcome::Stopped]);
-    assert!(done.mock.ticks >= 5, "ticks: {}", done.mock.ticks);
-    assert_eq!(done.mock.disconnects, 1);
-    drop(r);
+    for wait in WAITS {
+        let mut mock = Mock::new();
+        mock.tick_every = Some(Duration::from_millis(5));
+        let h = Harness::start_in(wait, mock);
+        let mut r = Raw::connect(&h.path);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(r.region_read(0, 0, 4).errno(), None);
+        let done = h.finish();
+        assert_eq!(done.outcomes, vec![ServeOutcome::Stopped]);
+        assert!(done.mock.ticks >= 5, "ticks: {}", done.mock.ticks);
+        assert_eq!(done.mock.disconnects, 1);
+        drop(r);
+    }
 }
 
 #[test]
@@ -1054,6 +1121,158 @@ fn socket_file_rules() {
     assert!(server.accept(&stop).unwrap().is_none());
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The system call each thread named `name` of this process is in (the first
+/// field of /proc/self/task/TID/syscall: its number, or "running").
+fn syscalls_of_threads(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let sc = std::fs::read_to_string(e.path().join("syscall")).unwrap_or_default();
+            out.push(sc.split_whitespace().next().unwrap_or("").to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn with_a_stopper_the_wait_between_messages_is_the_receive_itself() {
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        assert_eq!(r.region_read(0, 0, 4).errno(), None);
+        let want = match wait {
+            Wait::Poll => libc::SYS_poll,
+            Wait::Block => libc::SYS_recvmsg,
+        }
+        .to_string();
+        // The server thread settles into its wait.
+        let t = std::time::Instant::now();
+        while syscalls_of_threads(&h.thread_name) != [want.clone()] {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{wait:?}: no server thread waits in syscall {want}: {:?}",
+                syscalls_of_threads(&h.thread_name)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(r.region_read(0, 4, 4).body[16..], bar0_pattern(4, 4)[..]);
+        drop(r);
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+    }
+}
+
+#[test]
+fn a_stopper_ends_a_connection_waiting_for_its_next_message() {
+    let h = Harness::start_in(Wait::Block, Mock::new());
+    let mut r = Raw::connect(&h.path);
+    assert_eq!(r.region_read(0, 0, 4).errno(), None);
+    // Blocked in recvmsg now (or about to be): the Stopper must end it.
+    std::thread::sleep(Duration::from_millis(50));
+    let t = std::time::Instant::now();
+    h.stopper.as_ref().unwrap().stop().unwrap();
+    assert_eq!(h.next_outcome(), ServeOutcome::Stopped);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    r.assert_closed();
+    let done = h.finish();
+    assert_eq!(done.outcomes, vec![ServeOutcome::Stopped]);
+    assert_eq!(done.mock.disconnects, 1);
+    assert_eq!(done.stats.protocol_errors, 0);
+}
+
+#[test]
+fn a_stopper_stopped_before_the_client_came_stops_serve_at_once() {
+    let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+    let stopper = Stopper::new(&stop).unwrap();
+    assert!(!stopper.is_stopped());
+    let dir = temp_dir();
+    let mut server = Server::bind(&dir.join("s.sock")).unwrap();
+    server.set_stopper(stopper.clone());
+    stopper.stop().unwrap();
+    assert!(stopper.is_stopped());
+    // The eventfd was written too: accept sees it.
+    assert!(server.accept(&stop).unwrap().is_none());
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let mut mock = Mock::new();
+    assert_eq!(
+        server.serve(server_end, &mut mock, &stop).unwrap(),
+        ServeOutcome::Stopped
+    );
+    assert_eq!(mock.disconnects, 1);
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn messages_joined_in_one_write_each_get_their_reply() {
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        // Three requests in one write: the server takes them in with fewer
+        // receives than messages, and must keep the bytes past each one.
+        let mut wire = Vec::new();
+        let mut ids = Vec::new();
+        for (i, off) in [0u64, 0x10, 0x20].into_iter().enumerate() {
+            let body = access(0, off, 4 + i as u32, &[]);
+            let hdr = r.header(CMD_REGION_READ, 0, body.len());
+            ids.push(hdr.id);
+            wire.extend_from_slice(&hdr.encode());
+            wire.extend_from_slice(&body);
+        }
+        r.s.write_all(&wire).unwrap();
+        for (i, (id, off)) in ids.into_iter().zip([0usize, 0x10, 0x20]).enumerate() {
+            let reply = r.recv();
+            assert_eq!(reply.errno(), None);
+            assert_eq!(reply.hdr.id, id, "{wait:?}: replies in order");
+            assert_eq!(reply.body[16..], bar0_pattern(off, 4 + i)[..], "{wait:?}");
+        }
+        drop(r);
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+    }
+}
+
+#[test]
+fn fds_stay_with_their_message_when_messages_are_joined() {
+    for wait in WAITS {
+        let mut mock = Mock::new();
+        mock.read_delay = Some(Duration::from_millis(200));
+        let h = Harness::start_in(wait, mock);
+        let mut r = Raw::connect(&h.path);
+        // While the server is busy with a slow read, a write (no fds) and then a
+        // DMA_MAP (with its fd) arrive, each sent alone: the next receive takes
+        // both, and the fd came with the second.
+        let read_id = r.send(CMD_REGION_READ, 0, &access(0, 0, 4, &[]));
+        std::thread::sleep(Duration::from_millis(50));
+        let write_id = r.send(CMD_REGION_WRITE, 0, &access(0, 0x40, 4, b"abcd"));
+        let ram = temp_file(0x2000);
+        let mut map = Vec::new();
+        map.extend_from_slice(&32u32.to_le_bytes()); // argsz
+        map.extend_from_slice(&3u32.to_le_bytes()); // READ | WRITE
+        map.extend_from_slice(&0x1000u64.to_le_bytes()); // offset
+        map.extend_from_slice(&0x8000_0000u64.to_le_bytes()); // iova
+        map.extend_from_slice(&0x1000u64.to_le_bytes()); // size
+        let map_id = r.send_with_fds(CMD_DMA_MAP, &map, &[ram.as_raw_fd()]);
+        for id in [read_id, write_id, map_id] {
+            let reply = r.recv();
+            assert_eq!(reply.hdr.id, id, "{wait:?}");
+            assert_eq!(reply.errno(), None, "{wait:?}: reply to {id}");
+        }
+        drop(r);
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+        let done = h.finish();
+        assert_eq!(&done.mock.bar0[0x40..0x44], b"abcd");
+        assert_eq!(
+            done.mock.dma_maps,
+            vec![(0x8000_0000, 0x1000, 0x1000, true, true)],
+            "{wait:?}: the DMA_MAP got its fd"
+        );
+        // The device wrote its marker through the fd it got: the client's file.
+        let mut marker = [0u8; 4];
+        ram.read_exact_at(&mut marker, 0x1000).unwrap();
+        assert_eq!(&marker, b"dma!");
+    }
 }
 
 mod stream_of_messages {
@@ -1097,7 +1316,8 @@ mod stream_of_messages {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
         #[test]
         fn server_answers_exactly_what_asks_for_an_answer(
-            msgs in proptest::collection::vec(msg(), 0..40)
+            msgs in proptest::collection::vec(msg(), 0..40),
+            chunk in prop_oneof![Just(usize::MAX), 1usize..80],
         ) {
             let (client, server_end) = UnixStream::pair().unwrap();
             let stop = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -1145,7 +1365,10 @@ mod stream_of_messages {
                 }
                 got
             });
-            (&client).write_all(&wire).unwrap();
+            // All at once, or in pieces that split headers and bodies anywhere.
+            for piece in wire.chunks(chunk.min(wire.len()).max(1)) {
+                (&client).write_all(piece).unwrap();
+            }
             client.shutdown(std::net::Shutdown::Write).unwrap();
             let (outcome, stats) = thread.join().unwrap();
             drop(client);
@@ -1158,23 +1381,162 @@ mod stream_of_messages {
     }
 }
 
+mod hostile_bytes {
+    //! Property: whatever bytes a client sends, in whatever pieces (headers that
+    //! lie about their size, truncated headers and bodies, fds-less garbage), the
+    //! server neither panics nor hangs: once the client stops sending, `serve`
+    //! returns `Disconnected`, and every reply it sent is a well-framed reply.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A header with a chosen size (often a lie), then arbitrary bytes.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let size = prop_oneof![
+            0u32..HEADER_SIZE as u32,
+            HEADER_SIZE as u32..256,
+            Just(MAX_MESSAGE_SIZE + 1),
+            Just(MAX_DRAIN_SIZE + 1),
+            Just(u32::MAX),
+            any::<u32>(),
+        ];
+        let message = (any::<u16>(), 0u16..17, size, any::<u32>(), 0usize..64).prop_flat_map(
+            |(id, command, size, flags, tail)| {
+                proptest::collection::vec(any::<u8>(), tail).prop_map(move |rest| {
+                    let mut m = Vec::new();
+                    m.extend_from_slice(&id.to_le_bytes());
+                    m.extend_from_slice(&command.to_le_bytes());
+                    m.extend_from_slice(&size.to_le_bytes());
+                    m.extend_from_slice(&flags.to_le_bytes());
+                    m.extend_from_slice(&0u32.to_le_bytes());
+                    m.extend_from_slice(&rest);
+                    m
+                })
+            },
+        );
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec(message, 1..6).prop_map(|v| v.concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn no_bytes_panic_or_hang_the_server(
+            wire in stream(),
+            chunk in prop_oneof![Just(usize::MAX), 1usize..24],
+        ) {
+            let (client, server_end) = UnixStream::pair().unwrap();
+            let stop = EventFd::new(EFD_NONBLOCK).unwrap();
+            let dir = temp_dir();
+            let server = Server::bind(&dir.join("h.sock")).unwrap();
+            let (done_tx, done_rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut mock = Mock::new();
+                let outcome = server.serve(server_end, &mut mock, &stop);
+                let _ = done_tx.send(outcome.map_err(|e| e.to_string()));
+            });
+            let mut reader = client.try_clone().unwrap();
+            reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let replies = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let _ = reader.read_to_end(&mut all);
+                all
+            });
+            for piece in wire.chunks(chunk.min(wire.len()).max(1)) {
+                // The server may have dropped the connection already.
+                if (&client).write_all(piece).is_err() {
+                    break;
+                }
+            }
+            let _ = client.shutdown(std::net::Shutdown::Write);
+            let outcome = done_rx.recv_timeout(Duration::from_secs(10));
+            drop(client);
+            let all = replies.join().unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            prop_assert_eq!(outcome, Ok(Ok(ServeOutcome::Disconnected)));
+            let mut rest = &all[..];
+            while !rest.is_empty() {
+                prop_assert!(rest.len() >= HEADER_SIZE, "a truncated reply");
+                let raw: [u8; HEADER_SIZE] = rest[..HEADER_SIZE].try_into().unwrap();
+                let h = Header::decode(&raw);
+                prop_assert_eq!(h.flags & 0xf, TYPE_REPLY);
+                prop_assert!(h.size as usize >= HEADER_SIZE && h.size as usize <= rest.len());
+                rest = &rest[h.size as usize..];
+            }
+        }
+    }
+}
+
+#[test]
+fn a_message_bigger_than_the_receive_buffer_is_taken_whole() {
+    for wait in WAITS {
+        let h = Harness::start_in(wait, Mock::new());
+        let mut r = Raw::connect(&h.path);
+        // One write: a small read, a REGION_WRITE of the largest transfer the
+        // server announces (far more than one receive takes in), and a read that
+        // straddles the end of what it wrote. The big message starts in the
+        // middle of a receive and ends in the middle of another.
+        let data: Vec<u8> = (0..MAX_DATA_XFER_SIZE).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        let mut ids = Vec::new();
+        for body in [
+            access(0, 0, 4, &[]),
+            access(2, 0, data.len() as u32, &data),
+            access(2, u64::from(MAX_DATA_XFER_SIZE) - 8, 16, &[]),
+        ] {
+            let command = if body.len() > 16 {
+                CMD_REGION_WRITE
+            } else {
+                CMD_REGION_READ
+            };
+            let hdr = r.header(command, 0, body.len());
+            ids.push(hdr.id);
+            wire.extend_from_slice(&hdr.encode());
+            wire.extend_from_slice(&body);
+        }
+        let mut writer = r.s.try_clone().unwrap();
+        let sending = std::thread::spawn(move || writer.write_all(&wire).unwrap());
+        let replies: Vec<_> = ids.iter().map(|_| r.recv()).collect();
+        sending.join().unwrap();
+        for (reply, id) in replies.iter().zip(&ids) {
+            assert_eq!(reply.hdr.id, *id, "{wait:?}");
+            assert_eq!(reply.errno(), None, "{wait:?}");
+        }
+        assert_eq!(replies[0].body[16..], bar0_pattern(0, 4)[..]);
+        let mut tail = data[data.len() - 8..].to_vec();
+        tail.extend_from_slice(&[0u8; 8]);
+        assert_eq!(replies[2].body[16..], tail[..], "{wait:?}");
+        // And small messages go on as before.
+        assert_eq!(
+            r.region_read(0, 0x10, 4).body[16..],
+            bar0_pattern(0x10, 4)[..]
+        );
+        drop(r);
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+    }
+}
+
 #[test]
 fn a_client_stalling_inside_a_message_is_dropped() {
-    let h = Harness::start_with_stall(Mock::new(), Some(Duration::from_millis(200)));
-    let mut r = Raw::connect(&h.path);
-    // Half a header, then silence (the socket stays open).
-    r.s.write_all(&[9, 0, 9, 0, 32, 0]).unwrap();
-    let t = std::time::Instant::now();
-    assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
-    assert!(t.elapsed() >= Duration::from_millis(150));
-    r.assert_closed();
-    // Idle between messages is fine, however long.
-    let mut r2 = Raw::connect(&h.path);
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(r2.region_read(0, 0, 4).errno(), None);
-    drop(r2);
-    assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
-    let done = h.finish();
-    assert_eq!(done.stats.dropped_connections, 1);
-    assert_eq!(done.stats.protocol_errors, 1);
+    for wait in WAITS {
+        let h = Harness::start_with(Mock::new(), wait, Some(Duration::from_millis(200)));
+        let mut r = Raw::connect(&h.path);
+        // Half a header, then silence (the socket stays open).
+        r.s.write_all(&[9, 0, 9, 0, 32, 0]).unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+        assert!(t.elapsed() >= Duration::from_millis(150));
+        r.assert_closed();
+        // Idle between messages is fine, however long.
+        let mut r2 = Raw::connect(&h.path);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(r2.region_read(0, 0, 4).errno(), None);
+        drop(r2);
+        assert_eq!(h.next_outcome(), ServeOutcome::Disconnected);
+        let done = h.finish();
+        assert_eq!(done.stats.dropped_connections, 1);
+        assert_eq!(done.stats.protocol_errors, 1);
+    }
 }
