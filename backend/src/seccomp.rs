@@ -187,7 +187,10 @@ mod table {
     ];
 
     /// The signal thread.
-    pub const SIGNALS: &[Syscall] = &[any("rt_sigtimedwait", SYS_rt_sigtimedwait)];
+    pub const SIGNALS: &[Syscall] = &[
+        any("rt_sigtimedwait", SYS_rt_sigtimedwait),
+        any("shutdown", SYS_shutdown),
+    ];
 
     /// The worker: copies guest RAM and device memory (pread/pwrite, after an fstat
     /// of the guest's file), punches holes (or writes zeros), syncs the LSA.

@@ -216,6 +216,28 @@ fn seccomp_on_serves_a_full_session() {
     assert_eq!(&lsa_bytes[0x40..0x40 + 14], b"confined label");
 }
 
+#[test]
+fn seccomp_on_stops_while_a_client_waits_between_messages() {
+    // Between messages the vfio-user thread blocks in recvmsg; on SIGTERM the
+    // signal thread ends that receive with shutdown(2), which its filter allows.
+    let mut b = Backend::start(&["--seccomp", "on"]);
+    let mut c = b.client();
+    assert_eq!(
+        read32(&mut c, BAR4, layout::engine::ID),
+        layout::engine::ID_VALUE
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let status = b.stop();
+    let log = b.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(!log.contains(TRAPPED), "{log}");
+    assert!(log.contains("stopping; dropping the client"), "{log}");
+    assert!(!b.socket.exists());
+    drop(c);
+}
+
 /// Send a control request whose connection may die with the daemon.
 fn ctl_raw(b: &Backend, request: &str) -> String {
     let mut s = UnixStream::connect(&b.control).unwrap();
