@@ -10,8 +10,8 @@
 //!
 //! Execution model:
 //! - A write that sets the Control doorbell runs the command synchronously, inside
-//!   that write: when it returns, the doorbell already reads 0, Status[47:32] holds
-//!   the return code and Command[36:16] the output length (§8.2.8.4.4..6).
+//!   that write: when it returns, the doorbell already reads 0, Status\[47:32\] holds
+//!   the return code and Command\[36:16\] the output length (§8.2.8.4.4..6).
 //! - Sanitize (0x4400, §8.2.9.9.5.1) is a background command: it returns Background
 //!   Command Started, and Status bit 0 and the Background Command Status register
 //!   (§8.2.8.4.7) show it running. The doorbell write hands

@@ -41,7 +41,7 @@ use cxl_regs::{device, mailbox as mb};
 /// Set Commit Limit: le64 bytes, a non-zero multiple of 256 MiB up to the capacity;
 /// returns the previous limit (le64).
 const OP_SET_COMMIT_LIMIT: u16 = 0xc000;
-/// Raise Event: [log 0..=3, code]; the record carries ACME_EVENT_UUID and data [code].
+/// Raise Event: \[log 0..=3, code\]; the record carries ACME_EVENT_UUID and data \[code\].
 const OP_RAISE_EVENT: u16 = 0xc001;
 /// A commit within the limit completes 2 ms after it is asked for.
 const COMMIT_DELAY: Duration = Duration::from_millis(2);
