@@ -2,7 +2,7 @@
 //! client at a time over it.
 //!
 //! Framing rules (README "Why our own vfio-user server"):
-//! - bytes are received into a buffer ([`super::recv`]): one recvmsg takes in
+//! - bytes are received into a buffer (`recv.rs`): one recvmsg takes in
 //!   whatever the peer has sent, so a small message costs one receive, and the
 //!   bytes past it wait for the next; a message is parsed only once all its
 //!   bytes are in; a connection that ends inside a header or a body is dropped;
