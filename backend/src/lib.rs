@@ -25,6 +25,7 @@ pub mod control;
 pub mod device;
 pub mod memory;
 pub mod seccomp;
+pub mod topology;
 pub mod vfio_user;
 pub mod worker;
 

@@ -12,6 +12,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
+    if let Some(Command::QemuArgs(q)) = &cli.command {
+        return match q.output() {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cxl-accel-backend qemu-args: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     if let Some(Command::Ctl(ctl)) = cli.command {
         return match backend::control::request(&ctl.control, &ctl.cmd, ctl.args.as_deref()) {
             Ok(reply) => {
@@ -40,8 +52,16 @@ fn main() -> ExitCode {
         }
     };
     if config.print_qemu_args {
-        print!("{}", config.qemu_args());
-        return ExitCode::SUCCESS;
+        return match config.qemu_args() {
+            Ok(args) => {
+                print!("{args}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cxl-accel-backend: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
     }
     match backend::run(config) {
         Ok(()) => ExitCode::SUCCESS,
