@@ -19,6 +19,17 @@ fn num(dev: &str, name: &str) -> Result<u64, String> {
 
 /// The last kernel log lines that mention `needle` (for failure reasons).
 pub fn kmsg_tail(needles: &[&str], n: usize) -> String {
+    let lines: Vec<String> = kmsg_records()
+        .into_iter()
+        .filter(|m| needles.iter().any(|s| m.contains(s)))
+        .collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join(" | ")
+}
+
+/// The text of every kernel log record so far (/dev/kmsg), oldest first. A device's
+/// message starts with its driver and device name (`cxl_accel_t2 0000:0d:00.0: `).
+pub fn kmsg_records() -> Vec<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let Ok(mut f) = std::fs::OpenOptions::new()
@@ -26,7 +37,7 @@ pub fn kmsg_tail(needles: &[&str], n: usize) -> String {
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")
     else {
-        return String::new();
+        return Vec::new();
     };
     let mut lines = Vec::new();
     let mut buf = vec![0u8; 8192];
@@ -44,12 +55,9 @@ pub fn kmsg_tail(needles: &[&str], n: usize) -> String {
             .next()
             .unwrap_or("")
             .to_string();
-        if needles.iter().any(|s| msg.contains(s)) {
-            lines.push(msg);
-        }
+        lines.push(msg);
     }
-    let start = lines.len().saturating_sub(n);
-    lines[start..].join(" | ")
+    lines
 }
 
 /// Decoders of port id `port` (names `decoder<port>.<i>`), sorted by index.

@@ -18,7 +18,7 @@ use crate::json;
 use crate::pcicfg::ConfigSpace;
 use crate::report::Reporter;
 use crate::sys::{self, CXL_DEVICES, PCI_DEVICES};
-use cxl_regs::cdat::{self as c, dslbis, dsmas, hmat as hmat_type};
+use cxl_regs::cdat::{self as c, dslbis, dsmas, hmat as hmat_type, sslbis};
 use cxl_regs::le::{u16_at, u32_at, u64_at};
 use cxl_regs::{doe as d, pci};
 
@@ -120,7 +120,11 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     let mut genport = None;
     rep.check(
         "l.4",
-        "the kernel's QoS figures: CDAT + generic port + link (flit size over the link)",
+        if ctx.switch.is_some() {
+            "the kernel's QoS figures: CDAT + switch (its CDAT's SSLBIS) + generic port + links (flit size over each)"
+        } else {
+            "the kernel's QoS figures: CDAT + generic port + link (flit size over the link)"
+        },
         || {
             let table = need(&ctx.cdat, "CDAT read over DOE (l.2)")?;
             let uid = need(&ctx.hb_uid, "host bridge uid (a.3)")?;
@@ -139,28 +143,56 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             genport = Some(gp);
             let bdf = need(&ctx.bdf, "device (a.1)")?;
             let rp = need(&ctx.root_port, "root port (a.3)")?;
-            let link = Link::read(&bdf, &rp)?;
             let cdat = table_perf(&table)?;
+            // The links up to the host bridge, nearest first (each flit's time on
+            // the dport's link), and a switch's figures from its CDAT's SSLBIS for
+            // the downstream port (drivers/cxl/core/cdat.c, cdat_sslbis_handler;
+            // cxl_endpoint_get_perf_coordinates adds them per hop).
+            let (links, sw) = match &ctx.switch {
+                Some(s) => {
+                    let id = need(&ctx.ep_id, "endpoint port (c.4)")?;
+                    (
+                        vec![Link::read(&bdf, &s.dsp)?, Link::read(&s.usp, &rp)?],
+                        Some(switch_perf(id, s.dsp_port)?),
+                    )
+                }
+                None => (vec![Link::read(&bdf, &rp)?], None),
+            };
+            let link_lat: u64 = links.iter().map(Link::latency_ns).sum();
+            let link_bw = links.iter().map(Link::bandwidth).min().unwrap_or(0);
+            let s = sw.unwrap_or_default();
             let want = Perf {
-                read_latency: cdat.read_latency + gp.read_latency + link.latency_ns(),
-                write_latency: cdat.write_latency + gp.write_latency + link.latency_ns(),
+                read_latency: cdat.read_latency + s.read_latency + gp.read_latency + link_lat,
+                write_latency: cdat.write_latency + s.write_latency + gp.write_latency + link_lat,
                 read_bandwidth: min_known(&[
                     cdat.read_bandwidth,
+                    s.read_bandwidth,
                     gp.read_bandwidth,
-                    link.bandwidth(),
+                    link_bw,
                 ]),
                 write_bandwidth: min_known(&[
                     cdat.write_bandwidth,
+                    s.write_bandwidth,
                     gp.write_bandwidth,
-                    link.bandwidth(),
+                    link_bw,
                 ]),
             };
-            let msg = crate::checks::c_kernel::kmsg_tail(&[DSMAS_MSG], 1);
-            let (qos, got) = parse_dsmas_msg(&msg)
-                .ok_or_else(|| format!("no kernel message {DSMAS_MSG:?} (dynamic debug on?)"))?;
+            let link = &links[0];
+            // This device's message (several CXL devices print one each).
+            let msg = crate::checks::c_kernel::kmsg_records()
+                .into_iter()
+                .rfind(|m| m.contains(DSMAS_MSG) && m.contains(&format!(" {bdf}: ")))
+                .unwrap_or_default();
+            let (qos, got) = parse_dsmas_msg(&msg).ok_or_else(|| {
+                format!("no kernel message {DSMAS_MSG:?} of {bdf} (dynamic debug on?)")
+            })?;
+            let via = match sw {
+                Some(s) => format!(", switch {s:?}, links {link_lat} ns, {link_bw} MB/s"),
+                None => String::new(),
+            };
             if got != want {
                 return Err(format!(
-                    "kernel {got:?}, formula {want:?} (CDAT {cdat:?}, generic port {gp:?}, {})",
+                    "kernel {got:?}, formula {want:?} (CDAT {cdat:?}, generic port {gp:?}, {}{via})",
                     link.describe()
                 ));
             }
@@ -171,20 +203,26 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                     "qos_class: kernel message {qos}, {qos_path} {ram_qos}, root decoder {root_qos}"
                 ));
             }
+            let switch = match sw {
+                Some(s) => format!(" + switch {}", s.read_latency),
+                None => String::new(),
+            };
+            let switch_bw = match sw {
+                Some(s) => format!(", switch {}/{}", s.read_bandwidth, s.write_bandwidth),
+                None => String::new(),
+            };
             Ok(format!(
-                "read {} ns = CDAT {} + generic port {} + link {}; write {} ns; \
-                 bandwidth {}/{} MB/s = min(CDAT {}/{}, generic port {}, link {}); {}; qos_class {qos}",
+                "read {} ns = CDAT {}{switch} + generic port {} + link {link_lat}; write {} ns; \
+                 bandwidth {}/{} MB/s = min(CDAT {}/{}{switch_bw}, generic port {}, link {link_bw}); {}; qos_class {qos}",
                 got.read_latency,
                 cdat.read_latency,
                 gp.read_latency,
-                link.latency_ns(),
                 got.write_latency,
                 got.read_bandwidth,
                 got.write_bandwidth,
                 cdat.read_bandwidth,
                 cdat.write_bandwidth,
                 gp.read_bandwidth,
-                link.bandwidth(),
                 link.describe()
             ))
         },
@@ -301,6 +339,74 @@ fn table_perf(t: &[u8]) -> Result<Perf, String> {
         }
     }
     Ok(p)
+}
+
+/// A switch's figures for its downstream port `dsp_port` (its Port Number), as the
+/// kernel takes them from the SSLBIS of the switch's CDAT (CDAT r1.03 §3.2; drivers/
+/// cxl/core/cdat.c, cdat_sslbis_handler): per data type, the first entry between the
+/// upstream port (0x100) or any port (0xffff) and that port; values as for DSLBIS.
+/// The CDAT is the switch port's as the kernel read it: sysfs CDAT of the CXL port
+/// above `endpoint<ep>`.
+fn switch_perf(ep: u32, dsp_port: u8) -> Result<Perf, String> {
+    const US_PORT: u16 = 0x100;
+    const ANY_PORT: u16 = 0xffff;
+    let ep_path = sys::canonical(format!("{CXL_DEVICES}/endpoint{ep}"))
+        .ok_or_else(|| format!("realpath endpoint{ep}"))?;
+    let port = ep_path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("port"))
+        .ok_or_else(|| format!("no switch port above endpoint{ep}"))?;
+    let p = format!("{CXL_DEVICES}/{port}/CDAT");
+    let t = std::fs::read(&p).map_err(|e| format!("{p}: {e}"))?;
+    let mut perf = Perf::default();
+    for s in structures(&t)?
+        .into_iter()
+        .filter(|s| s[c::ST_TYPE] == c::TYPE_SSLBIS)
+    {
+        let base = u64_at(s, sslbis::ENTRY_BASE_UNIT).ok_or("SSLBIS")?;
+        let entries = s.get(sslbis::HEAD_LEN..).unwrap_or_default();
+        let value = entries.chunks_exact(sslbis::ENTRY_LEN).find_map(|e| {
+            let (x, y, v) = (u16_at(e, 0)?, u16_at(e, 2)?, u16_at(e, 4)?);
+            let dsp = match (x, y) {
+                (US_PORT, y) => y,
+                (ANY_PORT, US_PORT) => x,
+                (ANY_PORT, y) => y,
+                (x, _) => x,
+            };
+            (dsp == ANY_PORT || dsp == u16::from(dsp_port)).then_some(u64::from(v))
+        });
+        let Some(entry) = value.filter(|&v| v != 0 && v != 0xffff) else {
+            continue;
+        };
+        let v = entry * base;
+        match s[sslbis::DATA_TYPE] {
+            hmat_type::ACCESS_LATENCY => {
+                perf.read_latency = v.div_ceil(1000);
+                perf.write_latency = v.div_ceil(1000);
+            }
+            hmat_type::READ_LATENCY => perf.read_latency = v.div_ceil(1000),
+            hmat_type::WRITE_LATENCY => perf.write_latency = v.div_ceil(1000),
+            hmat_type::ACCESS_BANDWIDTH => {
+                perf.read_bandwidth = v;
+                perf.write_bandwidth = v;
+            }
+            hmat_type::READ_BANDWIDTH => perf.read_bandwidth = v,
+            hmat_type::WRITE_BANDWIDTH => perf.write_bandwidth = v,
+            _ => {}
+        }
+    }
+    if perf.read_latency == 0
+        || perf.write_latency == 0
+        || perf.read_bandwidth == 0
+        || perf.write_bandwidth == 0
+    {
+        return Err(format!(
+            "{p}: SSLBIS gives downstream port {dsp_port} {perf:?}"
+        ));
+    }
+    Ok(perf)
 }
 
 /// The host bridge's generic port figures from SRAT and HMAT, if it has one.
