@@ -593,6 +593,22 @@ mod tests {
         }
     }
 
+    /// README "Run it beside QEMU" shows the generator's output: the lines after
+    /// `qemu-system-x86_64 ...` up to the end of that code block.
+    #[test]
+    fn readme_example_is_the_generators_output() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("\nqemu-system-x86_64 -cpu max ")
+            .expect("README has the QEMU example");
+        let block = &readme[start + 1..];
+        let block = &block[block.find('\n').unwrap() + 1..];
+        let block = &block[..block.find("```").unwrap()];
+        let mut m = Machine::new(Topology::Direct, vec!["/tmp/accel.sock".into()]);
+        m.accel = Some("tcg".into());
+        assert_eq!(block, m.shell_lines().unwrap());
+    }
+
     #[test]
     fn shell_lines_quote_what_a_shell_would_split() {
         let m = Machine::new(Topology::Direct, vec!["/tmp/it's odd.sock".into()]);
