@@ -73,6 +73,17 @@ pub fn config_write(bdf: &str, off: u64, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The running kernel's version (major, minor), from its release string.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    parse_kernel_version(&fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+}
+
+/// (major, minor) of a release such as `7.2.13+deb14-amd64` or `7.3.0-rc7`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 /// Sum of the per-CPU counts of the /proc/interrupts line whose action names
 /// contain `name` and, with `bdf`, whose interrupt domain is that PCI function's
 /// (`PCI-MSIX-<bdf>`, `PCI-MSI-<bdf>`: with several accelerators, each one's
@@ -215,6 +226,16 @@ mod tests {
 NMI:          0          0   Non-maskable interrupts
 ERR:          0
 ";
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("7.2.13+deb14-amd64\n"), Some((7, 2)));
+        assert_eq!(parse_kernel_version("7.3.4"), Some((7, 3)));
+        assert_eq!(parse_kernel_version("6.12.117+deb13-amd64"), Some((6, 12)));
+        assert_eq!(parse_kernel_version("7.3-rc7"), Some((7, 3)));
+        assert_eq!(parse_kernel_version("x"), None);
+        assert!(Some((7, 2)) < Some((7, 3)) && (6, 12) < (7, 3));
+    }
 
     #[test]
     fn interrupts() {

@@ -158,7 +158,16 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 }
                 None => (vec![Link::read(&bdf, &rp)?], None),
             };
-            let link_lat: u64 = links.iter().map(Link::latency_ns).sum();
+            // Linux 7.2 adds each link's flit time in picoseconds, from the lane
+            // speed alone, to figures in nanoseconds (drivers/cxl/core/pci.c,
+            // cxl_pci_get_latency with pcie_link_speed_mbps; port.c, add_latency);
+            // 7.3 takes the link's width too and converts to ns.
+            let ps_bug = sys::kernel_version().is_some_and(|v| v < (7, 3));
+            let link_lat: u64 = if ps_bug {
+                links.iter().map(Link::latency_ps_per_lane).sum()
+            } else {
+                links.iter().map(Link::latency_ns).sum()
+            };
             let link_bw = links.iter().map(Link::bandwidth).min().unwrap_or(0);
             let s = sw.unwrap_or_default();
             let want = Perf {
@@ -186,10 +195,13 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let (qos, got) = parse_dsmas_msg(&msg).ok_or_else(|| {
                 format!("no kernel message {DSMAS_MSG:?} of {bdf} (dynamic debug on?)")
             })?;
-            let via = match sw {
+            let mut via = match sw {
                 Some(s) => format!(", switch {s:?}, links {link_lat} ns, {link_bw} MB/s"),
                 None => String::new(),
             };
+            if ps_bug {
+                via.push_str(", link time in ps per lane as Linux < 7.3 adds it");
+            }
             if got != want {
                 return Err(format!(
                     "kernel {got:?}, formula {want:?} (CDAT {cdat:?}, generic port {gp:?}, {}{via})",
@@ -211,8 +223,13 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 Some(s) => format!(", switch {}/{}", s.read_bandwidth, s.write_bandwidth),
                 None => String::new(),
             };
+            let note = if ps_bug {
+                " (Linux < 7.3: the link's flit time in ps from the lane speed alone, added to ns: 7.3 fixed it)"
+            } else {
+                ""
+            };
             Ok(format!(
-                "read {} ns = CDAT {}{switch} + generic port {} + link {link_lat}; write {} ns; \
+                "read {} ns = CDAT {}{switch} + generic port {} + link {link_lat}{note}; write {} ns; \
                  bandwidth {}/{} MB/s = min(CDAT {}/{}{switch_bw}, generic port {}, link {link_bw}); {}; qos_class {qos}",
                 got.read_latency,
                 cdat.read_latency,
@@ -486,6 +503,16 @@ impl Link {
             return 0;
         }
         (self.flit_bytes() * 1_000_000 / mbytes).div_ceil(1000)
+    }
+
+    /// The flit's time on the link as Linux 7.2 adds it: picoseconds over one lane's
+    /// raw bandwidth (`pcie_link_speed_mbps` / 8), not converted to ns.
+    fn latency_ps_per_lane(&self) -> u64 {
+        let mbytes = raw_mbps(self.speed) / 8;
+        if mbytes == 0 {
+            return 0;
+        }
+        self.flit_bytes() * 1_000_000 / mbytes
     }
 
     /// `pcie_bandwidth_available` of the endpoint, in MB/s: the narrowest of its
