@@ -202,6 +202,10 @@ pub struct QemuArgsArgs {
     /// x-cxl-mem=true for the patched QEMU of scripts/qemu.
     #[arg(long = "device-prop", value_name = "KEY=JSON")]
     pub device_props: Vec<String>,
+    /// Window Restrictions of every fixed memory window (a QEMU that takes them,
+    /// such as the patched one of scripts/qemu), e.g. 0x5.
+    #[arg(long, value_name = "MASK", value_parser = parse_u64)]
+    pub fmw_restrictions: Option<u64>,
     /// Print the arguments NUL-terminated, one per argument (for scripts), instead
     /// of shell lines.
     #[arg(long)]
@@ -215,6 +219,10 @@ impl QemuArgsArgs {
         m.window = self.window;
         m.type3_size = self.type3_size;
         m.accel = self.accel.clone();
+        m.fmw_restrictions = self
+            .fmw_restrictions
+            .map(|r| u16::try_from(r).map_err(|_| TopologyError::Restrictions(r)))
+            .transpose()?;
         for p in &self.device_props {
             m.add_device_prop(p)?;
         }

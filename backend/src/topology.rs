@@ -47,6 +47,8 @@ pub enum TopologyError {
     DeviceProp(String),
     #[error("device property key {0:?} is one the generator sets itself")]
     ReservedProp(String),
+    #[error("window restrictions {0:#x} do not fit the CFMWS's 16 bits")]
+    Restrictions(u64),
 }
 
 /// The topologies. Each places the accelerators (`vfio-user-pci`, one backend
@@ -151,6 +153,9 @@ pub struct Machine {
     /// Extra properties of every `vfio-user-pci`, as JSON values (e.g. the patched
     /// QEMU's `x-cxl-mem`).
     pub device_props: Vec<(String, serde_json::Value)>,
+    /// Window Restrictions of every window (CXL r3.1 §9.18.1.3), where the QEMU
+    /// takes them (the patched one); QEMU's default otherwise.
+    pub fmw_restrictions: Option<u16>,
 }
 
 impl Machine {
@@ -162,6 +167,7 @@ impl Machine {
             type3_size: DEFAULT_TYPE3_SIZE,
             accel: None,
             device_props: Vec::new(),
+            fmw_restrictions: None,
         }
     }
 
@@ -279,7 +285,7 @@ impl Machine {
                 .next()
                 .map(|(i, p)| (i, p.to_string_lossy().into_owned()))
                 .unwrap_or_default();
-            self.device_json(&format!("cxlaccel{i}"), bus, path)
+            self.device_json(&format!("accel{i}"), bus, path)
         };
         hb(&mut g, 0, 12);
         opt(&mut g, "-device", rp("rp0", 0, "cxl.1", 2));
@@ -322,7 +328,13 @@ impl Machine {
         let fmw: Vec<String> = host_bridges
             .iter()
             .enumerate()
-            .map(|(i, hb)| format!("cxl-fmw.{i}.targets.0={hb},cxl-fmw.{i}.size={window}"))
+            .map(|(i, hb)| {
+                let r = self
+                    .fmw_restrictions
+                    .map(|r| format!(",cxl-fmw.{i}.restrictions={r:#x}"))
+                    .unwrap_or_default();
+                format!("cxl-fmw.{i}.targets.0={hb},cxl-fmw.{i}.size={window}{r}")
+            })
             .collect();
         opt(&mut g, "-M", fmw.join(","));
         Ok(g)
@@ -548,6 +560,18 @@ mod tests {
     }
 
     #[test]
+    fn restrictions_go_to_every_window() {
+        let mut m = machine(Topology::TwoHostBridges);
+        m.fmw_restrictions = Some(0x5);
+        let args = m.args().unwrap();
+        assert_eq!(
+            args.last().unwrap(),
+            "cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=4G,cxl-fmw.0.restrictions=0x5,\
+             cxl-fmw.1.targets.0=cxl.2,cxl-fmw.1.size=4G,cxl-fmw.1.restrictions=0x5"
+        );
+    }
+
+    #[test]
     fn sockets_land_in_order_with_props() {
         let mut m = machine(Topology::TwoHostBridges);
         m.add_device_prop("x-cxl-mem=true").unwrap();
@@ -562,7 +586,7 @@ mod tests {
         assert_eq!(accels[0].1["bus"], "rp0");
         assert_eq!(accels[1].1["socket"]["path"], "/run/a1.sock");
         assert_eq!(accels[1].1["bus"], "rp1");
-        assert_eq!(accels[1].1["id"], "cxlaccel1");
+        assert_eq!(accels[1].1["id"], "accel1");
         assert_eq!(accels[1].1["x-cxl-mem"], true);
     }
 
@@ -613,7 +637,7 @@ mod tests {
     fn shell_lines_quote_what_a_shell_would_split() {
         let m = Machine::new(Topology::Direct, vec!["/tmp/it's odd.sock".into()]);
         let s = m.shell_lines().unwrap();
-        assert!(s.contains(r#"'{"driver":"vfio-user-pci","id":"cxlaccel0","bus":"rp0","socket":{"type":"unix","path":"/tmp/it'\''s odd.sock"}}'"#), "{s}");
+        assert!(s.contains(r#"'{"driver":"vfio-user-pci","id":"accel0","bus":"rp0","socket":{"type":"unix","path":"/tmp/it'\''s odd.sock"}}'"#), "{s}");
         assert!(s.starts_with("-machine q35,cxl=on,hmat=on \\\n-m 1G,maxmem=4G,slots=4 \\\n"));
         assert_eq!(shell_word("a,b=c/d"), "a,b=c/d");
         assert_eq!(shell_word(""), "''");

@@ -127,7 +127,25 @@ MODULE_PARM_DESC(device, "Additional PCI device id to bind (with 'vendor')");
 static bool defer_on_no_region = true;
 module_param(defer_on_no_region, bool, 0644);
 MODULE_PARM_DESC(defer_on_no_region,
-		 "Return -EPROBE_DEFER when no committed region is found yet (default: on)");
+		 "Return -EPROBE_DEFER while no CXL root exists yet (default: on)");
+
+/* Exported by cxl_core (drivers/cxl/core/port.c); no public header declares it. */
+extern const struct bus_type cxl_bus_type;
+
+static int match_cxl_root(struct device *dev, const void *data)
+{
+	return strncmp(dev_name(dev), "root", 4) == 0;
+}
+
+/* Whether cxl_acpi has registered a CXL root (root0, ...) yet. */
+static bool cxl_root_present(void)
+{
+	struct device *root = bus_find_device(&cxl_bus_type, NULL, NULL,
+					      match_cxl_root);
+
+	put_device(root);
+	return root != NULL;
+}
 
 struct cxl_accel {
 	/* must be first: devm_cxl_dev_state_create() embeds it at offset 0 */
@@ -349,9 +367,15 @@ static int cxl_accel_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		/*
 		 * -ENXIO: the endpoint did not attach, or no committed region
 		 * exists yet (cxl_acpi not loaded, firmware step missing).
-		 * Deferral retries when another driver binds, e.g. cxl_acpi.
+		 * Deferral retries when another driver binds, e.g. cxl_acpi; so
+		 * defer only while there is no CXL root. With a root, the
+		 * endpoint and its memdev did bind during this probe, and that
+		 * bind re-triggers deferred probing at once: a probe that keeps
+		 * deferring then runs again and again (seen after a hot-plug
+		 * before the firmware step). Binding after the firmware step is
+		 * for whoever performs it.
 		 */
-		if (rc == -ENXIO && defer_on_no_region)
+		if (rc == -ENXIO && defer_on_no_region && !cxl_root_present())
 			return dev_err_probe(dev, -EPROBE_DEFER,
 					     "no committed CXL region yet\n");
 		return dev_err_probe(dev, rc, "CXL memdev attach failed\n");
@@ -363,6 +387,19 @@ static int cxl_accel_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	pci_info(pdev, "attached: region HPA %#llx-%#llx, capacity %#llx, mailbox %s\n",
 		 range.start, range.end, capacity, has_mbox ? "on" : "off");
 	return 0;
+}
+
+/*
+ * Everything the probe set up is device-managed and goes after this returns; the
+ * message tells the harness that the remove path ran (unbind, port disable,
+ * hot-unplug).
+ */
+static void cxl_accel_remove(struct pci_dev *pdev)
+{
+	struct cxl_accel *accel = pci_get_drvdata(pdev);
+
+	pci_info(pdev, "detached: region HPA %#llx-%#llx\n",
+		 accel->hpa_range.start, accel->hpa_range.end);
 }
 
 static struct cxl_accel *dev_to_accel(struct device *dev)
@@ -443,6 +480,7 @@ static struct pci_driver cxl_accel_driver = {
 	.name = DRV_NAME,
 	.id_table = cxl_accel_ids,
 	.probe = cxl_accel_probe,
+	.remove = cxl_accel_remove,
 	.dev_groups = cxl_accel_groups,
 };
 

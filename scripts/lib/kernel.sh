@@ -8,10 +8,13 @@
 # of a DEVMEM device, its component registers, its DPA capacity, and the probe that
 # attaches it to the region firmware committed). `A|B`: either will do (7.3's
 # cxl_set_capacity; 7.2 has only cxl_dpa_setup, which the module then calls). A kernel
-# without them cannot run the harness; run-vm refuses it before booting.
+# without them cannot run the harness; run-vm refuses it before booting. The list
+# also holds the older CXL symbols the module takes (cxl_bus_type: it waits for a CXL
+# root before deferring), so that it names everything the module needs.
 # scripts/build-guest checks the module's undefined CXL symbols against this list
 # each time it builds the module.
-TYPE2_SYMBOLS=(_devm_cxl_dev_state_create cxl_pci_setup_regs "cxl_set_capacity|cxl_dpa_setup" devm_cxl_probe_mem)
+TYPE2_SYMBOLS=(_devm_cxl_dev_state_create cxl_pci_setup_regs "cxl_set_capacity|cxl_dpa_setup"
+    devm_cxl_probe_mem cxl_bus_type)
 
 # The packaged kernels (scripts/setup-kernel): the default first.
 PACKAGED_KERNELS=(7.3 7.2 6.12)

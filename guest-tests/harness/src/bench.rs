@@ -909,7 +909,7 @@ fn bring_up(cfg: &Config) -> Result<String, String> {
         format!(
             "no committed region at {:#x}: {}",
             w.base,
-            crate::checks::c_kernel::kmsg_tail(&["cxl", "region"], 6)
+            crate::kmsg::tail(&["cxl", "region"], 6)
         )
     })?;
     Ok(format!(

@@ -38,9 +38,10 @@
 //!
 //! The chaos may itself start CXL Resets (DVSEC CXL Control2 Initiate CXL Reset):
 //! the device's registers then read all ones for the reset's duration, which the
-//! probes see and heal like an FLR. The caller then runs checks a to i as in test
+//! probes see and heal like an FLR. The caller then runs the checks of test
 //! mode.
 
+use crate::cfgsave::{CfgLayout, SavedConfig};
 use crate::config::Config;
 use crate::hdmprog::{self, DecoderState};
 use crate::mbox;
@@ -51,8 +52,6 @@ use crate::sys::{self, PCI_DEVICES};
 use cxl_regs::dvsec::{self, register_locator as rl};
 use cxl_regs::layout::{self, engine as e};
 use cxl_regs::{mailbox as mb, pci};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// Modules that must not be loaded before the chaos (as in check b.1).
@@ -150,14 +149,6 @@ pub fn pick_offset(
 pub struct Policy {
     /// Bus Master Enable on (DMA may read guest RAM; MSI-X held off), or held off.
     pub bus_master: bool,
-}
-
-/// Where the guarded config bits live (from the config snapshot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CfgLayout {
-    pub exp: usize,
-    pub msix: usize,
-    pub pm: usize,
 }
 
 /// Adjust the bytes of a chaos config write at `off` so that the guest survives:
@@ -458,10 +449,8 @@ impl std::fmt::Display for Counts {
 /// The device as found before the chaos, and what was snapshotted.
 struct Target {
     bdf: String,
-    cfg: File,
-    /// Config space before the chaos (4096 bytes).
-    snap: Vec<u8>,
-    lay: CfgLayout,
+    /// Config space before the chaos.
+    saved: SavedConfig,
     /// End of the extended capabilities in use.
     ext_end: usize,
     bar0: RawBar,
@@ -488,26 +477,8 @@ impl Target {
     fn open(cfg: &Config) -> Result<Self, String> {
         let bdf = find_device(cfg.vendor, cfg.device)?;
         let dev = format!("{PCI_DEVICES}/{bdf}");
-        let cfgp = format!("{dev}/config");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&cfgp)
-            .map_err(|e| format!("open {cfgp}: {e}"))?;
-        let snap = std::fs::read(&cfgp).map_err(|e| format!("{cfgp}: {e}"))?;
-        if snap.len() != pci::CONFIG_SPACE_SIZE {
-            return Err(format!("{cfgp}: {} bytes (not root?)", snap.len()));
-        }
-        let cs = ConfigSpace::new(snap.clone());
-        let cap = |id, what| {
-            cs.find_cap(id)
-                .ok_or_else(|| format!("no {what} capability in config space"))
-        };
-        let lay = CfgLayout {
-            exp: cap(pci::CAP_ID_EXP, "PCIe")?,
-            msix: cap(pci::CAP_ID_MSIX, "MSI-X")?,
-            pm: cap(pci::CAP_ID_PM, "power management")?,
-        };
+        let saved = SavedConfig::take(&bdf)?;
+        let cs = ConfigSpace::new(saved.snap.clone());
         let ext_end = cs
             .dvsecs()
             .iter()
@@ -565,9 +536,7 @@ impl Target {
         ];
         Ok(Self {
             bdf,
-            cfg: file,
-            snap,
-            lay,
+            saved,
             ext_end,
             bar0,
             bar4,
@@ -583,88 +552,6 @@ impl Target {
             vendor: cfg.vendor,
             device: cfg.device,
         })
-    }
-
-    fn cfg_read(&self, off: usize, width: usize) -> Result<u64, String> {
-        let mut b = [0u8; 8];
-        let n = self
-            .cfg
-            .read_at(&mut b[..width], off as u64)
-            .map_err(|e| format!("read config at {off:#x}: {e}"))?;
-        if n != width {
-            return Err(format!("read config at {off:#x}: {n} of {width} bytes"));
-        }
-        Ok(u64::from_le_bytes(b))
-    }
-
-    fn cfg_write(&self, off: usize, bytes: &[u8]) -> Result<(), String> {
-        let n = self
-            .cfg
-            .write_at(bytes, off as u64)
-            .map_err(|e| format!("write config at {off:#x}: {e}"))?;
-        if n != bytes.len() {
-            return Err(format!(
-                "write config at {off:#x}: {n} of {} bytes",
-                bytes.len()
-            ));
-        }
-        Ok(())
-    }
-
-    /// Write back the snapshot's bytes `[off, off + len)`.
-    fn restore(&self, off: usize, len: usize) -> Result<(), String> {
-        self.cfg_write(off, &self.snap[off..off + len])
-    }
-
-    fn snap16(&self, off: usize) -> u16 {
-        u16::from_le_bytes([self.snap[off], self.snap[off + 1]])
-    }
-
-    /// Make the BARs reachable again: the header from the snapshot (BARs, cache line,
-    /// interrupt line), D0, then Command with Bus Master per `policy`. When Bus Master
-    /// is allowed, MSI-X is disabled first.
-    fn heal(&self, policy: Policy) -> Result<(), String> {
-        let l = self.lay;
-        if policy.bus_master {
-            let flags = self.snap16(l.msix + pci::MSIX_FLAGS) & !pci::MSIX_FLAGS_ENABLE;
-            self.cfg_write(l.msix + pci::MSIX_FLAGS, &flags.to_le_bytes())?;
-        }
-        self.restore(pci::CACHE_LINE_SIZE, 1)?;
-        for n in 0..pci::NUM_BARS {
-            self.restore(pci::bar_offset(n), 4)?;
-        }
-        self.restore(pci::INTERRUPT_LINE, 1)?;
-        self.restore(l.pm + pci::PM_PMCSR, 2)?;
-        let mut cmd = self.snap16(pci::COMMAND) | pci::CMD_MEMORY_SPACE;
-        if policy.bus_master {
-            cmd |= pci::CMD_BUS_MASTER;
-        } else {
-            cmd &= !pci::CMD_BUS_MASTER;
-        }
-        self.cfg_write(pci::COMMAND, &cmd.to_le_bytes())
-    }
-
-    /// Before the reset: everything the kernel saves and restores around it, as it was
-    /// before the chaos: the header with the original Command, the PCIe control
-    /// registers, PM and MSI-X control.
-    fn restore_saved_state(&self) -> Result<(), String> {
-        let l = self.lay;
-        let flags = self.snap16(l.msix + pci::MSIX_FLAGS);
-        self.cfg_write(l.msix + pci::MSIX_FLAGS, &flags.to_le_bytes())?;
-        for reg in [
-            pci::EXP_DEVCTL,
-            pci::EXP_LNKCTL,
-            pci::EXP_DEVCTL2,
-            pci::EXP_LNKCTL2,
-        ] {
-            let mut v = self.snap16(l.exp + reg);
-            if reg == pci::EXP_DEVCTL {
-                v &= !pci::EXP_DEVCTL_BCR_FLR;
-            }
-            self.cfg_write(l.exp + reg, &v.to_le_bytes())?;
-        }
-        self.heal(Policy { bus_master: false })?;
-        self.restore(pci::COMMAND, 2)
     }
 
     /// The config bytes of the CXL Device DVSEC that hold CXL.mem state: Control,
@@ -693,7 +580,7 @@ impl Target {
 
     /// Whether config space and BAR4 answer with the device's identity.
     fn probe(&self) -> Result<(), String> {
-        let v = self.cfg_read(pci::VENDOR_ID, 4)? as u32;
+        let v = self.saved.read(pci::VENDOR_ID, 4)? as u32;
         let want = self.vendor as u32 | (self.device as u32) << 16;
         if v != want {
             return Err(format!("config ids read {v:#010x}, expected {want:#010x}"));
@@ -810,14 +697,14 @@ impl Chaos<'_> {
         }
         if write {
             let mut bytes = self.rng.value().to_le_bytes();
-            if guard_config(off, &mut bytes[..w], &self.t.lay, self.policy) {
+            if guard_config(off, &mut bytes[..w], &self.t.saved.lay, self.policy) {
                 self.n.flr += 1;
             }
             let t = self.t;
             let mut r = Ok(());
             self.timed(
                 || format!("config write {w}@{off:#x}"),
-                |_| r = t.cfg_write(off, &bytes[..w]),
+                |_| r = t.saved.write(off, &bytes[..w]),
             );
             self.n.cfg_w += 1;
             r
@@ -826,7 +713,7 @@ impl Chaos<'_> {
             let mut r = Ok(0);
             self.timed(
                 || format!("config read {w}@{off:#x}"),
-                |_| r = t.cfg_read(off, w),
+                |_| r = t.saved.read(off, w),
             );
             self.n.cfg_r += 1;
             r.map(|_| ())
@@ -963,7 +850,7 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
             c.policy = Policy {
                 bus_master: c.rng.chance(50),
             };
-            t.heal(c.policy)?;
+            t.saved.heal(c.policy.bus_master)?;
             c.n.slices += 1;
             slice_end = now + Duration::from_millis(SLICE_MS + c.rng.below(SLICE_MS));
         }
@@ -992,7 +879,7 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
                 unreachable_since = None;
                 continue;
             }
-            t.heal(c.policy)?;
+            t.saved.heal(c.policy.bus_master)?;
             c.n.heals += 1;
             match (t.probe(), unreachable_since) {
                 (Ok(()), _) => unreachable_since = None,
@@ -1013,7 +900,7 @@ fn chaos(t: &Target, cfg: &Config, seed: u64) -> Result<String, String> {
     // A CXL Reset the last accesses started silences the BARs until it ends.
     let healing = Instant::now();
     loop {
-        t.heal(Policy { bus_master: false })?;
+        t.saved.heal(false)?;
         match t.probe() {
             Ok(()) => break,
             Err(e) if healing.elapsed() > UNREACHABLE_LIMIT => {
@@ -1121,13 +1008,13 @@ fn check_config_is(t: &Target, want: &[u8], what: &str) -> Result<String, String
 
 /// Config space equals the snapshot taken before the chaos.
 fn check_config(t: &Target) -> Result<String, String> {
-    check_config_is(t, &t.snap, "as before")
+    check_config_is(t, &t.saved.snap, "as before")
 }
 
 /// After an FLR: config space as before the chaos, except the CXL Device DVSEC's
 /// control bytes, which are as they were just before the FLR (`pre`).
 fn check_config_after_flr(t: &Target, pre: &CxlMem) -> Result<String, String> {
-    let mut want = t.snap.clone();
+    let mut want = t.saved.snap.clone();
     if let Some(w) = want.get_mut(t.cxl_dvsec_range()) {
         w.copy_from_slice(&pre.dvsec);
     }
@@ -1297,7 +1184,7 @@ pub fn run(cfg: &Config, rep: &mut Reporter) {
         "z.2",
         "function reset through sysfs, the kernel's first method (header restored first)",
         || {
-            t.restore_saved_state()?;
+            t.saved.restore_saved_state()?;
             let d = dirty(&t);
             pre = Some(t.cxl_mem()?);
             let methods = reset(&t, None)?;

@@ -6,13 +6,13 @@ use std::fmt;
 /// What the harness does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Run checks a to i and print the verdict.
+    /// Run checks a to k and print the verdict.
     Test,
     /// Firmware step and module load (checks a to c), then an interactive shell.
     Shell,
     /// The benchmark against QEMU's cxl-type3 (see `bench.rs`).
     Bench,
-    /// Hostile guest: random register writes, a reset, then checks a to i.
+    /// Hostile guest: random register writes, resets, then the checks of `Test`.
     Chaos,
 }
 
@@ -119,6 +119,11 @@ pub struct Config {
     pub hpabench: bool,
     /// Hold the run after the check with this id (e.g. `g.2`), for the host.
     pub hold_after: Option<String>,
+    /// Run check group k (lifecycle) after the others in test mode.
+    pub lifecycle: bool,
+    /// The host hot-unplugs and re-plugs the device when the harness asks
+    /// (scripts/run-vm --hotplug): run check k's QMP hot-plug steps.
+    pub hotplug: bool,
     /// The machine's topology.
     pub topology: Topology,
     /// Volatile memory of the cxl-type3 (with-type3).
@@ -141,6 +146,8 @@ impl Default for Config {
             hpa: false,
             hpabench: false,
             hold_after: None,
+            lifecycle: true,
+            hotplug: false,
             topology: Topology::Direct,
             type3_size: 512 << 20,
         }
@@ -149,6 +156,8 @@ impl Default for Config {
 
 pub const USAGE: &str = "usage: cxl-guest-test [test|shell|bench|chaos] [options]
        cxl-guest-test verify-pattern --file MEMORY_FILE --size BYTES   (on the host)
+       cxl-guest-test qmp --socket PATH [--wait-event NAME[:DEVICE]] [--timeout SECS]
+                      COMMAND_JSON                          (on the host: QEMU's QMP)
 
 Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --mode test|shell|bench|chaos
@@ -160,6 +169,9 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
   --device HEX             PCI device id, 0x optional (default cc02)
   --hpa on|off             the region HPA reaches device memory: run check j (default off)
   --hpabench on|off        after check j: HPA bandwidth vs guest RAM (default off)
+  --lifecycle on|off       test mode: run check group k, the lifecycle (default on)
+  --hotplug on|off         the host hot-plugs the device on request (run-vm --hotplug):
+                           run k's hot-unplug and re-plug steps (default off)
   --seconds N              chaos mode: seconds of random accesses (default 30)
   --seed N                 chaos mode: random seed (default: from the clock)
   --bench all|ready        bench mode: every figure, or bring-up time only
@@ -185,8 +197,17 @@ fn parse_id(s: &str) -> Result<u16, String> {
     u16::try_from(v).map_err(|_| format!("{s:?} does not fit 16 bits"))
 }
 
+/// `on` or `off` (or 1/0, true/false, yes/no) for `key`.
+fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "1" | "true" | "yes" => Ok(true),
+        "off" | "0" | "false" | "no" => Ok(false),
+        _ => Err(format!("{key}: expected on|off, got {value:?}")),
+    }
+}
+
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 17] = [
     "mode",
     "flit",
     "mailbox",
@@ -200,6 +221,8 @@ pub const KEYS: [&str; 15] = [
     "hpa",
     "hpabench",
     "hold-after",
+    "lifecycle",
+    "hotplug",
     "topology",
     "type3-size",
 ];
@@ -228,13 +251,7 @@ impl Config {
                     _ => return Err(format!("flit: expected 256b|68b, got {value:?}")),
                 }
             }
-            "mailbox" => {
-                self.mailbox = match value {
-                    "on" | "1" | "true" | "yes" => true,
-                    "off" | "0" | "false" | "no" => false,
-                    _ => return Err(format!("mailbox: expected on|off, got {value:?}")),
-                }
-            }
+            "mailbox" => self.mailbox = parse_on_off(key, value)?,
             "size" => {
                 let size = parse_u64(value)?;
                 if size == 0 || size % (256 << 20) != 0 {
@@ -247,20 +264,10 @@ impl Config {
             "serial" => self.serial = Some(parse_u64(value)?),
             "vendor" => self.vendor = parse_id(value)?,
             "device" => self.device = parse_id(value)?,
-            "hpa" => {
-                self.hpa = match value {
-                    "on" | "1" | "true" | "yes" => true,
-                    "off" | "0" | "false" | "no" => false,
-                    _ => return Err(format!("hpa: expected on|off, got {value:?}")),
-                }
-            }
-            "hpabench" => {
-                self.hpabench = match value {
-                    "on" | "1" | "true" | "yes" => true,
-                    "off" | "0" | "false" | "no" => false,
-                    _ => return Err(format!("hpabench: expected on|off, got {value:?}")),
-                }
-            }
+            "hpa" => self.hpa = parse_on_off(key, value)?,
+            "hpabench" => self.hpabench = parse_on_off(key, value)?,
+            "lifecycle" => self.lifecycle = parse_on_off(key, value)?,
+            "hotplug" => self.hotplug = parse_on_off(key, value)?,
             "hold-after" => {
                 // a check id: a letter, a dot, a number (a.1, g.2, j.4), and for
                 // accelerator i >= 1 of a topology, @i (c.5@1)
@@ -516,6 +523,14 @@ mod tests {
         }
         assert!(h.hpabench);
         assert!(h.set("hpabench", "maybe").is_err());
+        // group k and its hot-plug steps, as run-vm passes them
+        let mut k = Config::default();
+        assert!(k.lifecycle && !k.hotplug);
+        k.apply_cmdline("cxltest.hotplug=on cxltest.lifecycle=off")
+            .unwrap();
+        assert!(!k.lifecycle && k.hotplug);
+        assert!(k.set("hotplug", "sometimes").is_err());
+        assert!(k.hotplug, "a refused value changes nothing");
         // the fault test's hold point, as /init passes cxltest.args words
         let mut k = Config::default();
         for (key, v) in &parse_args(["test", "hold-after=g.2"].map(String::from))

@@ -105,12 +105,16 @@ impl DecoderState {
     pub fn iw(&self) -> u8 {
         ((self.ctrl & hdm::CTRL_IW_MASK) >> hdm::CTRL_IW_SHIFT) as u8
     }
+    pub fn locked(&self) -> bool {
+        self.ctrl & hdm::CTRL_LOCK_ON_COMMIT != 0
+    }
     pub fn matches(&self, p: &Program) -> bool {
         self.base == p.base
             && self.size == p.size
             && self.iw() == p.iw
             && (self.ctrl & hdm::CTRL_IG_MASK) as u8 == p.ig
             && self.host_only() == p.host_only
+            && self.locked() == p.lock_on_commit
             && self.skip_or_targets == p.skip_or_targets
     }
 }
@@ -160,7 +164,7 @@ pub fn commit<R: Regs + ?Sized>(
         if cur.matches(p) {
             return Ok((Outcome::AlreadyCommitted, cur));
         }
-        if cur.ctrl & hdm::CTRL_LOCK_ON_COMMIT != 0 {
+        if cur.locked() {
             return Err(format!("decoder {n} is committed and locked with {cur:x?}"));
         }
         // Uncommit first: clearing Commit deactivates it (§8.2.4.20.7).
@@ -313,6 +317,17 @@ mod tests {
         // different programming: uncommitted then recommitted
         let (o, st) = commit(&r, HDM, 0, &prog(0x3_0000_0000), &|| {}).unwrap();
         assert_eq!((o, st.base), (Outcome::Committed, 0x3_0000_0000));
+        // the same range with Lock On Commit: committed again, now locked
+        let locked = Program {
+            lock_on_commit: true,
+            ..prog(0x3_0000_0000)
+        };
+        let (o, st) = commit(&r, HDM, 0, &locked, &|| {}).unwrap();
+        assert_eq!((o, st.locked()), (Outcome::Committed, true));
+        // and a locked decoder is not taken apart for other programming
+        assert!(commit(&r, HDM, 0, &prog(0x3_0000_0000), &|| {})
+            .unwrap_err()
+            .contains("locked"));
         assert_eq!(
             global_enable(&r, HDM).unwrap(),
             hdm::GCTRL_HDM_DECODER_ENABLE

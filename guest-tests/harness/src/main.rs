@@ -1,13 +1,14 @@
 //! cxl-guest-test: the in-guest harness of cxl-accel. It runs as the guest's init
 //! step, performs the firmware step a BIOS would, loads the kernel's CXL modules
-//! and the accelerator module, and checks the device end to end (issue 4, a to i).
+//! and the accelerator module, and checks the device end to end (issue 4, a to j),
+//! then its lifecycle (issue 11, k).
 //!
-//! Output: one line per check (`ok <id> <title>[: detail]` or
-//! `FAIL <id> <title>: reason`), then exactly `N passed, N failed`. Exit code 0 iff
-//! nothing failed.
+//! Output: one line per check (`ok`, `FAIL`, `skip` or `xfail`, see `report`), then
+//! exactly `N passed, N failed, N skipped, N xfail`. Exit code 0 iff nothing failed.
 
 mod bench;
 mod cedt;
+mod cfgsave;
 mod chaos;
 mod checks;
 mod config;
@@ -15,9 +16,11 @@ mod doe;
 mod hdmprog;
 mod hmat;
 mod json;
+mod kmsg;
 mod mbox;
 mod mmio;
 mod pcicfg;
+mod qmp;
 mod report;
 mod sys;
 
@@ -82,8 +85,10 @@ fn verify_pattern(args: &[String]) -> ExitCode {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("verify-pattern") {
-        return verify_pattern(&argv[2..]);
+    match argv.get(1).map(String::as_str) {
+        Some("verify-pattern") => return verify_pattern(&argv[2..]),
+        Some("qmp") => return qmp::main(&argv[2..]),
+        _ => {}
     }
     let (cfg, unknown) = match load_config() {
         Ok(c) => c,

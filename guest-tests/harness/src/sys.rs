@@ -32,6 +32,35 @@ pub fn write_attr(path: impl AsRef<Path>, value: &str) -> io::Result<()> {
     f.write_all(value.as_bytes())
 }
 
+/// An OS error as the kernel's errno: `Operation not permitted (EPERM, 1)`.
+pub fn errno(e: &io::Error) -> String {
+    const NAMES: [(i32, &str); 14] = [
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EIO, "EIO"),
+        (libc::ENXIO, "ENXIO"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::EACCES, "EACCES"),
+        (libc::EBUSY, "EBUSY"),
+        (libc::ENODEV, "ENODEV"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::ENOTTY, "ENOTTY"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::EEXIST, "EEXIST"),
+    ];
+    let Some(n) = e.raw_os_error() else {
+        return e.to_string();
+    };
+    let desc = io::Error::from_raw_os_error(n).to_string();
+    let desc = desc.split(" (os error").next().unwrap_or(&desc);
+    match NAMES.iter().find(|x| x.0 == n) {
+        Some((_, name)) => format!("{desc} ({name}, {n})"),
+        None => format!("{desc} (errno {n})"),
+    }
+}
+
 /// Names in a directory, sorted.
 pub fn list_dir(path: impl AsRef<Path>) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(path)
@@ -258,6 +287,17 @@ ERR:          0
         );
         assert_eq!(irq_count(&two, "cxl_accel_dma", Some("0000:0d:00")), None);
         assert_eq!(irq_count(&two, "timer", Some("0000:0d:00.0")), None);
+    }
+
+    #[test]
+    fn errno_names_the_error() {
+        let e = io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(errno(&e), "Operation not permitted (EPERM, 1)");
+        let e = io::Error::from_raw_os_error(libc::EAGAIN);
+        assert_eq!(errno(&e), "Resource temporarily unavailable (EAGAIN, 11)");
+        let e = io::Error::from_raw_os_error(libc::E2BIG);
+        assert_eq!(errno(&e), "Argument list too long (errno 7)");
+        assert_eq!(errno(&io::Error::other("plain")), "plain");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::cedt;
 use crate::hdmprog::{self, DecoderState, Outcome, Program};
 use crate::mmio::{MmioMap, Regs};
 use crate::pcicfg::ConfigSpace;
-use crate::report::Reporter;
+use crate::report::{Outcome as CheckOutcome, Reporter};
 use crate::sys;
 use cxl_regs::dvsec;
 
@@ -285,41 +285,51 @@ fn run_device(ctx: &mut Ctx, rep: &mut Reporter) {
     rep.check(
         "b.4",
         "endpoint HDM decoder 0 committed (resource0): DEVMEM, half the capacity",
-        || {
-            let w = need(&ctx.cfmws, "CFMWS (b.2)")?;
-            let capacity = need(&ctx.capacity, "capacity (a.5)")?;
-            let base = w.base + need(&ctx.window_offset, "firmware plan (a.3, a.5)")?;
-            let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
-            let size = Ctx::region_size(capacity);
-            let bar0 = ctx.bar(bir)?;
-            let hdm = hdmprog::find_hdm(bar0, comp)?;
-            let cap = hdmprog::read_cap(bar0, hdm)?;
-            let (st, was) = commit_decoder(bar0, hdm, 0, base, size, 0, false)?;
-            ctx.committed = Some((st.base, st.size));
-            Ok(format!(
-                "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{was}",
-                cap.decoders, st.base, st.size, st.ctrl,
-            ))
-        },
+        || commit_endpoint_decoder(ctx),
     );
 
     rep.check(
         "b.5",
         "endpoint HDM Global Enable, then DVSEC Mem_Enable",
-        || {
-            let (_, _) = need(&ctx.committed, "endpoint decoder commit (b.4)")?;
-            let bdf = need(&ctx.bdf, "device (a.1)")?;
-            let dv = need(&ctx.dvsec_dev, "DVSEC id 0 (a.4)")?;
-            let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
-            let bar0 = ctx.bar(bir)?;
-            let hdm = hdmprog::find_hdm(bar0, comp)?;
-            let g = hdmprog::global_enable(bar0, hdm)?;
-            let (ctrl, after) = mem_enable(&bdf, dv)?;
-            Ok(format!(
-                "HDM global control {g:#x}; DVSEC Control {ctrl:#06x} -> {after:#06x}"
-            ))
-        },
+        || enable_endpoint_memory(ctx),
     );
+}
+
+/// Commit the endpoint's decoder 0 (through resource0) as firmware does: at the
+/// accelerator's place in its host bridge's window (the plan), half the capacity,
+/// DPA skip 0, device-coherent. Records the range in `ctx.committed`. Also what the
+/// lifecycle checks run again after a reset that clears CXL.mem state.
+pub fn commit_endpoint_decoder(ctx: &mut Ctx) -> CheckOutcome {
+    let w = need(&ctx.cfmws, "CFMWS (b.2)")?;
+    let capacity = need(&ctx.capacity, "capacity (a.5)")?;
+    let base = w.base + need(&ctx.window_offset, "firmware plan (a.3, a.5)")?;
+    let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
+    let size = Ctx::region_size(capacity);
+    let bar0 = ctx.bar(bir)?;
+    let hdm = hdmprog::find_hdm(bar0, comp)?;
+    let cap = hdmprog::read_cap(bar0, hdm)?;
+    let (st, was) = commit_decoder(bar0, hdm, 0, base, size, 0, false)?;
+    ctx.committed = Some((st.base, st.size));
+    Ok(format!(
+        "{} decoders at BAR{bir}+{hdm:#x}; decoder 0 HPA {:#x}+{:#x} DPA skip 0 ctrl {:#x}{was}",
+        cap.decoders, st.base, st.size, st.ctrl,
+    ))
+}
+
+/// HDM Decoder Global Enable, then DVSEC Mem_Enable, on the endpoint (after
+/// [`commit_endpoint_decoder`]).
+pub fn enable_endpoint_memory(ctx: &mut Ctx) -> CheckOutcome {
+    let (_, _) = need(&ctx.committed, "endpoint decoder commit (b.4)")?;
+    let bdf = need(&ctx.bdf, "device (a.1)")?;
+    let dv = need(&ctx.dvsec_dev, "DVSEC id 0 (a.4)")?;
+    let (bir, comp) = ctx.block(dvsec::register_locator::BLOCK_COMPONENT)?;
+    let bar0 = ctx.bar(bir)?;
+    let hdm = hdmprog::find_hdm(bar0, comp)?;
+    let g = hdmprog::global_enable(bar0, hdm)?;
+    let (ctrl, after) = mem_enable(&bdf, dv)?;
+    Ok(format!(
+        "HDM global control {g:#x}; DVSEC Control {ctrl:#06x} -> {after:#06x}"
+    ))
 }
 
 /// Set Mem_Enable in the CXL Device DVSEC Control register at config offset `dv` of

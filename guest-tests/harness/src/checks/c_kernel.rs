@@ -2,6 +2,7 @@
 //! binds, and sysfs shows the memdev, endpoint port, decoders and the region.
 
 use super::{need, Ctx};
+use crate::kmsg;
 use crate::report::Reporter;
 use crate::sys::{self, CXL_DEVICES};
 use cxl_regs::layout;
@@ -17,47 +18,18 @@ fn num(dev: &str, name: &str) -> Result<u64, String> {
     sys::read_num(format!("{CXL_DEVICES}/{dev}/{name}"))
 }
 
-/// The last kernel log lines that mention `needle` (for failure reasons).
-pub fn kmsg_tail(needles: &[&str], n: usize) -> String {
-    let lines: Vec<String> = kmsg_records()
+/// The CXL memdev (`memN`) whose parent is the PCI device at sysfs path `dev`.
+pub fn memdev_of(dev: &str) -> Option<String> {
+    let dev = sys::canonical(dev)?;
+    sys::list_dir(CXL_DEVICES)
         .into_iter()
-        .filter(|m| needles.iter().any(|s| m.contains(s)))
-        .collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..].join(" | ")
-}
-
-/// The text of every kernel log record so far (/dev/kmsg), oldest first. A device's
-/// message starts with its driver and device name (`cxl_accel_t2 0000:0d:00.0: `).
-pub fn kmsg_records() -> Vec<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/kmsg")
-    else {
-        return Vec::new();
-    };
-    let mut lines = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    // Each read returns one record; EAGAIN at the end.
-    while let Ok(k) = f.read(&mut buf) {
-        if k == 0 {
-            break;
-        }
-        let rec = String::from_utf8_lossy(&buf[..k]);
-        let msg = rec
-            .split_once(';')
-            .map(|x| x.1)
-            .unwrap_or(&rec)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        lines.push(msg);
-    }
-    lines
+        .filter(|d| d.starts_with("mem"))
+        .find(|d| {
+            sys::canonical(format!("{CXL_DEVICES}/{d}"))
+                .and_then(|p| p.parent().map(|q| q.to_path_buf()))
+                .as_deref()
+                == Some(dev.as_path())
+        })
 }
 
 /// Decoders of port id `port` (names `decoder<port>.<i>`), sorted by index.
@@ -103,7 +75,7 @@ fn core_modules(ctx: &mut Ctx, rep: &mut Reporter) {
                     .exists()
                     .then_some(())
             })
-            .ok_or_else(|| format!("no root0 in {CXL_DEVICES}: {}", kmsg_tail(&["cxl"], 5)))?;
+            .ok_or_else(|| format!("no root0 in {CXL_DEVICES}: {}", kmsg::tail(&["cxl"], 5)))?;
             ctx.cxl_modules = true;
             Ok(format!(
                 "{CXL_DEVICES}: {}",
@@ -136,7 +108,7 @@ fn device(ctx: &mut Ctx, rep: &mut Reporter) {
             return Err(format!(
                 "driver is {:?}; kernel: {}",
                 sys::link_name(format!("{dev}/driver")),
-                kmsg_tail(&[&bdf, "cxl"], 6)
+                kmsg::tail(&[&bdf, "cxl"], 6)
             ));
         }
         let start = sys::read_num(format!("{dev}/cxl_region_start"))?;
@@ -155,19 +127,9 @@ fn device(ctx: &mut Ctx, rep: &mut Reporter) {
             if !ctx.bound {
                 return Err("prerequisite missing: module bound (c.2)".into());
             }
-            let dev = sys::canonical(ctx.dev_path()?).ok_or("realpath")?;
             let dsn = need(&ctx.dsn, "DSN (a.2)")?;
             let cap = need(&ctx.capacity, "capacity (a.5)")?;
-            let mem = sys::list_dir(CXL_DEVICES)
-                .into_iter()
-                .filter(|d| d.starts_with("mem"))
-                .find(|d| {
-                    sys::canonical(format!("{CXL_DEVICES}/{d}"))
-                        .and_then(|p| p.parent().map(|q| q.to_path_buf()))
-                        .as_deref()
-                        == Some(dev.as_path())
-                })
-                .ok_or("no memN whose parent is the device")?;
+            let mem = memdev_of(&ctx.dev_path()?).ok_or("no memN whose parent is the device")?;
             ctx.memdev = Some(mem.clone());
             let drv = sys::link_name(format!("{CXL_DEVICES}/{mem}/driver"));
             if drv.as_deref() != Some("cxl_mem") {
@@ -208,7 +170,7 @@ fn device(ctx: &mut Ctx, rep: &mut Reporter) {
             .ok_or_else(|| {
                 format!(
                     "no endpointN with uport {mem}: {}",
-                    kmsg_tail(&["cxl", &mem], 5)
+                    kmsg::tail(&["cxl", &mem], 5)
                 )
             })?;
         let id: u32 = ep["endpoint".len()..]

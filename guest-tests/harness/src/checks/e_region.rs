@@ -1,6 +1,7 @@
 //! e. A user-created RAM region cannot take the DEVMEM decoder: the kernel's
 //! create_ram_region regions are host-only, and attaching an accelerator decoder
-//! fails with a type mismatch (-ENXIO). Recorded as the expected kernel policy.
+//! fails with a type mismatch (-ENXIO). Recorded as the expected kernel policy. A
+//! window for Type-2 memory only offers no create_ram_region at all.
 
 use super::c_kernel::port_decoders;
 use super::d_dpa::{alloc, get, release, set, DPA_ALLOC};
@@ -11,7 +12,7 @@ use crate::sys::{self, CXL_DEVICES};
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     rep.check(
         "e.1",
-        "create_ram_region refuses the DEVMEM decoder (type mismatch, expected policy)",
+        "create_ram_region refuses the DEVMEM decoder (type mismatch, expected policy), or the window offers none",
         || {
             let id = need(&ctx.ep_id, "endpoint port (c.4)")?;
             let (base, size) = need(&ctx.committed, "firmware commit (b.4)")?;
@@ -51,7 +52,14 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                     })
                     .collect();
                 // The kernel offers create_ram_region only on windows with Type-3 and RAM
-                // restrictions; without it the type-mismatch path cannot be exercised.
+                // restrictions (drivers/cxl/core/port.c, cxl_root_decoder_visible): on a
+                // Type-2-only window no host-only region can be made to take the decoder.
+                if caps.iter().any(|c| c == "cap_type3=0") {
+                    return Ok(format!(
+                        "{root} is Type-2-only ({}): it offers no create_ram_region",
+                        caps.join(" ")
+                    ));
+                }
                 return Err(format!(
                     "{root} offers no create_ram_region ({})",
                     caps.join(" ")

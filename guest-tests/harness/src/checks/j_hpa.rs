@@ -40,7 +40,7 @@ pub fn pattern(dpa: u64) -> Vec<u8> {
 }
 
 /// The first differing byte of `got` against `want`, as a message.
-fn mismatch(what: &str, base: u64, got: &[u8], want: &[u8]) -> Option<String> {
+pub fn mismatch(what: &str, base: u64, got: &[u8], want: &[u8]) -> Option<String> {
     let i = (0..want.len()).find(|&i| got[i] != want[i])?;
     Some(format!(
         "{what} {:#x}: read {:#04x}, expected {:#04x}",

@@ -16,7 +16,7 @@ use crate::doe::{Doe, SysfsConfig};
 use crate::hmat::{self, Perf};
 use crate::json;
 use crate::pcicfg::ConfigSpace;
-use crate::report::Reporter;
+use crate::report::{NotPassed, Reporter};
 use crate::sys::{self, CXL_DEVICES, PCI_DEVICES};
 use cxl_regs::cdat::{self as c, dslbis, dsmas, hmat as hmat_type, sslbis};
 use cxl_regs::le::{u16_at, u32_at, u64_at};
@@ -118,7 +118,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     );
 
     let mut genport = None;
-    rep.check(
+    rep.step(
         "l.4",
         if ctx.switch.is_some() {
             "the kernel's QoS figures: CDAT + switch (its CDAT's SSLBIS) + generic port + links (flit size over each)"
@@ -134,7 +134,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 // Without a generic port the kernel has no host bridge figures
                 // (cxl_endpoint_get_perf_coordinates fails) and sets no class.
                 if std::path::Path::new(&qos_path).exists() {
-                    return Err(format!("no generic port, yet {qos_path} exists"));
+                    return Err(format!("no generic port, yet {qos_path} exists").into());
                 }
                 return Ok(format!(
                     "no SRAT generic port for host bridge uid {uid}: no QoS class ({qos_path} absent)"
@@ -158,19 +158,10 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 }
                 None => (vec![Link::read(&bdf, &rp)?], None),
             };
-            // Linux 7.2 adds each link's flit time in picoseconds, from the lane
-            // speed alone, to figures in nanoseconds (drivers/cxl/core/pci.c,
-            // cxl_pci_get_latency with pcie_link_speed_mbps; port.c, add_latency);
-            // 7.3 takes the link's width too and converts to ns.
-            let ps_bug = sys::kernel_version().is_some_and(|v| v < (7, 3));
-            let link_lat: u64 = if ps_bug {
-                links.iter().map(Link::latency_ps_per_lane).sum()
-            } else {
-                links.iter().map(Link::latency_ns).sum()
-            };
+            let link_lat: u64 = links.iter().map(Link::latency_ns).sum();
             let link_bw = links.iter().map(Link::bandwidth).min().unwrap_or(0);
             let s = sw.unwrap_or_default();
-            let want = Perf {
+            let formula = |link_lat: u64| Perf {
                 read_latency: cdat.read_latency + s.read_latency + gp.read_latency + link_lat,
                 write_latency: cdat.write_latency + s.write_latency + gp.write_latency + link_lat,
                 read_bandwidth: min_known(&[
@@ -186,34 +177,48 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                     link_bw,
                 ]),
             };
+            let want = formula(link_lat);
             let link = &links[0];
             // This device's message (several CXL devices print one each).
-            let msg = crate::checks::c_kernel::kmsg_records()
+            let msg = crate::kmsg::Kmsg::open()?
+                .read_new()
                 .into_iter()
                 .rfind(|m| m.contains(DSMAS_MSG) && m.contains(&format!(" {bdf}: ")))
                 .unwrap_or_default();
             let (qos, got) = parse_dsmas_msg(&msg).ok_or_else(|| {
                 format!("no kernel message {DSMAS_MSG:?} of {bdf} (dynamic debug on?)")
             })?;
-            let mut via = match sw {
+            let via = match sw {
                 Some(s) => format!(", switch {s:?}, links {link_lat} ns, {link_bw} MB/s"),
                 None => String::new(),
             };
-            if ps_bug {
-                via.push_str(", link time in ps per lane as Linux < 7.3 adds it");
-            }
             if got != want {
+                // Linux 7.2 adds each link's flit time in picoseconds, from the lane
+                // speed alone, to figures in nanoseconds (drivers/cxl/core/pci.c,
+                // cxl_pci_get_latency with pcie_link_speed_mbps; port.c,
+                // add_latency); 7.3 takes the link's width and converts to ns.
+                let ps: u64 = links.iter().map(Link::latency_ps_per_lane).sum();
+                if sys::kernel_version().is_some_and(|v| v < (7, 3)) && got == formula(ps) {
+                    return Err(NotPassed::KnownKernelIssue(format!(
+                        "Linux < 7.3 adds the link's flit time in ps, from one lane's speed, \
+                         to ns figures: read {} ns = CDAT {} + generic port {} + link {ps} \
+                         (7.3: link {link_lat}, read {} ns); qos_class {qos}",
+                        got.read_latency, cdat.read_latency, gp.read_latency, want.read_latency
+                    )));
+                }
                 return Err(format!(
                     "kernel {got:?}, formula {want:?} (CDAT {cdat:?}, generic port {gp:?}, {}{via})",
                     link.describe()
-                ));
+                )
+                .into());
             }
             let ram_qos = sys::read_attr(&qos_path)?;
             let root_qos = root_decoder_qos(ctx)?;
             if ram_qos != qos.to_string() || root_qos != ram_qos {
                 return Err(format!(
                     "qos_class: kernel message {qos}, {qos_path} {ram_qos}, root decoder {root_qos}"
-                ));
+                )
+                .into());
             }
             let switch = match sw {
                 Some(s) => format!(" + switch {}", s.read_latency),
@@ -223,13 +228,8 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 Some(s) => format!(", switch {}/{}", s.read_bandwidth, s.write_bandwidth),
                 None => String::new(),
             };
-            let note = if ps_bug {
-                " (Linux < 7.3: the link's flit time in ps from the lane speed alone, added to ns: 7.3 fixed it)"
-            } else {
-                ""
-            };
             Ok(format!(
-                "read {} ns = CDAT {}{switch} + generic port {} + link {link_lat}{note}; write {} ns; \
+                "read {} ns = CDAT {}{switch} + generic port {} + link {link_lat}; write {} ns; \
                  bandwidth {}/{} MB/s = min(CDAT {}/{}{switch_bw}, generic port {}, link {link_bw}); {}; qos_class {qos}",
                 got.read_latency,
                 cdat.read_latency,

@@ -20,7 +20,7 @@
 //! synchronize CPU cache state"). Firmware-committed regions do not need it.
 
 use super::b_firmware::{commit_decoder, component_hdm, mem_enable};
-use super::c_kernel::{kmsg_tail, port_decoders};
+use super::c_kernel::port_decoders;
 use super::{need, Ctx};
 use crate::cedt;
 use crate::hdmprog;
@@ -172,7 +172,7 @@ pub fn kernel(ctx: &mut Ctx, rep: &mut Reporter) {
                 format!(
                     "driver {:?}; kernel: {}",
                     sys::link_name(format!("{dev}/driver")),
-                    kmsg_tail(&[&bdf, "cxl"], 5)
+                    crate::kmsg::tail(&[&bdf, "cxl"], 5)
                 )
             })?;
             let real = sys::canonical(&dev).ok_or("realpath")?;
@@ -189,7 +189,7 @@ pub fn kernel(ctx: &mut Ctx, rep: &mut Reporter) {
                                 == Some("cxl_mem")
                     })
             })
-            .ok_or_else(|| format!("no memN of {bdf} bound to cxl_mem: {}", kmsg_tail(&["cxl"], 5)))?;
+            .ok_or_else(|| format!("no memN of {bdf} bound to cxl_mem: {}", crate::kmsg::tail(&["cxl"], 5)))?;
             ctx.type3.memdev = Some(mem.clone());
             let ram = num(&mem, "ram/size")?;
             if ram != size {
@@ -215,7 +215,7 @@ pub fn kernel(ctx: &mut Ctx, rep: &mut Reporter) {
                     .filter(|d| d.starts_with("region"))
                     .find(|r| num(r, "resource").ok() == Some(base))
             })
-            .ok_or_else(|| format!("no region at {base:#x}: {}", kmsg_tail(&["cxl", "region"], 6)))?;
+            .ok_or_else(|| format!("no region at {base:#x}: {}", crate::kmsg::tail(&["cxl", "region"], 6)))?;
             ctx.type3.region = Some(region.clone());
             let mut errs = Vec::new();
             let got = (num(&region, "commit")?, num(&region, "size")?, attr(&region, "mode").unwrap_or_default());

@@ -1,8 +1,8 @@
-//! The checks a to i of issue 4, j (issue 7), l (issue 13) and m, in order, sharing
-//! what each step found; for a topology with several accelerators, each group runs
-//! for each accelerator in turn (`per_device`), accelerator i >= 1's check ids
-//! ending in `@i`; group m checks the cxl-type3 beside the accelerator
-//! (with-type3).
+//! The checks a to i of issue 4, j (issue 7), l (issue 13), the lifecycle group k
+//! (issue 11) and m, in order, sharing what each step found; for a topology with
+//! several accelerators, each group runs for each accelerator in turn
+//! (`per_device`), accelerator i >= 1's check ids ending in `@i`; group m checks the
+//! cxl-type3 beside the accelerator (with-type3).
 
 use crate::cedt::{Cfmws, Chbs};
 use crate::config::Config;
@@ -21,6 +21,7 @@ pub mod g_bar2;
 pub mod h_dma;
 pub mod i_cxlcli;
 pub mod j_hpa;
+pub mod k_lifecycle;
 pub mod l_cdat;
 pub mod m_type3;
 
@@ -28,9 +29,12 @@ pub mod m_type3;
 /// no check disturbs another's data:
 /// - BAR2 patterns at 0, 1 MiB and capacity - 4 KiB ([`g_bar2`]);
 /// - DMA target at 2 MiB ([`h_dma`]);
-/// - poison inject at 3 MiB ([`f_mailbox`]).
+/// - poison inject at 3 MiB ([`f_mailbox`]);
+/// - HPA pattern at 4 MiB and region size - 4 KiB ([`j_hpa`]);
+/// - lifecycle pattern at 5 MiB ([`k_lifecycle`]).
 pub const DMA_DPA: u64 = 2 << 20;
 pub const POISON_DPA: u64 = 3 << 20;
+pub const LIFECYCLE_DPA: u64 = 5 << 20;
 
 /// The ports of a CXL switch between the root port and an accelerator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +205,11 @@ pub fn run_all(ctxs: &mut [Ctx], rep: &mut Reporter) {
         per_device(ctxs, rep, j_hpa::run);
     }
     type3(ctxs, rep, m_type3::data);
+    // Last: it takes the device through resets, unbinds and unplugs, and leaves it
+    // attached again with the data of g and j in place.
+    if let Some(first) = ctxs.first_mut().filter(|c| c.cfg.lifecycle) {
+        k_lifecycle::run(first, rep);
+    }
 }
 
 /// Run a phase of group m on the first accelerator's context, if the topology has
