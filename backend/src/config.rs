@@ -1170,6 +1170,49 @@ mod tests {
     }
 
     #[test]
+    fn qemu_args_subcommand() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["cxl-accel-backend", "qemu-args"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Some(Command::QemuArgs(q)) => q,
+                other => panic!("{other:?}"),
+            }
+        };
+        let q = parse(&[
+            "--topology",
+            "two-devices",
+            "--socket",
+            "/a",
+            "--socket",
+            "/b",
+            "--null",
+            "--fmw-restrictions",
+            "0x5",
+        ]);
+        let out = q.output().unwrap();
+        let args: Vec<&str> = out.split_terminator('\0').collect();
+        assert_eq!(args.first(), Some(&"-machine"));
+        assert_eq!(
+            args.last(),
+            Some(&"cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=4G,cxl-fmw.0.restrictions=0x5")
+        );
+        assert_eq!(
+            args.iter().filter(|a| a.contains("vfio-user-pci")).count(),
+            2
+        );
+        // one socket for a two-accelerator topology, a bad name, a wide mask: refused
+        let e = parse(&["--topology", "two-devices", "--socket", "/a"]).output();
+        assert!(matches!(e, Err(TopologyError::SocketCount { .. })), "{e:?}");
+        assert!(parse(&["--topology", "mesh"]).output().is_err());
+        let e = parse(&["--socket", "/a", "--fmw-restrictions", "0x10000"]).output();
+        assert_eq!(e, Err(TopologyError::Restrictions(0x10000)));
+        // shell lines by default
+        let q = parse(&["--socket", "/a", "--window", "8G"]);
+        assert!(q.output().unwrap().ends_with("cxl-fmw.0.size=8G\n"));
+    }
+
+    #[test]
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
