@@ -12,8 +12,9 @@
 //! Decoder commits go through the firmware: a commit that passes the spec checks in
 //! the `hdm` crate is handed to [`Firmware::on_commit`], which accepts, rejects or
 //! delays it. A delayed commit reads Commit=1, Committed=0 until its deadline passes
-//! and [`ComponentBlock::poll`] runs (the device also polls before each BAR0 read, so
-//! a guest polling Committed sees it without a timer).
+//! and [`ComponentBlock::poll`] asks [`Firmware::on_commit_due`] again (the device
+//! also polls before each BAR0 read, so a guest polling Committed sees it without a
+//! timer).
 
 use cxl_regs::component::{self as comp, link, ras};
 use cxl_regs::layout;
@@ -172,25 +173,8 @@ impl ComponentBlock {
                 let Some(state) = self.hdm.decoder(i) else {
                     return;
                 };
-                match fw.on_commit(i, &state) {
-                    CommitDecision::Accept | CommitDecision::Delay(0) => {
-                        self.hdm.finish_commit(i, true);
-                        self.stats.accepted = self.stats.accepted.wrapping_add(1);
-                    }
-                    CommitDecision::Reject => {
-                        self.hdm.finish_commit(i, false);
-                        self.stats.rejected_by_firmware =
-                            self.stats.rejected_by_firmware.wrapping_add(1);
-                        log::info!("firmware {} rejected the commit of decoder {i}", fw.name());
-                    }
-                    CommitDecision::Delay(ns) => {
-                        self.pending.push(PendingCommit {
-                            index: i,
-                            deadline_ns: now_ns.saturating_add(ns),
-                        });
-                        self.stats.delayed = self.stats.delayed.wrapping_add(1);
-                    }
-                }
+                let decision = fw.on_commit(i, &state);
+                self.apply_decision(i, decision, fw.name(), now_ns);
             }
             WriteOutcome::CommitFailed(i) => {
                 self.pending.retain(|p| p.index != i);
@@ -205,8 +189,31 @@ impl ComponentBlock {
         }
     }
 
-    /// Finish the delayed commits whose deadline has passed.
-    pub fn poll(&mut self, now_ns: u64) {
+    /// Carry out firmware's decision about the commit of decoder `i`.
+    fn apply_decision(&mut self, i: usize, decision: CommitDecision, fw: &str, now_ns: u64) {
+        match decision {
+            CommitDecision::Accept | CommitDecision::Delay(0) => {
+                self.hdm.finish_commit(i, true);
+                self.stats.accepted = self.stats.accepted.wrapping_add(1);
+            }
+            CommitDecision::Reject => {
+                self.hdm.finish_commit(i, false);
+                self.stats.rejected_by_firmware = self.stats.rejected_by_firmware.wrapping_add(1);
+                log::info!("firmware {fw} rejected the commit of decoder {i}");
+            }
+            CommitDecision::Delay(ns) => {
+                self.pending.push(PendingCommit {
+                    index: i,
+                    deadline_ns: now_ns.saturating_add(ns),
+                });
+                self.stats.delayed = self.stats.delayed.wrapping_add(1);
+            }
+        }
+    }
+
+    /// Ask firmware again about the delayed commits whose deadline has passed
+    /// ([`Firmware::on_commit_due`]): accepted, rejected, or delayed once more.
+    pub fn poll(&mut self, now_ns: u64, fw: &mut dyn Firmware) {
         if self.pending.is_empty() {
             return;
         }
@@ -214,8 +221,11 @@ impl ComponentBlock {
             self.pending.iter().partition(|p| p.deadline_ns <= now_ns);
         self.pending = later;
         for p in due {
-            self.hdm.finish_commit(p.index, true);
-            self.stats.accepted = self.stats.accepted.wrapping_add(1);
+            let Some(state) = self.hdm.decoder(p.index).filter(|d| d.pending()) else {
+                continue;
+            };
+            let decision = fw.on_commit_due(p.index, &state);
+            self.apply_decision(p.index, decision, fw.name(), now_ns);
         }
     }
 

@@ -803,6 +803,27 @@ impl ConfigSpace {
         };
         self.set16(DVSEC_DEVICE + dev::CTRL, v);
     }
+    /// Set or clear Memory_Active in the DVSEC ranges (CXL r3.1 §8.1.3.9: set when
+    /// the range is ready for use), as media comes ready or fails.
+    pub fn set_memory_active(&mut self, on: bool) {
+        for i in 0..usize::from(self.params.hdm_count.clamp(1, 2)) {
+            let off = DVSEC_DEVICE + dev::range_size_low(i);
+            let v = self.read32(off);
+            if v & dev::RANGE_MEM_INFO_VALID == 0 {
+                continue;
+            }
+            let v = if on {
+                v | dev::RANGE_MEM_ACTIVE
+            } else {
+                v & !dev::RANGE_MEM_ACTIVE
+            };
+            self.set32(off, v);
+        }
+    }
+    /// Whether DVSEC range 1 reports Memory_Active.
+    pub fn memory_active(&self) -> bool {
+        self.read32(DVSEC_DEVICE + dev::range_size_low(0)) & dev::RANGE_MEM_ACTIVE != 0
+    }
     /// Program DVSEC range `i`'s base as firmware would (256 MiB granular).
     pub fn set_range_base(&mut self, i: usize, base: u64) {
         if i < usize::from(self.params.hdm_count.clamp(1, 2)) {

@@ -11,7 +11,9 @@
 
 use cxl_regs::device::{self as devr, mailbox_cap, memdev, status};
 use cxl_regs::layout;
-use mailbox::{Mailbox, MailboxEvent, VendorHooks};
+use mailbox::{
+    FwError, FwInfo, FwPart, HealthInfo, Identify, Mailbox, MailboxEvent, ReturnCode, VendorHooks,
+};
 
 use crate::access::{offset_in, qword_half};
 use crate::firmware::Firmware;
@@ -28,21 +30,43 @@ pub struct DeviceHooks<'a> {
 }
 
 impl VendorHooks for DeviceHooks<'_> {
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+    fn vendor_command(
+        &mut self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), ReturnCode> {
         self.fw.vendor_command(opcode, input, output)
     }
 
     /// Clear Poison (CXL r3.1 §8.2.9.9.4.3): the command's 64 bytes replace the
     /// poisoned line. The mailbox has checked that the line lies within capacity, so
     /// a failure here is the storage's own: Internal Error, and the poison stays.
-    fn media_write(&mut self, dpa: u64, data: &[u8]) -> u16 {
-        match self.mem.write(dpa, data) {
-            Ok(()) => cxl_regs::mailbox::RC_SUCCESS,
-            Err(e) => {
-                log::warn!("Clear Poison: writing the line at DPA {dpa:#x} failed: {e}");
-                cxl_regs::mailbox::RC_INTERNAL_ERROR
-            }
-        }
+    fn media_write(&mut self, dpa: u64, data: &[u8]) -> Result<(), ReturnCode> {
+        self.mem.write(dpa, data).map_err(|e| {
+            log::warn!("Clear Poison: writing the line at DPA {dpa:#x} failed: {e}");
+            ReturnCode::InternalError
+        })
+    }
+
+    fn identify(&mut self, fields: &mut Identify) {
+        self.fw.identify(fields);
+    }
+
+    fn health_info(&mut self, health: &mut HealthInfo) {
+        self.fw.health_info(health);
+    }
+
+    fn fw_info(&mut self, info: &mut FwInfo) {
+        self.fw.fw_info(info);
+    }
+
+    fn transfer_fw(&mut self, part: &FwPart<'_>) -> Result<(), FwError> {
+        self.fw.transfer_fw(part)
+    }
+
+    fn activate_fw(&mut self, slot: u8, online: bool) -> Result<(), FwError> {
+        self.fw.activate_fw(slot, online)
     }
 }
 
@@ -50,6 +74,8 @@ impl VendorHooks for DeviceHooks<'_> {
 pub struct DeviceRegs {
     mailbox: Mailbox,
     doorbells: u64,
+    /// Media Status of the Memory Device Status register (`memdev::MEDIA_*`).
+    media: u64,
 }
 
 impl DeviceRegs {
@@ -57,7 +83,13 @@ impl DeviceRegs {
         Self {
             mailbox,
             doorbells: 0,
+            media: memdev::MEDIA_READY,
         }
+    }
+    /// Set Media Status (§8.2.8.5.1): `memdev::MEDIA_NOT_READY`, `MEDIA_READY`,
+    /// `MEDIA_ERROR` or `MEDIA_DISABLED`.
+    pub fn set_media_status(&mut self, status: u64) {
+        self.media = status & (memdev::STATUS_MEDIA_MASK >> memdev::STATUS_MEDIA_SHIFT);
     }
     pub fn mailbox(&self) -> &Mailbox {
         &self.mailbox
@@ -79,9 +111,10 @@ impl DeviceRegs {
         )
     }
 
-    /// Memory Device Status (§8.2.8.5.1): media ready, mailbox interface ready.
+    /// Memory Device Status (§8.2.8.5.1): the media status, mailbox interface
+    /// ready.
     pub fn memdev_status(&self) -> u64 {
-        (memdev::MEDIA_READY << memdev::STATUS_MEDIA_SHIFT) | memdev::STATUS_MAILBOX_READY
+        (self.media << memdev::STATUS_MEDIA_SHIFT) | memdev::STATUS_MAILBOX_READY
     }
 
     /// The Device Capabilities Array: Type "memory device", because the class code

@@ -39,13 +39,21 @@
 //! the running one (aborted, or never started) is ignored and counted
 //! ([`EngineStats::stale_completions`]).
 //!
+//! Besides the copy, CONTROL.OP selects one of the accelerator's own operations: an
+//! [`EngineOperation`] the device was given ([`crate::AccelDevice::add_engine_operation`];
+//! vendors write them). It runs exactly like a transfer: checked at the doorbell,
+//! then a job off the device lock (the same [`DmaJob`], on the same worker), then
+//! its completion in STATUS, its value in RESULT and the same completion interrupt.
+//!
 //! No input can make the engine panic: every range is checked before and during the
 //! copy.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cxl_regs::layout::engine::*;
+use thiserror::Error;
 
 use crate::access::{merge, qword_half, qword_merge};
 use crate::{DeviceMemory, GuestMemory};
@@ -86,15 +94,146 @@ impl CancelFlag {
     }
 }
 
-/// One transfer, latched at its doorbell: everything needed to run it without the
-/// device.
+/// The registers an operation was started with, latched at its doorbell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpRequest {
+    /// CONTROL.OP.
+    pub op: u8,
+    pub src: u64,
+    pub dst: u64,
+    pub len: u64,
+}
+
+/// What [`EngineOperation::check`] may consult about the device.
+pub struct OpContext<'a> {
+    /// Device memory size in bytes.
+    pub mem_size: u64,
+    /// Command register Bus Master Enable (needed to touch guest RAM).
+    pub bus_master: bool,
+    /// Whether any byte of a DPA range is poisoned.
+    pub poisoned: &'a dyn Fn(u64, u64) -> bool,
+}
+
+/// Why an operation failed; each variant is a STATUS error code
+/// ([`cxl_regs::layout::engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum OpError {
+    #[error("guest address range not mapped")]
+    GuestRange,
+    #[error("device address range outside device memory")]
+    DeviceRange,
+    #[error("length 0 or above the engine's limit")]
+    Length,
+    #[error("Bus Master Enable is clear")]
+    BusMaster,
+    #[error("the source range holds poison")]
+    Poison,
+    #[error("aborted")]
+    Aborted,
+    /// An error of the operation's own, reported as code 0x80 + the value (0..=0x7f;
+    /// larger values are reported as 0xff).
+    #[error("device error {0:#x}")]
+    Device(u8),
+}
+
+impl OpError {
+    /// The code in STATUS\[15:8\].
+    pub fn code(self) -> u32 {
+        match self {
+            OpError::GuestRange => ERR_GUEST_RANGE,
+            OpError::DeviceRange => ERR_DEVICE_RANGE,
+            OpError::Length => ERR_LENGTH,
+            OpError::BusMaster => ERR_BUS_MASTER,
+            OpError::Poison => ERR_POISON,
+            OpError::Aborted => ERR_ABORTED,
+            OpError::Device(v) => ERR_DEVICE_FIRST + u32::from(v.min(0x7f)),
+        }
+    }
+}
+
+/// One of the accelerator's own operations behind BAR4, selected by CONTROL.OP (see
+/// [`cxl_regs::layout::engine`]): what the vendor's engine does to device memory.
+///
+/// It runs like a DMA transfer: [`check`](Self::check) at the doorbell, under the
+/// device lock, moving no data; then [`run`](Self::run) on the backend's worker,
+/// without the lock, while the guest reads STATUS BUSY; then its value goes to RESULT,
+/// STATUS to DONE (or ERROR with the code), and the engine's completion interrupt
+/// fires if CONTROL asked for it. A reset aborts it: `stop` then returns true, and
+/// its result is ignored.
+pub trait EngineOperation: Send + Sync {
+    /// A name, for logs.
+    fn name(&self) -> &str;
+
+    /// The checks that need no data movement. By default: LEN is 1..=MAX_LEN, and
+    /// `[SRC, SRC + LEN)` is device memory without poison.
+    fn check(&self, req: &OpRequest, ctx: &OpContext<'_>) -> Result<(), OpError> {
+        check_device_source(req, ctx)
+    }
+
+    /// Compute. Check `stop` between steps of long work and return
+    /// [`OpError::Aborted`] when it says so. The value goes to RESULT.
+    fn run(
+        &self,
+        req: &OpRequest,
+        mem: &mut dyn DeviceMemory,
+        guest: &dyn GuestMemory,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<u64, OpError>;
+}
+
+/// The default [`EngineOperation::check`]: LEN is 1..=MAX_LEN, and
+/// `[SRC, SRC + LEN)` is device memory without poison.
+pub fn check_device_source(req: &OpRequest, ctx: &OpContext<'_>) -> Result<(), OpError> {
+    if req.len == 0 || req.len > MAX_LEN {
+        return Err(OpError::Length);
+    }
+    match req.src.checked_add(req.len) {
+        Some(end) if end <= ctx.mem_size => {}
+        _ => return Err(OpError::DeviceRange),
+    }
+    if (ctx.poisoned)(req.src, req.len) {
+        return Err(OpError::Poison);
+    }
+    Ok(())
+}
+
+/// The operations a device has, by CONTROL.OP.
+#[derive(Clone, Default)]
+pub struct OpTable(BTreeMap<u8, Arc<dyn EngineOperation>>);
+
+impl std::fmt::Debug for OpTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, v.name())))
+            .finish()
+    }
+}
+
+/// What a job does.
+#[derive(Clone)]
+enum Work {
+    /// CONTROL.OP 0: copy, device memory -> guest RAM when `to_guest`.
+    Copy { to_guest: bool },
+    /// One of the device's own operations.
+    Op(Arc<dyn EngineOperation>),
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::Copy { to_guest } => f.debug_struct("Copy").field("to_guest", to_guest).finish(),
+            Work::Op(op) => f.debug_tuple("Op").field(&op.name()).finish(),
+        }
+    }
+}
+
+/// One transfer or operation, latched at its doorbell: everything needed to run it
+/// without the device.
 #[derive(Debug, Clone)]
 pub struct DmaJob {
     id: u64,
-    src: u64,
-    dst: u64,
-    len: u64,
-    to_guest: bool,
+    req: OpRequest,
+    work: Work,
     cancel: CancelFlag,
 }
 
@@ -104,45 +243,67 @@ impl DmaJob {
         self.id
     }
     pub fn len(&self) -> u64 {
-        self.len
+        self.req.len
     }
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.req.len == 0
     }
-    /// Device memory -> guest RAM.
+    /// A copy from device memory to guest RAM.
     pub fn to_guest(&self) -> bool {
-        self.to_guest
+        matches!(self.work, Work::Copy { to_guest: true })
+    }
+    /// CONTROL.OP of the job (0: the copy).
+    pub fn op(&self) -> u8 {
+        self.req.op
     }
     /// Whether a reset has aborted the job.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
 
-    /// Copy the data, [`CHUNK`] bytes at a time, stopping early when the job is
-    /// cancelled (ERR_ABORTED), when `stop` says so (ERR_ABORTED), or when a range
-    /// turns out unmapped. Returns Ok or the STATUS error code.
+    /// Run the job: a copy, or the operation. Stops early when the job is cancelled
+    /// or `stop` says so (ERR_ABORTED). Returns the value for RESULT (0 for a copy)
+    /// or the STATUS error code.
     pub fn run(
         &self,
         mem: &mut dyn DeviceMemory,
         guest: &dyn GuestMemory,
         stop: &dyn Fn() -> bool,
+    ) -> Result<u64, u32> {
+        let stop = || self.is_cancelled() || stop();
+        match &self.work {
+            Work::Copy { to_guest } => self.copy(*to_guest, mem, guest, &stop).map(|()| 0),
+            Work::Op(op) => {
+                if stop() {
+                    return Err(ERR_ABORTED);
+                }
+                op.run(&self.req, mem, guest, &stop).map_err(OpError::code)
+            }
+        }
+    }
+
+    /// Copy the data, [`CHUNK`] bytes at a time, stopping early when `stop` says so
+    /// (ERR_ABORTED), or when a range turns out unmapped.
+    fn copy(
+        &self,
+        to_guest: bool,
+        mem: &mut dyn DeviceMemory,
+        guest: &dyn GuestMemory,
+        stop: &dyn Fn() -> bool,
     ) -> Result<(), u32> {
-        let (gpa, dpa) = if self.to_guest {
-            (self.dst, self.src)
-        } else {
-            (self.src, self.dst)
-        };
-        let mut buf = vec![0u8; CHUNK.min(usize::try_from(self.len).unwrap_or(CHUNK))];
+        let OpRequest { src, dst, len, .. } = self.req;
+        let (gpa, dpa) = if to_guest { (dst, src) } else { (src, dst) };
+        let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
         let mut done = 0u64;
-        while done < self.len {
-            if self.is_cancelled() || stop() {
+        while done < len {
+            if stop() {
                 return Err(ERR_ABORTED);
             }
-            let n = (self.len - done).min(buf.len() as u64) as usize;
+            let n = (len - done).min(buf.len() as u64) as usize;
             let chunk = buf.get_mut(..n).ok_or(ERR_LENGTH)?;
             let g = gpa.checked_add(done).ok_or(ERR_GUEST_RANGE)?;
             let d = dpa.checked_add(done).ok_or(ERR_DEVICE_RANGE)?;
-            if self.to_guest {
+            if to_guest {
                 mem.read(d, chunk).map_err(|_| ERR_DEVICE_RANGE)?;
                 guest.write(g, chunk).map_err(|_| ERR_GUEST_RANGE)?;
             } else {
@@ -190,15 +351,39 @@ pub struct Engine {
     next_id: u64,
     /// Interrupt enable of the last completion (the one STATUS reports).
     done_irq: bool,
+    /// RESULT of the last successful operation.
+    result: u64,
+    /// The device's own operations, by CONTROL.OP.
+    ops: OpTable,
 }
 
 /// The CONTROL bits that exist; the rest are reserved.
-const CONTROL_BITS: u32 = CONTROL_DIR_TO_GUEST | CONTROL_IRQ_ENABLE;
+const CONTROL_BITS: u32 = CONTROL_DIR_TO_GUEST | CONTROL_IRQ_ENABLE | CONTROL_OP_MASK;
 
 impl Engine {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Give the engine operation `op` (CONTROL.OP, 1..=255; 0 is the copy). Returns
+    /// the operation it replaces.
+    pub fn add_operation(
+        &mut self,
+        op: u8,
+        operation: Arc<dyn EngineOperation>,
+    ) -> Option<Arc<dyn EngineOperation>> {
+        self.ops.0.insert(op, operation)
+    }
+
+    /// The operations the engine has besides the copy: (CONTROL.OP, name).
+    pub fn operations(&self) -> Vec<(u8, String)> {
+        self.ops
+            .0
+            .iter()
+            .map(|(k, v)| (*k, v.name().to_string()))
+            .collect()
+    }
+
     /// Reset (every kind: the engine is this function's own state, see
     /// [`crate::reset`]): a running transfer is aborted (its cancel flag stops the
     /// job at its next step, and its result is ignored), the registers return to 0;
@@ -213,6 +398,7 @@ impl Engine {
         *self = Self {
             stats,
             next_id: self.next_id,
+            ops: std::mem::take(&mut self.ops),
             ..Self::default()
         };
     }
@@ -246,6 +432,7 @@ impl Engine {
             CONTROL => self.control,
             STATUS => self.status,
             COMPLETIONS => self.completions,
+            o if o == RESULT || o == RESULT + 4 => qword_half(self.result, o != RESULT),
             _ => 0,
         }
     }
@@ -302,6 +489,12 @@ impl Engine {
         }
         let to_guest = self.control & CONTROL_DIR_TO_GUEST != 0;
         let irq = self.control & CONTROL_IRQ_ENABLE != 0;
+        let req = OpRequest {
+            op: ((self.control & CONTROL_OP_MASK) >> CONTROL_OP_SHIFT) as u8,
+            src: self.src,
+            dst: self.dst,
+            len: self.len,
+        };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let cancel = CancelFlag::new();
@@ -311,21 +504,43 @@ impl Engine {
             irq,
         });
         self.status = STATUS_BUSY;
-        if let Err(code) = self.check(&ctx, to_guest) {
-            self.complete(id, Err(code));
-            return None;
-        }
+        self.result = 0;
+        let work = if req.op == OP_COPY {
+            Ok(Work::Copy { to_guest })
+        } else {
+            match self.ops.0.get(&req.op) {
+                Some(op) => Ok(Work::Op(op.clone())),
+                None => Err(ERR_UNSUPPORTED_OP),
+            }
+        };
+        let checked = work.and_then(|work| {
+            let op_ctx = OpContext {
+                mem_size: ctx.mem_size,
+                bus_master: ctx.bus_master,
+                poisoned: ctx.poisoned,
+            };
+            match &work {
+                Work::Copy { to_guest } => self.check(&ctx, *to_guest),
+                Work::Op(op) => op.check(&req, &op_ctx).map_err(OpError::code),
+            }
+            .map(|()| work)
+        });
+        let work = match checked {
+            Ok(work) => work,
+            Err(code) => {
+                self.complete(id, Err(code));
+                return None;
+            }
+        };
         Some(DmaJob {
             id,
-            src: self.src,
-            dst: self.dst,
-            len: self.len,
-            to_guest,
+            req,
+            work,
             cancel,
         })
     }
 
-    /// The checks that need no data movement.
+    /// The checks of a copy that need no data movement.
     fn check(&self, ctx: &StartCtx<'_>, to_guest: bool) -> Result<(), u32> {
         if !ctx.bus_master {
             return Err(ERR_BUS_MASTER);
@@ -351,9 +566,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Post the result of job `id`: Ok, or the STATUS error code. Returns false (and
-    /// changes nothing but a counter) when `id` is not the running transfer.
-    pub fn complete(&mut self, id: u64, result: Result<(), u32>) -> bool {
+    /// Post the result of job `id`: Ok with the value for RESULT, or the STATUS error
+    /// code. Returns false (and changes nothing but a counter) when `id` is not the
+    /// running transfer.
+    pub fn complete(&mut self, id: u64, result: Result<u64, u32>) -> bool {
         let Some(running) = self.running.take_if(|r| r.id == id) else {
             self.stats.stale_completions = self.stats.stale_completions.wrapping_add(1);
             log::debug!("dma: stale completion of transfer {id} ignored");
@@ -361,7 +577,8 @@ impl Engine {
         };
         self.done_irq = running.irq;
         match result {
-            Ok(()) => {
+            Ok(value) => {
+                self.result = value;
                 self.status = STATUS_DONE;
                 self.completions = self.completions.wrapping_add(1);
                 self.stats.completions = self.stats.completions.wrapping_add(1);
@@ -392,7 +609,7 @@ mod tests {
     fn registers_read_back_and_reserved_bits_stay_zero() {
         let mut e = Engine::new();
         assert_eq!(e.read(ID), u32::from_le_bytes(*b"CXLA"));
-        assert_eq!(e.read(VERSION), 1);
+        assert_eq!(e.read(VERSION), 2);
         e.write(SRC, 0x1111_2222, !0);
         e.write(SRC + 4, 0x3333_4444, !0);
         assert_eq!(e.read(SRC), 0x1111_2222);
@@ -400,7 +617,11 @@ mod tests {
         e.write(LEN, 0xab, 0xff);
         assert_eq!(e.read(LEN), 0xab);
         e.write(CONTROL, !0, !0);
-        assert_eq!(e.read(CONTROL), CONTROL_BITS);
+        assert_eq!(
+            e.read(CONTROL),
+            0xff03,
+            "DIR, IRQ_ENABLE and OP; the rest reserved"
+        );
         // ID, VERSION, COMPLETIONS are read-only; DOORBELL reads 0.
         e.write(ID, 0, !0);
         e.write(COMPLETIONS, 5, !0);
@@ -486,9 +707,9 @@ mod tests {
         e.write(LEN, 64, !0);
         let b = e.start(ctx(&never)).unwrap();
         assert_ne!(a.id(), b.id());
-        assert!(!e.complete(a.id(), Ok(())), "the aborted job's completion");
+        assert!(!e.complete(a.id(), Ok(0)), "the aborted job's completion");
         assert_eq!(e.read(STATUS), STATUS_BUSY);
-        assert!(e.complete(b.id(), Ok(())));
+        assert!(e.complete(b.id(), Ok(0)));
         assert_eq!(e.read(STATUS), STATUS_DONE);
         assert_eq!(e.stats().stale_completions, 1);
         assert_eq!(e.stats().aborted, 1);

@@ -7,19 +7,28 @@
 //!
 //! API CONTRACT (the backend builds against this; extend, do not break):
 //! `AccelConfig`, `FlitMode`, `AccelDevice::{new, config_read, config_write,
-//! bar_read, bar_write, regions, irqs, reset, poll, take_interrupts, next_deadline,
+//! bar_read, bar_write, bars, interrupt_sources, reset, poll, take_interrupts, next_deadline,
 //! inject_ras, inject_event, inject_poison, status, firmware_mut}`, `GuestMemory`,
-//! `DeviceMemory`, `VecMemory`, `Clock`, `RegionDesc`, `IrqDesc`, `Firmware`.
+//! `DeviceMemory`, `VecMemory`, `Clock`, `BarDesc`, `BarKind`, `InterruptSources`,
+//! `Firmware`. The transport numbers regions and interrupts its own way (vfio-pci's,
+//! in the backend's device adapter); the model describes BARs, config space and
+//! interrupt sources in PCI terms.
 //! Extensions: `AccelDevice::{try_inject_ras, intx_asserted, firmware,
 //! set_firmware, hdm, mailbox, mailbox_mut, memory, memory_mut, config_space,
 //! bar2_size, reset_kind, cxl_reset_in_progress, set_offload, take_jobs,
 //! complete_dma, wipe_progress, complete_wipe, cdat, replace_cdat}`,
 //! `AccelConfig::cdat`, `DeviceMemory::zero`,
-//! `firmware::{by_name, names, SlowCommitFirmware, BiosFirmware, parse_u64,
+//! `firmware::{by_name, names, about, SlowCommitFirmware, BiosFirmware, parse_u64,
 //! CxlResetDecision}`, `Firmware::on_cxl_reset`, `reset::{ResetKind, RegisterClass,
 //! Effect, effect, keeps}`, `jobs::{Job, WipeJob, WipeError}`,
 //! `engine::{DmaJob, CancelFlag}`,
-//! `cdat::{Cdat, CdatConfig, CdatSource, CdatError, EfiMemoryType}`.
+//! `cdat::{Cdat, CdatConfig, CdatSource, CdatError, EfiMemoryType}`. Firmware SDK:
+//! `Firmware::{on_commit_due, media_ready, identify, health_info, fw_info,
+//! transfer_fw, activate_fw, take_events}`, `on_reset(kind)`, typed
+//! `vendor_command` (`ReturnCode`) and `set_param` (`ParamError`),
+//! `MediaReadiness`; `engine::{EngineOperation, OpRequest, OpContext, OpError,
+//! check_device_source}`, `AccelDevice::{add_engine_operation, engine_operations,
+//! media_ready}`; `complete_dma` takes `Result<u64, u32>` (the value for RESULT).
 //!
 //! Long work (DMA transfers, the wipe of device memory by Sanitize or by a CXL
 //! Reset with Mem Clr) runs within the access that starts it, unless the transport
@@ -54,9 +63,13 @@ use std::sync::Arc;
 
 use cxl_regs::layout;
 pub use firmware::{
-    BiosFirmware, CommitDecision, CxlResetDecision, DefaultFirmware, Firmware, SlowCommitFirmware,
+    BiosFirmware, CommitDecision, CxlResetDecision, DefaultFirmware, Firmware, MediaReadiness,
+    ParamError, SlowCommitFirmware,
 };
-pub use mailbox::{EventLog, EventRecord, LsaStorage, MemLsa};
+pub use mailbox::{
+    EventLog, EventRecord, FwAction, FwError, FwInfo, FwPart, HealthInfo, Identify, LsaStorage,
+    MemLsa, ReturnCode,
+};
 use thiserror::Error;
 
 use crate::access::{read_dwords, write_dwords};
@@ -64,8 +77,8 @@ pub use crate::cdat::{Cdat, CdatConfig, CdatError, CdatSource, EfiMemoryType};
 use crate::component::ComponentBlock;
 use crate::config_space::{ConfigEffects, ConfigParams, ConfigSpace};
 use crate::device_regs::{DeviceHooks, DeviceRegs};
-pub use crate::engine::DmaJob;
 use crate::engine::{CancelFlag, Engine, StartCtx};
+pub use crate::engine::{DmaJob, EngineOperation, OpContext, OpError, OpRequest};
 pub use crate::jobs::{Job, WipeError, WipeJob};
 use crate::msix::Msix;
 pub use crate::ras::RasError;
@@ -253,53 +266,40 @@ impl Default for AccelConfig {
     }
 }
 
-/// vfio region index of PCI config space (VFIO_PCI_CONFIG_REGION_INDEX).
-pub const CONFIG_REGION_INDEX: u32 = 7;
-/// Number of vfio-pci regions (BAR0..5, ROM, config, VGA).
-pub const NUM_REGIONS: u32 = 9;
-/// Size of the config space region (PCIe extended config space).
+/// Size of the config space (PCIe r6 §7.2: extended configuration space, 4 KiB).
 pub const CONFIG_SPACE_SIZE: u64 = 4096;
 
-/// How a region is backed, for the transport to attach an fd.
+/// What a BAR holds, for the transport to decide how the guest reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionBacking {
-    /// Trapped: every access goes through `bar_read`/`bar_write`/`config_*`.
-    Trapped,
-    /// Device memory: mmappable, the transport passes the device-memory fd.
-    DeviceMemory,
+pub enum BarKind {
+    /// Registers: every access goes through [`AccelDevice::bar_read`] and
+    /// [`AccelDevice::bar_write`].
+    Registers,
+    /// Device memory: the first `memory` bytes of the BAR are device memory, which the
+    /// transport may map straight into the guest; the rest (the BAR is a power of two)
+    /// reads 0 and ignores writes.
+    DeviceMemory { memory: u64 },
 }
 
-/// Description of one vfio region.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionDesc {
-    pub index: u32,
-    /// 0 = region absent.
+/// One implemented BAR of the function (PCIe r6 §7.5.1.2.1), in the model's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarDesc {
+    /// BAR number, 0..=5 (a 64-bit BAR takes this one and the next).
+    pub bar: u8,
+    /// Size in bytes, a power of two.
     pub size: u64,
-    pub readable: bool,
-    pub writable: bool,
-    pub mmappable: bool,
-    /// Sparse mmappable areas (offset, size) within the region.
-    pub sparse_mmap: Vec<(u64, u64)>,
-    pub backing: RegionBacking,
+    pub prefetchable: bool,
+    pub kind: BarKind,
 }
 
-/// vfio IRQ indices (VFIO_PCI_*_IRQ_INDEX).
-pub const IRQ_INTX: u32 = 0;
-pub const IRQ_MSI: u32 = 1;
-pub const IRQ_MSIX: u32 = 2;
-pub const IRQ_ERR: u32 = 3;
-pub const IRQ_REQ: u32 = 4;
-pub const NUM_IRQS: u32 = 5;
-
-/// Description of one vfio IRQ index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IrqDesc {
-    pub index: u32,
-    pub count: u32,
-    /// VFIO_IRQ_INFO_EVENTFD and friends.
-    pub eventfd: bool,
-    pub maskable: bool,
-    pub automasked: bool,
+/// The interrupts the function can raise: an MSI-X table (PCIe r6 §7.7.2) and the
+/// INTx pin (PCIe r6 §7.5.1.1.13, Interrupt Pin). The function has no MSI capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptSources {
+    /// MSI-X table size.
+    pub msix_vectors: u16,
+    /// Whether INTx (one level-triggered line) is implemented.
+    pub intx: bool,
 }
 
 /// An interrupt the device asks the transport to deliver.
@@ -342,6 +342,8 @@ pub struct DeviceStatus {
     /// Flit mode the link reports.
     pub flit: FlitMode,
     pub mailbox: bool,
+    /// Device memory is ready for use (Memory_Active; [`Firmware::media_ready`]).
+    pub media_ready: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -367,6 +369,18 @@ struct CxlResetFlow {
     mem_clr: bool,
     /// Its time is up and the Mem Clr wipe runs: it ends when that does.
     clearing: bool,
+}
+
+/// Whether device memory is ready for use ([`Firmware::media_ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Ready,
+    /// Not ready until this time on the device clock.
+    NotReadyUntil(u64),
+    /// A CXL Reset is under way; then ready this many nanoseconds after its end.
+    AfterCxlReset(u64),
+    /// Failed until the next reset.
+    Failed,
 }
 
 /// Why device memory is being wiped.
@@ -451,6 +465,7 @@ pub struct AccelDevice {
     /// The running wipe of device memory.
     wipe: Option<Wipe>,
     next_wipe_id: u64,
+    media: Media,
 }
 
 impl std::fmt::Debug for AccelDevice {
@@ -462,13 +477,31 @@ impl std::fmt::Debug for AccelDevice {
     }
 }
 
-/// Map a vfio BAR region index to its size for this configuration.
-fn bar_sizes(bar2_size: u64) -> [u64; 6] {
-    let mut s = [0u64; 6];
-    s[usize::from(layout::BAR_REGS)] = layout::BAR0_SIZE;
-    s[usize::from(layout::BAR_MEM)] = bar2_size;
-    s[usize::from(layout::BAR_ENGINE)] = layout::BAR4_SIZE;
-    s
+/// The BAR map (see [`AccelDevice`]) for device memory of `memory_size` bytes in a
+/// BAR of `bar2_size`.
+fn bar_map(memory_size: u64, bar2_size: u64) -> Vec<BarDesc> {
+    vec![
+        BarDesc {
+            bar: layout::BAR_REGS,
+            size: layout::BAR0_SIZE,
+            prefetchable: false,
+            kind: BarKind::Registers,
+        },
+        BarDesc {
+            bar: layout::BAR_MEM,
+            size: bar2_size,
+            prefetchable: true,
+            kind: BarKind::DeviceMemory {
+                memory: memory_size,
+            },
+        },
+        BarDesc {
+            bar: layout::BAR_ENGINE,
+            size: layout::BAR4_SIZE,
+            prefetchable: false,
+            kind: BarKind::Registers,
+        },
+    ]
 }
 
 impl AccelDevice {
@@ -517,8 +550,12 @@ impl AccelDevice {
             ))
         });
         let cdat = Arc::new(Cdat::from_source(&cfg.cdat, cfg.memory_size, 0)?);
+        let mut bar_sizes = [0u64; 6];
         let mut prefetchable = [false; 6];
-        prefetchable[usize::from(layout::BAR_MEM)] = true;
+        for b in bar_map(cfg.memory_size, bar2_size) {
+            bar_sizes[usize::from(b.bar)] = b.size;
+            prefetchable[usize::from(b.bar)] = b.prefetchable;
+        }
         let config = ConfigSpace::new(ConfigParams {
             vendor_id: cfg.vendor_id,
             device_id: cfg.device_id,
@@ -526,7 +563,7 @@ impl AccelDevice {
             subsystem_id: cfg.subsystem_id,
             serial: cfg.serial,
             memory_size: cfg.memory_size,
-            bar_sizes: bar_sizes(bar2_size),
+            bar_sizes,
             bar_prefetchable: prefetchable,
             flit: cfg.flit,
             mailbox: cfg.mailbox,
@@ -551,8 +588,11 @@ impl AccelDevice {
             jobs: Vec::new(),
             wipe: None,
             next_wipe_id: 0,
+            media: Media::Ready,
         };
         dev.apply_power_on();
+        dev.ask_media_ready(ResetKind::Conventional);
+        dev.take_firmware_events();
         Ok(dev)
     }
 
@@ -590,8 +630,9 @@ impl AccelDevice {
     /// Read config space at any offset and width. Bytes beyond 4 KiB read 0.
     pub fn config_read(&mut self, offset: u64, data: &mut [u8]) {
         self.counters.config_reads = self.counters.config_reads.wrapping_add(1);
-        if self.cxl_reset.is_some() {
-            // Software polls Status2 for the end of a CXL Reset.
+        if self.cxl_reset.is_some() || matches!(self.media, Media::NotReadyUntil(_)) {
+            // Software polls Status2 for the end of a CXL Reset, and Memory_Active
+            // for media to come ready.
             self.poll();
         }
         let cs = &self.config;
@@ -618,6 +659,7 @@ impl AccelDevice {
             self.reset_kind(ResetKind::Flr);
             return;
         }
+        self.take_firmware_events();
         if fx.msix_changed {
             self.msix_state_changed();
         }
@@ -700,6 +742,24 @@ impl AccelDevice {
         self.offload = offload;
     }
 
+    /// Give the accelerator's engine operation `op` (CONTROL.OP 1..=255; 0 is the
+    /// DMA copy and cannot be replaced): see [`EngineOperation`]. Returns false,
+    /// changing nothing, for op 0.
+    pub fn add_engine_operation(&mut self, op: u8, operation: Arc<dyn EngineOperation>) -> bool {
+        if op == layout::engine::OP_COPY {
+            return false;
+        }
+        if let Some(old) = self.engine.add_operation(op, operation) {
+            log::warn!("engine operation {op:#x} ({}) replaced", old.name());
+        }
+        true
+    }
+
+    /// The engine's operations besides the copy: (CONTROL.OP, name).
+    pub fn engine_operations(&self) -> Vec<(u8, String)> {
+        self.engine.operations()
+    }
+
     /// Drain the jobs queued since the last call (only with offload).
     pub fn take_jobs(&mut self) -> Vec<Job> {
         std::mem::take(&mut self.jobs)
@@ -729,10 +789,11 @@ impl AccelDevice {
         self.complete_dma(job.id(), result);
     }
 
-    /// Post the result of DMA job `id` (Ok, or a STATUS error code) and raise its
-    /// completion interrupt. Returns false, changing nothing, when `id` is not the
-    /// running transfer (a reset aborted it).
-    pub fn complete_dma(&mut self, id: u64, result: Result<(), u32>) -> bool {
+    /// Post the result of engine job `id` (Ok with the value for RESULT, 0 for a
+    /// copy; or a STATUS error code) and raise its completion interrupt. Returns
+    /// false, changing nothing, when `id` is not the running job (a reset aborted
+    /// it).
+    pub fn complete_dma(&mut self, id: u64, result: Result<u64, u32>) -> bool {
         if !self.engine.complete(id, result) {
             return false;
         }
@@ -922,6 +983,7 @@ impl AccelDevice {
                 for ev in events {
                     self.handle_mailbox_event(ev);
                 }
+                self.take_firmware_events();
             }
             layout::BAR_MEM => self.mem_write(offset, data),
             layout::BAR_ENGINE => {
@@ -973,68 +1035,19 @@ impl AccelDevice {
 
     // --- descriptions -------------------------------------------------------------
 
-    /// The 9 vfio-pci regions: BAR0..5, expansion ROM, config space (index 7), VGA.
-    /// Absent regions have size 0.
-    pub fn regions(&self) -> Vec<RegionDesc> {
-        let absent = |index| RegionDesc {
-            index,
-            size: 0,
-            readable: false,
-            writable: false,
-            mmappable: false,
-            sparse_mmap: Vec::new(),
-            backing: RegionBacking::Trapped,
-        };
-        let trapped = |index, size| RegionDesc {
-            index,
-            size,
-            readable: true,
-            writable: true,
-            mmappable: false,
-            sparse_mmap: Vec::new(),
-            backing: RegionBacking::Trapped,
-        };
-        (0..NUM_REGIONS)
-            .map(|i| match i {
-                i if i == u32::from(layout::BAR_REGS) => trapped(i, layout::BAR0_SIZE),
-                i if i == u32::from(layout::BAR_MEM) => RegionDesc {
-                    index: i,
-                    size: self.bar2_size,
-                    readable: true,
-                    writable: true,
-                    mmappable: true,
-                    // One sparse area over all of device memory: QEMU then maps it
-                    // (the sparse mmap capability of VFIO_USER_DEVICE_GET_REGION_INFO).
-                    // It is the whole BAR unless the size was rounded up.
-                    sparse_mmap: vec![(0, self.cfg.memory_size)],
-                    backing: RegionBacking::DeviceMemory,
-                },
-                i if i == u32::from(layout::BAR_ENGINE) => trapped(i, layout::BAR4_SIZE),
-                CONFIG_REGION_INDEX => trapped(i, CONFIG_SPACE_SIZE),
-                i => absent(i),
-            })
-            .collect()
+    /// The implemented BARs, in BAR order: BAR0 (registers), BAR2 (device memory),
+    /// BAR4 (registers: the engine and the MSI-X table). See [`AccelDevice`].
+    pub fn bars(&self) -> Vec<BarDesc> {
+        bar_map(self.cfg.memory_size, self.bar2_size)
     }
 
-    /// The 5 vfio-pci IRQ indices: INTx (1), MSI (0: no MSI capability), MSI-X
-    /// (`MSIX_VECTORS`), ERR (0), REQ (0).
-    pub fn irqs(&self) -> Vec<IrqDesc> {
-        (0..NUM_IRQS)
-            .map(|index| {
-                let (count, maskable, automasked) = match index {
-                    IRQ_INTX => (1, true, true),
-                    IRQ_MSIX => (u32::from(layout::MSIX_VECTORS), false, false),
-                    _ => (0, false, false),
-                };
-                IrqDesc {
-                    index,
-                    count,
-                    eventfd: count > 0,
-                    maskable,
-                    automasked,
-                }
-            })
-            .collect()
+    /// The interrupts the function raises ([`Interrupt`]): `MSIX_VECTORS` MSI-X
+    /// vectors, and INTx for the DMA engine when MSI-X is off.
+    pub fn interrupt_sources(&self) -> InterruptSources {
+        InterruptSources {
+            msix_vectors: layout::MSIX_VECTORS,
+            intx: true,
+        }
     }
 
     // --- reset and time -------------------------------------------------------------
@@ -1056,11 +1069,64 @@ impl AccelDevice {
                     self.abort_wipe(|p| p == WipePurpose::CxlResetMemClr);
                 }
                 self.apply_reset(kind);
-                self.firmware.on_reset();
+                self.firmware.on_reset(kind);
                 self.apply_power_on();
+                self.ask_media_ready(kind);
             }
-            ResetKind::Flr => self.apply_reset(kind),
+            ResetKind::Flr => {
+                self.apply_reset(kind);
+                self.firmware.on_reset(kind);
+                self.ask_media_ready(kind);
+            }
             ResetKind::CxlReset => self.initiate_cxl_reset(),
+        }
+        self.take_firmware_events();
+    }
+
+    /// Ask firmware when media is ready after a reset of `kind`, and show it: the
+    /// DVSEC ranges' Memory_Active and the memory device's Media Status. After a
+    /// CXL Reset the time counts from its end.
+    fn ask_media_ready(&mut self, kind: ResetKind) {
+        let answer = self.firmware.media_ready(kind);
+        self.media = match (answer, kind) {
+            (MediaReadiness::Failed, _) => Media::Failed,
+            (MediaReadiness::ReadyAfter(ns), ResetKind::CxlReset) => Media::AfterCxlReset(ns),
+            (MediaReadiness::ReadyAfter(0), _) => Media::Ready,
+            (MediaReadiness::ReadyAfter(ns), _) => {
+                Media::NotReadyUntil(self.now().saturating_add(ns))
+            }
+        };
+        if self.media != Media::Ready {
+            log::info!("media after {kind:?}: {:?}", self.media);
+        }
+        self.show_media();
+    }
+
+    /// Reflect the media state in the registers.
+    fn show_media(&mut self) {
+        use cxl_regs::device::memdev;
+        // A CXL Reset that leaves media ready at once leaves it alone meanwhile,
+        // as the default firmware always has.
+        let (active, status) = match self.media {
+            Media::Ready | Media::AfterCxlReset(0) => (true, memdev::MEDIA_READY),
+            Media::NotReadyUntil(_) | Media::AfterCxlReset(_) => (false, memdev::MEDIA_NOT_READY),
+            Media::Failed => (false, memdev::MEDIA_ERROR),
+        };
+        self.config.set_memory_active(active);
+        if let Some(r) = self.device_regs.as_mut() {
+            r.set_media_status(status);
+        }
+    }
+
+    /// Whether device memory is ready for use (Memory_Active).
+    pub fn media_ready(&self) -> bool {
+        matches!(self.media, Media::Ready | Media::AfterCxlReset(0))
+    }
+
+    /// Hand the event records firmware generated to the event logs.
+    fn take_firmware_events(&mut self) {
+        for (log, record) in self.firmware.take_events() {
+            self.inject_event(log, record);
         }
     }
 
@@ -1069,8 +1135,10 @@ impl AccelDevice {
     /// Reset clears it when it ends).
     fn apply_reset(&mut self, kind: ResetKind) {
         let resets = |class| !reset::keeps(class, kind, false);
-        // PciFunction, PcieLink, Sticky (config), DvsecLockable, DvsecControl2.
+        // PciFunction, PcieLink, Sticky (config), DvsecLockable, DvsecControl2. The
+        // config space rebuilds Memory_Active; the media state says what it is.
         self.config.reset(kind);
+        self.show_media();
         // HdmDecoders, HdmGlobalControl, Sticky (RAS).
         self.component.reset(kind);
         if resets(RegisterClass::DmaEngine) {
@@ -1111,6 +1179,8 @@ impl AccelDevice {
         }
         let mem_clr = self.config.cxl_reset_mem_clr_enabled();
         self.apply_reset(ResetKind::CxlReset);
+        self.firmware.on_reset(ResetKind::CxlReset);
+        self.ask_media_ready(ResetKind::CxlReset);
         let (ns, ok) = match self.firmware.on_cxl_reset(mem_clr) {
             CxlResetDecision::Complete(ns) => (ns, true),
             CxlResetDecision::Fail(ns) => (ns, false),
@@ -1146,6 +1216,13 @@ impl AccelDevice {
     /// Status2: CXL Reset Complete, or Error.
     fn cxl_reset_done(&mut self, ok: bool) {
         self.config.set_cxl_reset_done(ok);
+        if let Media::AfterCxlReset(ns) = self.media {
+            self.media = match ns {
+                0 => Media::Ready,
+                ns => Media::NotReadyUntil(self.now().saturating_add(ns)),
+            };
+            self.show_media();
+        }
         log::info!("CXL Reset {}", if ok { "complete" } else { "failed" });
     }
 
@@ -1167,7 +1244,7 @@ impl AccelDevice {
         {
             self.finish_cxl_reset(flow);
         }
-        self.component.poll(now);
+        self.component.poll(now, self.firmware.as_mut());
         let ev = self
             .device_regs
             .as_mut()
@@ -1175,6 +1252,12 @@ impl AccelDevice {
         if let Some(ev) = ev {
             self.handle_mailbox_event(ev);
         }
+        if matches!(self.media, Media::NotReadyUntil(t) if t <= now) {
+            log::info!("media ready");
+            self.media = Media::Ready;
+            self.show_media();
+        }
+        self.take_firmware_events();
     }
 
     /// Whether the INTx line is asserted (Status.Interrupt Status, PCIe r6
@@ -1202,6 +1285,10 @@ impl AccelDevice {
             self.cxl_reset
                 .filter(|f| !f.clearing)
                 .map(|f| f.deadline_ns),
+            match self.media {
+                Media::NotReadyUntil(t) => Some(t),
+                _ => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -1313,6 +1400,7 @@ impl AccelDevice {
             ras_injected: self.component.ras().injected(),
             flit: self.cfg.flit,
             mailbox: self.cfg.mailbox,
+            media_ready: self.media_ready(),
         }
     }
 

@@ -268,12 +268,17 @@ impl Firmware for EchoFirmware {
     fn name(&self) -> &str {
         "echo"
     }
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+    fn vendor_command(
+        &mut self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), ReturnCode> {
         if opcode != 0xc001 {
-            return mb::RC_UNSUPPORTED;
+            return Err(ReturnCode::Unsupported);
         }
         output.extend(input.iter().rev());
-        mb::RC_SUCCESS
+        Ok(())
     }
 }
 

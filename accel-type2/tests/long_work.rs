@@ -44,7 +44,7 @@ fn dma_job(d: &mut AccelDevice) -> DmaJob {
 }
 
 /// Run a job as a transport's worker would: on its own handle of device memory.
-fn run_on(d: &AccelDevice, job: &DmaJob, guest: &TestGuest) -> (Result<(), u32>, VecMemory) {
+fn run_on(d: &AccelDevice, job: &DmaJob, guest: &TestGuest) -> (Result<u64, u32>, VecMemory) {
     let mut mem = VecMemory::new(d.memory().size() as usize);
     let r = job.run(&mut mem, guest, &|| false);
     (r, mem)
@@ -67,7 +67,7 @@ fn busy_is_visible_while_an_offloaded_transfer_runs() {
     assert_eq!(bar_r32(&mut d, 4, ID), ID_VALUE);
     assert_eq!(bar_r32(&mut d, 4, STATUS), STATUS_BUSY);
     let (r, mem) = run_on(&d, &job, &guest);
-    assert_eq!(r, Ok(()));
+    assert_eq!(r, Ok(0));
     let mut got = vec![0u8; 1 << 20];
     mem.read(0x10_0000, &mut got).unwrap();
     assert_eq!(got, guest.get(GPA, 1 << 20));
@@ -121,7 +121,7 @@ fn reset_aborts_a_running_transfer_and_drops_its_completion() {
     assert_eq!(b, [0; 64]);
     // Its completion, when it comes, is ignored.
     assert!(!d.complete_dma(job.id(), r));
-    assert!(!d.complete_dma(job.id(), Ok(())));
+    assert!(!d.complete_dma(job.id(), Ok(0)));
     assert_eq!(bar_r32(&mut d, 4, STATUS), 0);
     assert_eq!(bar_r32(&mut d, 4, COMPLETIONS), 0);
     assert!(d.take_interrupts().is_empty());
@@ -140,7 +140,7 @@ fn flr_aborts_a_running_transfer() {
     cfg_w16(&mut d, exp + 8, devctl | 0x8000);
     assert!(job.is_cancelled());
     assert_eq!(bar_r32(&mut d, 4, STATUS), 0);
-    assert!(!d.complete_dma(job.id(), Ok(())));
+    assert!(!d.complete_dma(job.id(), Ok(0)));
     assert!(d.take_interrupts().is_empty());
     // The engine works again after the FLR.
     enable_bus_master(&mut d);
@@ -155,12 +155,12 @@ fn stale_completion_is_ignored() {
     let (mut d, _, guest) = offloaded(4096);
     ring(&mut d, &guest, GPA, 0, 4096, CONTROL_IRQ_ENABLE);
     let job = dma_job(&mut d);
-    assert!(!d.complete_dma(job.id().wrapping_add(1), Ok(())));
+    assert!(!d.complete_dma(job.id().wrapping_add(1), Ok(0)));
     assert!(!d.complete_dma(job.id().wrapping_sub(1), Err(ERR_GUEST_RANGE)));
     assert_eq!(bar_r32(&mut d, 4, STATUS), STATUS_BUSY);
     assert!(d.take_interrupts().is_empty());
-    assert!(d.complete_dma(job.id(), Ok(())));
-    assert!(!d.complete_dma(job.id(), Ok(())), "a second completion");
+    assert!(d.complete_dma(job.id(), Ok(0)));
+    assert!(!d.complete_dma(job.id(), Ok(0)), "a second completion");
     assert_eq!(bar_r32(&mut d, 4, STATUS), STATUS_DONE);
     assert_eq!(d.status().dma_stale_completions, 3);
 }
@@ -197,7 +197,7 @@ fn the_completion_interrupt_comes_with_the_result() {
     bar_w32(&mut d, 4, STATUS, STATUS_ERROR);
     ring(&mut d, &guest, GPA, 0, 64, 0);
     let job = dma_job(&mut d);
-    d.complete_dma(job.id(), Ok(()));
+    d.complete_dma(job.id(), Ok(0));
     assert!(d.take_interrupts().is_empty());
 }
 
@@ -215,7 +215,7 @@ fn intx_follows_the_offloaded_completion() {
         "no Interrupt Status while busy"
     );
     assert!(d.take_interrupts().is_empty());
-    d.complete_dma(job.id(), Ok(()));
+    d.complete_dma(job.id(), Ok(0));
     assert_eq!(d.take_interrupts(), vec![Interrupt::Intx]);
     assert_ne!(cfg_r16(&mut d, 6) & 0x8, 0);
     bar_w32(&mut d, 4, STATUS, STATUS_DONE);

@@ -14,6 +14,7 @@ use cxl_regs::units::{parse_hex, parse_u64, UnitsError};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::sdk::Catalog;
 use crate::topology::{self, Machine, Topology, TopologyError};
 
 /// Device memory granularity: the kernel's DPA capacity is counted in 256 MiB units.
@@ -65,16 +66,26 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("firmware parameter {key}={value}: {reason}")]
+    #[error("firmware parameter {key}={value}: {source}")]
     FirmwareParam {
         key: String,
         value: String,
-        reason: String,
+        source: Box<accel_type2::ParamError>,
     },
     #[error("{0:?} is not KEY=VALUE")]
     BadKeyValue(String),
-    #[error("--socket and --control must be different paths")]
+    #[error("--socket, --control and --firmware-socket must be different paths")]
     SamePaths,
+    #[error(
+        "firmware-deadline-ms {0} is out of range: 1 to {max} (a hook waits this long inside \
+         a register access)",
+        max = crate::fwsocket::MAX_DEADLINE_MS
+    )]
+    FirmwareDeadline(u64),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Sdk(#[from] crate::sdk::SdkError),
     #[error(
         "max-dma-maps {0} is out of range: 1 to {max} (QEMU refuses a device that \
          announces more)",
@@ -299,6 +310,14 @@ pub struct DaemonArgs {
     /// Serve a JSON-lines control socket at PATH (see the `ctl` subcommand).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// Consult a firmware process over JSON lines at the firmware hooks: the backend
+    /// listens at PATH (0600) and the process connects (examples/README.md). Without
+    /// an answer in time, the --firmware firmware answers.
+    #[arg(long, value_name = "PATH")]
+    pub firmware_socket: Option<PathBuf>,
+    /// How long a hook waits for the firmware process [default: 10, at most 1000].
+    #[arg(long, value_name = "MS", value_parser = parse_u64)]
+    pub firmware_deadline_ms: Option<u64>,
     /// Exit after the first client disconnects.
     #[arg(long)]
     pub once: bool,
@@ -377,6 +396,8 @@ pub struct FileConfig {
     /// `[firmware-params]` table: key = value.
     pub firmware_params: Option<std::collections::BTreeMap<String, NumOrString>>,
     pub control: Option<PathBuf>,
+    pub firmware_socket: Option<PathBuf>,
+    pub firmware_deadline_ms: Option<NumOrString>,
     pub once: Option<bool>,
     pub seccomp: Option<BoolOrString>,
     pub max_dma_maps: Option<NumOrString>,
@@ -428,6 +449,10 @@ pub struct Config {
     /// Applied in order to the firmware before power-on.
     pub firmware_params: Vec<(String, String)>,
     pub control: Option<PathBuf>,
+    /// The firmware process's socket (`--firmware-socket`).
+    pub firmware_socket: Option<PathBuf>,
+    /// How long a hook waits for the firmware process.
+    pub firmware_deadline_ms: u64,
     pub once: bool,
     pub print_qemu_args: bool,
     /// Confine the threads with seccomp filters (`--seccomp on`).
@@ -441,17 +466,32 @@ pub struct Config {
 }
 
 impl Config {
-    /// Merge the command line over the config file (if any) and validate.
+    /// Merge the command line over the config file (if any) and validate, with the
+    /// stock daemon's firmwares.
     pub fn from_args(args: DaemonArgs) -> Result<Self, ConfigError> {
+        Self::from_args_in(args, &Catalog::builtin())
+    }
+
+    /// [`Config::from_args`] with the firmwares of `catalog`.
+    pub fn from_args_in(args: DaemonArgs, catalog: &Catalog) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        Self::merge(args, file)
+        Self::merge_in(args, file, catalog)
     }
 
-    /// Merge `args` over `file` and validate.
+    /// Merge `args` over `file` and validate, with the stock daemon's firmwares.
     pub fn merge(args: DaemonArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        Self::merge_in(args, file, &Catalog::builtin())
+    }
+
+    /// [`Config::merge`] with the firmwares of `catalog`.
+    pub fn merge_in(
+        args: DaemonArgs,
+        file: FileConfig,
+        catalog: &Catalog,
+    ) -> Result<Self, ConfigError> {
         let defaults = AccelConfig::default();
         let figures = CdatFigures::merge(&args, &file)?;
 
@@ -516,11 +556,11 @@ impl Config {
         let firmware = args
             .firmware
             .or(file.firmware)
-            .unwrap_or_else(|| "default".into());
-        if accel_type2::firmware::by_name(&firmware).is_none() {
+            .unwrap_or_else(|| catalog.default_name().to_string());
+        if catalog.build(&firmware).is_none() {
             return Err(ConfigError::UnknownFirmware {
                 name: firmware,
-                available: accel_type2::firmware::names().join(", "),
+                available: catalog.names().join(", "),
             });
         }
         let mut firmware_params: Vec<(String, String)> = file
@@ -535,13 +575,13 @@ impl Config {
         firmware_params.extend(args.firmware_params);
         // Validated on a throwaway instance, so that a bad parameter stops the daemon
         // before anything is created.
-        if let Some(mut fw) = accel_type2::firmware::by_name(&firmware) {
+        if let Some(mut fw) = catalog.build(&firmware) {
             for (key, value) in &firmware_params {
                 fw.set_param(key, value)
-                    .map_err(|reason| ConfigError::FirmwareParam {
+                    .map_err(|source| ConfigError::FirmwareParam {
                         key: key.clone(),
                         value: value.clone(),
-                        reason,
+                        source: Box::new(source),
                     })?;
             }
         }
@@ -551,8 +591,27 @@ impl Config {
             (None, None) => false,
         };
         let control = args.control.or(file.control);
-        if control.as_deref() == Some(socket.as_path()) {
+        let firmware_socket = args.firmware_socket.or(file.firmware_socket);
+        let paths = [
+            Some(socket.as_path()),
+            control.as_deref(),
+            firmware_socket.as_deref(),
+        ];
+        let given: Vec<&Path> = paths.into_iter().flatten().collect();
+        if given
+            .iter()
+            .enumerate()
+            .any(|(i, p)| given.iter().skip(i.saturating_add(1)).any(|q| q == p))
+        {
             return Err(ConfigError::SamePaths);
+        }
+        let firmware_deadline_ms = match (args.firmware_deadline_ms, file.firmware_deadline_ms) {
+            (Some(v), _) => v,
+            (None, Some(v)) => num("firmware-deadline-ms", v, parse_u64)?,
+            (None, None) => crate::fwsocket::DEFAULT_DEADLINE_MS,
+        };
+        if !(1..=crate::fwsocket::MAX_DEADLINE_MS).contains(&firmware_deadline_ms) {
+            return Err(ConfigError::FirmwareDeadline(firmware_deadline_ms));
         }
         let max_dma_maps = match (args.max_dma_maps, file.max_dma_maps) {
             (Some(v), _) => v,
@@ -592,6 +651,8 @@ impl Config {
             firmware,
             firmware_params,
             control,
+            firmware_socket,
+            firmware_deadline_ms,
             once: args.once || file.once.unwrap_or(false),
             print_qemu_args: args.print_qemu_args,
             seccomp,
@@ -633,6 +694,8 @@ impl Config {
             "firmware": self.firmware,
             "firmware_params": self.firmware_params,
             "control": self.control,
+            "firmware_socket": self.firmware_socket,
+            "firmware_deadline_ms": self.firmware_deadline_ms,
             "once": self.once,
             "seccomp": self.seccomp,
             "max_dma_maps": self.max_dma_maps,
@@ -771,10 +834,7 @@ pub fn parse_memory_type(s: &str) -> Result<EfiMemoryType, ConfigError> {
 }
 
 fn firmware_help() -> String {
-    format!(
-        "Firmware behaviour model: {} [default: default]",
-        accel_type2::firmware::names().join(", ")
-    )
+    Catalog::builtin().firmware_help()
 }
 
 fn on_off(key: &'static str, v: BoolOrString) -> Result<bool, ConfigError> {
@@ -1249,5 +1309,49 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Some(Command::Ctl(_))));
         assert!(Cli::try_parse_from(["cxl-accel-backend", "--memory-size", "1Q"]).is_err());
+    }
+
+    #[test]
+    fn firmware_socket_options_from_the_command_line_and_the_file() {
+        let c = Config::merge(args("/tmp/s"), FileConfig::default()).unwrap();
+        assert_eq!((c.firmware_socket, c.firmware_deadline_ms), (None, 10));
+        let file =
+            FileConfig::parse("firmware-socket = \"/tmp/fw\"\nfirmware-deadline-ms = 25").unwrap();
+        let c = Config::merge(args("/tmp/s"), file).unwrap();
+        assert_eq!(c.firmware_socket.as_deref(), Some(Path::new("/tmp/fw")));
+        assert_eq!(c.firmware_deadline_ms, 25);
+        for ms in [0, 1001] {
+            let a = DaemonArgs {
+                firmware_deadline_ms: Some(ms),
+                ..args("/tmp/s")
+            };
+            assert!(matches!(
+                Config::merge(a, FileConfig::default()),
+                Err(ConfigError::FirmwareDeadline(v)) if v == ms
+            ));
+        }
+        // Three sockets, three paths.
+        for (control, fw) in [(None, "/tmp/s"), (Some("/tmp/c"), "/tmp/c")] {
+            let a = DaemonArgs {
+                control: control.map(PathBuf::from),
+                firmware_socket: Some(fw.into()),
+                ..args("/tmp/s")
+            };
+            assert!(matches!(
+                Config::merge(a, FileConfig::default()),
+                Err(ConfigError::SamePaths)
+            ));
+        }
+        let json = Config::merge(
+            DaemonArgs {
+                firmware_socket: Some("/tmp/fw".into()),
+                ..args("/tmp/s")
+            },
+            FileConfig::default(),
+        )
+        .unwrap()
+        .to_json();
+        assert_eq!(json["firmware_socket"], "/tmp/fw");
+        assert_eq!(json["firmware_deadline_ms"], 10);
     }
 }

@@ -33,7 +33,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use accel_type2::{EventLog, EventRecord};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use log::{debug, info, warn};
 use serde_json::{json, Map, Value};
@@ -41,6 +40,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{lock, Shared};
+use crate::jsonargs::{self, get_u64, opt_bool};
 use crate::seccomp::{self, Role};
 use crate::vfio_user::server::ServerStats;
 use crate::vfio_user::sys::{self, FileId};
@@ -58,12 +58,16 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// Errors of the control socket.
 #[derive(Debug, Error)]
 pub enum ControlError {
-    #[error("control socket {path}: a file that is not a socket is in the way")]
-    NotASocket { path: PathBuf },
-    #[error("control socket {path} is in use by a running process")]
-    InUse { path: PathBuf },
-    #[error("control socket {path}: {source}")]
-    Bind { path: PathBuf, source: io::Error },
+    #[error("{what} {path}: a file that is not a socket is in the way")]
+    NotASocket { what: &'static str, path: PathBuf },
+    #[error("{what} {path} is in use by a running process")]
+    InUse { what: &'static str, path: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Bind {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("control loop: {0}")]
     EventManager(String),
     #[error("cannot start the control thread: {0}")]
@@ -84,19 +88,32 @@ pub enum ControlError {
 /// the identity of the socket file. A stale socket (nobody listening) is replaced; a
 /// live one, or any other kind of file, is an error.
 pub fn bind_socket(path: &Path) -> Result<(UnixListener, FileId), ControlError> {
+    bind_named("control socket", path)
+}
+
+/// [`bind_socket`] for the socket named `what` in errors.
+pub fn bind_named(what: &'static str, path: &Path) -> Result<(UnixListener, FileId), ControlError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(ControlError::NotASocket { path: path.into() });
+            return Err(ControlError::NotASocket {
+                what,
+                path: path.into(),
+            });
         }
         if UnixStream::connect(path).is_ok() {
-            return Err(ControlError::InUse { path: path.into() });
+            return Err(ControlError::InUse {
+                what,
+                path: path.into(),
+            });
         }
         std::fs::remove_file(path).map_err(|source| ControlError::Bind {
+            what,
             path: path.into(),
             source,
         })?;
     }
     sys::bind_unix(path).map_err(|source| ControlError::Bind {
+        what,
         path: path.into(),
         source,
     })
@@ -107,6 +124,7 @@ pub struct Handler {
     shared: Arc<Mutex<Shared>>,
     config: Value,
     server: Option<Arc<ServerStats>>,
+    fwsocket: Option<Arc<crate::fwsocket::LinkStats>>,
 }
 
 impl Handler {
@@ -121,7 +139,13 @@ impl Handler {
             shared,
             config,
             server,
+            fwsocket: None,
         }
+    }
+
+    /// Report the firmware process's link in `status` (`firmware_socket`).
+    pub fn set_firmware_socket(&mut self, stats: Arc<crate::fwsocket::LinkStats>) {
+        self.fwsocket = Some(stats);
     }
 
     /// Handle one request line; always returns a reply object.
@@ -163,6 +187,9 @@ impl Handler {
                 if let Some(server) = &self.server {
                     reply.insert("vfio_user".into(), to_value(server.snapshot())?);
                 }
+                if let Some(fw) = &self.fwsocket {
+                    reply.insert("firmware_socket".into(), to_value(fw.snapshot())?);
+                }
             }
             "inject-ras" => {
                 let uncorrectable = opt_bool(req, "uncorrectable")?.unwrap_or(true);
@@ -188,41 +215,9 @@ impl Handler {
                 }
             }
             "inject-event" => {
-                let log = match req
-                    .get("log")
-                    .and_then(Value::as_str)
-                    .unwrap_or("informational")
-                {
-                    "informational" | "info" => EventLog::Informational,
-                    "warning" | "warn" => EventLog::Warning,
-                    "failure" => EventLog::Failure,
-                    "fatal" => EventLog::Fatal,
-                    other => return Err(format!("unknown event log {other:?}")),
-                };
-                let mut uuid = [0u8; 16];
-                if let Some(u) = req.get("uuid") {
-                    let bytes = hex_bytes(u.as_str().ok_or("\"uuid\" must be a string")?)?;
-                    if bytes.len() != 16 {
-                        return Err("\"uuid\" must be 16 bytes".into());
-                    }
-                    uuid.copy_from_slice(&bytes);
-                }
-                let flags = match req.get("flags") {
-                    Some(_) => {
-                        u32::try_from(get_u64(req, "flags")?).map_err(|_| "\"flags\" too big")?
-                    }
-                    None => 0,
-                };
-                let data = match req.get("data") {
-                    Some(d) => hex_bytes(d.as_str().ok_or("\"data\" must be a hex string")?)?,
-                    None => Vec::new(),
-                };
-                if data.len() > 0x50 {
-                    return Err("\"data\" is at most 0x50 bytes".into());
-                }
+                let (log, record) = jsonargs::event_record(req)?;
                 let mut s = lock(&self.shared);
-                s.device
-                    .inject_event(log, EventRecord { uuid, flags, data });
+                s.device.inject_event(log, record);
                 s.deliver_interrupts();
             }
             "inject-poison" => {
@@ -249,7 +244,7 @@ impl Handler {
                         Some(_) => return Err("\"value\" must be a string or a number".into()),
                         None => return Err("missing \"value\"".into()),
                     };
-                    fw.set_param(key, &value)?;
+                    fw.set_param(key, &value).map_err(|e| e.to_string())?;
                     info!("firmware {}: {key} = {value}", fw.name());
                 }
                 reply.insert("firmware".into(), Value::String(fw.name().to_string()));
@@ -293,49 +288,6 @@ fn error(msg: impl Into<String>) -> Value {
 
 fn to_value(v: impl serde::Serialize) -> Result<Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
-}
-
-/// A number, or a string in the shared number grammar (`cxl_regs::units`).
-fn get_u64(req: &Map<String, Value>, key: &str) -> Result<u64, String> {
-    match req.get(key) {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| format!("\"{key}\" must be a non-negative integer")),
-        Some(Value::String(s)) => {
-            cxl_regs::units::parse_u64(s).map_err(|e| format!("\"{key}\": {e}"))
-        }
-        Some(_) => Err(format!("\"{key}\" must be a number")),
-        None => Err(format!("missing \"{key}\"")),
-    }
-}
-
-fn opt_bool(req: &Map<String, Value>, key: &str) -> Result<Option<bool>, String> {
-    match req.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(format!("\"{key}\" must be true or false")),
-    }
-}
-
-/// Hex digits, with optional dashes (UUIDs) and an optional 0x prefix.
-fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
-    let digits: Vec<u8> = s
-        .trim_start_matches("0x")
-        .bytes()
-        .filter(|b| *b != b'-')
-        .collect();
-    if !digits.len().is_multiple_of(2) {
-        return Err(format!("{s:?}: odd number of hex digits"));
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            std::str::from_utf8(pair)
-                .ok()
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .ok_or_else(|| format!("{s:?} is not hex"))
-        })
-        .collect()
 }
 
 /// State the subscribers share with the loop that owns them.
@@ -701,25 +653,6 @@ pub fn request(path: &Path, cmd: &str, args: Option<&str>) -> Result<Value, Cont
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn hex() {
-        assert_eq!(hex_bytes("00ff10").unwrap(), vec![0, 0xff, 0x10]);
-        assert_eq!(hex_bytes("0x0a-0b").unwrap(), vec![10, 11]);
-        assert!(hex_bytes("abc").is_err());
-        assert!(hex_bytes("zz").is_err());
-    }
-
-    #[test]
-    fn numbers() {
-        let m: Map<String, Value> =
-            serde_json::from_str(r#"{"a":5,"b":"0x10","c":-1,"d":true}"#).unwrap();
-        assert_eq!(get_u64(&m, "a").unwrap(), 5);
-        assert_eq!(get_u64(&m, "b").unwrap(), 16);
-        assert!(get_u64(&m, "c").is_err());
-        assert!(get_u64(&m, "d").is_err());
-        assert!(get_u64(&m, "e").is_err());
-    }
 
     #[test]
     fn bind_refuses_regular_file_and_replaces_stale_socket() {

@@ -12,10 +12,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use accel_type2::{
-    AccelDevice, Clock, Interrupt, IrqDesc, Job, RegionBacking, RegionDesc, WipeError,
-    CONFIG_REGION_INDEX, IRQ_ERR, IRQ_INTX, IRQ_MSIX, NUM_IRQS, NUM_REGIONS,
-};
+use accel_type2::{AccelDevice, BarKind, Clock, Interrupt, Job, WipeError, CONFIG_SPACE_SIZE};
 use log::{debug, info, warn};
 use serde::Serialize;
 use vfio_bindings::bindings::vfio::{
@@ -23,6 +20,9 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+    VFIO_PCI_REQ_IRQ_INDEX,
 };
 
 use crate::memory::{DeviceMemoryFile, GuestRam, PayloadPage, SharedPayload, StorageError};
@@ -30,6 +30,108 @@ use crate::vfio_user::{
     DmaMapping, Errno, IrqEventFd, IrqInfo, RegionInfo, Signal, VfioUserDevice,
 };
 use crate::worker::{Work, WorkQueue};
+
+// --- vfio-pci numbering ------------------------------------------------------------
+//
+// The device model describes its BARs, config space and interrupt sources in PCI
+// terms; vfio-user numbers them as vfio-pci does (linux/vfio.h): regions 0..5 are
+// BAR0..5, 6 the expansion ROM, 7 config space, 8 VGA; IRQ indices INTx, MSI,
+// MSI-X, ERR, REQ. That numbering lives here, in the adapter.
+
+/// vfio region index of PCI config space (VFIO_PCI_CONFIG_REGION_INDEX).
+pub const CONFIG_REGION_INDEX: u32 = VFIO_PCI_CONFIG_REGION_INDEX;
+/// vfio-pci regions (BAR0..5, ROM, config, VGA). QEMU asks for each of them.
+pub const NUM_REGIONS: u32 = VFIO_PCI_NUM_REGIONS;
+/// vfio IRQ indices (VFIO_PCI_*_IRQ_INDEX).
+pub const IRQ_INTX: u32 = VFIO_PCI_INTX_IRQ_INDEX;
+pub const IRQ_MSI: u32 = VFIO_PCI_MSI_IRQ_INDEX;
+pub const IRQ_MSIX: u32 = VFIO_PCI_MSIX_IRQ_INDEX;
+pub const IRQ_ERR: u32 = VFIO_PCI_ERR_IRQ_INDEX;
+pub const IRQ_REQ: u32 = VFIO_PCI_REQ_IRQ_INDEX;
+pub const NUM_IRQS: u32 = VFIO_PCI_NUM_IRQS;
+
+/// How a region is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionBacking {
+    /// Trapped: every access is a REGION_READ/WRITE for the device model.
+    Trapped,
+    /// Device memory: mmappable, with the device-memory fd.
+    DeviceMemory,
+}
+
+/// One vfio region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionDesc {
+    pub index: u32,
+    /// 0 = region absent.
+    pub size: u64,
+    pub readable: bool,
+    pub writable: bool,
+    pub mmappable: bool,
+    /// Sparse mmappable areas (offset, size) within the region.
+    pub sparse_mmap: Vec<(u64, u64)>,
+    pub backing: RegionBacking,
+}
+
+/// One vfio IRQ index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IrqDesc {
+    pub index: u32,
+    pub count: u32,
+    /// VFIO_IRQ_INFO_EVENTFD.
+    pub eventfd: bool,
+    pub maskable: bool,
+    pub automasked: bool,
+}
+
+/// The vfio-pci regions of `device`, all [`NUM_REGIONS`] of them: its BARs at their
+/// BAR numbers, config space at [`CONFIG_REGION_INDEX`]; absent ones have size 0.
+/// A device-memory BAR is mmappable through one sparse area over its memory (QEMU
+/// then maps it: the sparse mmap capability of VFIO_USER_DEVICE_GET_REGION_INFO).
+pub fn vfio_regions(device: &AccelDevice) -> Vec<RegionDesc> {
+    let absent = |index| RegionDesc {
+        index,
+        size: 0,
+        readable: false,
+        writable: false,
+        mmappable: false,
+        sparse_mmap: Vec::new(),
+        backing: RegionBacking::Trapped,
+    };
+    let mut regions: Vec<RegionDesc> = (0..NUM_REGIONS).map(absent).collect();
+    let mut put = |r: RegionDesc| {
+        if let Some(slot) = regions.get_mut(r.index as usize) {
+            *slot = r;
+        }
+    };
+    for b in device.bars() {
+        let (mmappable, sparse_mmap, backing) = match b.kind {
+            BarKind::Registers => (false, Vec::new(), RegionBacking::Trapped),
+            BarKind::DeviceMemory { memory } => {
+                (true, vec![(0, memory)], RegionBacking::DeviceMemory)
+            }
+        };
+        put(RegionDesc {
+            index: u32::from(b.bar),
+            size: b.size,
+            readable: true,
+            writable: true,
+            mmappable,
+            sparse_mmap,
+            backing,
+        });
+    }
+    put(RegionDesc {
+        index: CONFIG_REGION_INDEX,
+        size: CONFIG_SPACE_SIZE,
+        readable: true,
+        writable: true,
+        mmappable: false,
+        sparse_mmap: Vec::new(),
+        backing: RegionBacking::Trapped,
+    });
+    regions
+}
 
 /// Monotonic nanoseconds since the daemon started.
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +249,9 @@ impl IrqTable {
     }
 }
 
-/// The IRQ indices as the client sees them: the device model's, plus the error
+/// The vfio-pci IRQ indices of `device`, all [`NUM_IRQS`] of them: INTx (one line,
+/// maskable and automasked, as vfio-pci's level-triggered INTx), no MSI (the function
+/// has no MSI capability), MSI-X with the function's table size, no REQ; and the error
 /// interrupt (VFIO_PCI_ERR_IRQ_INDEX) with one eventfd vector, which Linux's vfio-pci
 /// offers for every PCIe function (drivers/vfio/pci/vfio_pci_core.c,
 /// `vfio_pci_get_irq_count`) and signals when the host's AER driver reports an
@@ -161,22 +265,25 @@ impl IrqTable {
 /// guest through the CXL RAS capability and PCIe Device Status, as on hardware whose
 /// errors the host leaves to the guest.
 pub fn vfio_irqs(device: &AccelDevice) -> Vec<IrqDesc> {
-    let mut irqs = device.irqs();
-    match irqs.iter_mut().find(|d| d.index == IRQ_ERR) {
-        Some(d) if d.count == 0 => {
-            d.count = 1;
-            d.eventfd = true;
-        }
-        Some(_) => {}
-        None => irqs.push(IrqDesc {
-            index: IRQ_ERR,
-            count: 1,
-            eventfd: true,
-            maskable: false,
-            automasked: false,
-        }),
-    }
-    irqs
+    let src = device.interrupt_sources();
+    (0..NUM_IRQS)
+        .map(|index| {
+            let (count, maskable, automasked) = match index {
+                // INTx is level-triggered: vfio automasks it until the client unmasks.
+                IRQ_INTX => (u32::from(src.intx), true, true),
+                IRQ_MSIX => (u32::from(src.msix_vectors), false, false),
+                IRQ_ERR => (1, false, false),
+                _ => (0, false, false),
+            };
+            IrqDesc {
+                index,
+                count,
+                eventfd: count > 0,
+                maskable: maskable && count > 0,
+                automasked: automasked && count > 0,
+            }
+        })
+        .collect()
 }
 
 /// Everything the vfio-user thread and the control thread share.
@@ -343,7 +450,7 @@ impl VfioDevice {
     ) -> Self {
         let (regions, irqs) = {
             let s = lock(&shared);
-            (s.device.regions(), vfio_irqs(&s.device))
+            (vfio_regions(&s.device), vfio_irqs(&s.device))
         };
         Self {
             shared,
@@ -354,8 +461,8 @@ impl VfioDevice {
         }
     }
 
-    /// The region `index`, or `None` when the device has no such region. The device
-    /// model lists config space (index 7) among its regions, so it is found here too.
+    /// The region `index`, or `None` when the device has no such region (config space
+    /// is one of them).
     fn region(&self, index: u32) -> Option<&RegionDesc> {
         self.regions.iter().find(|r| r.index == index && r.size > 0)
     }
@@ -665,7 +772,7 @@ fn set_irqs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use accel_type2::{AccelConfig, DefaultFirmware, MemLsa, CONFIG_SPACE_SIZE};
+    use accel_type2::{AccelConfig, DefaultFirmware, MemLsa};
     use std::fs::File;
     use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -771,6 +878,38 @@ mod tests {
         d.region_read(bar0, PL + mb::identify::TOTAL_CAPACITY as u64, &mut b)
             .unwrap();
         assert_eq!(b, out);
+    }
+
+    #[test]
+    fn vfio_pci_numbering_of_the_model_description() {
+        let (d, shared) = fixture();
+        // linux/vfio.h: 9 regions, config space at 7; 5 IRQ indices.
+        assert_eq!((d.num_regions(), d.num_irqs()), (9, 5));
+        let sizes: Vec<u64> = (0..9).map(|i| d.region_info(i).unwrap().size).collect();
+        let bar2 = lock(&shared).device.bar2_size();
+        assert_eq!(sizes, vec![0x2_0000, 0, bar2, 0, 0x4000, 0, 0, 4096, 0]);
+        let bar2 = d.region_info(2).unwrap();
+        assert!(bar2.mmappable && bar2.fd.is_some());
+        assert_eq!(bar2.sparse_mmap, vec![(0, 256 << 20)]);
+        assert!(!d.region_info(4).unwrap().mmappable);
+        let irqs: Vec<(u32, u32)> = (0..5)
+            .map(|i| {
+                let q = d.irq_info(i).unwrap();
+                (q.count, q.flags)
+            })
+            .collect();
+        let intx = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
+        let msix = VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE;
+        assert_eq!(
+            irqs,
+            vec![
+                (1, intx),
+                (0, 0),
+                (4, msix),
+                (1, VFIO_IRQ_INFO_EVENTFD),
+                (0, 0)
+            ]
+        );
     }
 
     #[test]

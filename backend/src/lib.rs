@@ -23,11 +23,17 @@
 pub mod config;
 pub mod control;
 pub mod device;
+pub mod fwsocket;
+pub mod jsonargs;
 pub mod memory;
+pub mod sdk;
 pub mod seccomp;
 pub mod topology;
-pub mod vfio_user;
 pub mod worker;
+
+/// The vfio-user server, a crate of its own (`backend/vfio-user`) that knows
+/// nothing of CXL; re-exported under its old path.
+pub use vfio_user_server as vfio_user;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +49,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub use config::Config;
 use control::{ControlError, ControlServer, Handler};
 use device::{lock, MonotonicClock, Shared, VfioDevice};
+use fwsocket::FwSocket;
 use memory::{DeviceMemoryFile, FileLsa, GuestRam, LsaSyncer, SharedDeviceMemory, StorageError};
+pub use sdk::{Builder, Catalog};
 use vfio_user::server::ServerError;
 use vfio_user::{ServeOutcome, Server};
 use worker::{Worker, WorkerError};
@@ -78,6 +86,10 @@ pub enum Error {
     SetFdLimit(#[source] std::io::Error),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    FwSocket(#[from] fwsocket::FwSocketError),
+    #[error(transparent)]
+    Sdk(#[from] sdk::SdkError),
 }
 
 /// Open files the daemon needs besides one per DMA mapping: standard streams, the
@@ -136,6 +148,7 @@ pub struct Daemon {
     server: Server,
     control: Option<ControlServer>,
     control_stop: EventFd,
+    fwsocket: Option<FwSocket>,
     stop: EventFd,
 }
 
@@ -144,13 +157,19 @@ impl Daemon {
     /// On error, nothing is left behind: no socket, and no memory or LSA file that
     /// this call created.
     pub fn new(config: Config, stop: EventFd) -> Result<Self, Error> {
+        Self::with_catalog(config, stop, &Catalog::builtin())
+    }
+
+    /// [`Daemon::new`] with the firmwares and engine operations of `catalog` (the
+    /// firmware SDK, [`sdk::Builder`]).
+    pub fn with_catalog(config: Config, stop: EventFd, catalog: &Catalog) -> Result<Self, Error> {
         let fresh: Vec<PathBuf> = [&config.memory_file, &config.lsa_file]
             .into_iter()
             .flatten()
             .filter(|p| std::fs::symlink_metadata(p).is_err())
             .cloned()
             .collect();
-        let result = Self::build(config, stop);
+        let result = Self::build(config, stop, catalog);
         if result.is_err() {
             for path in fresh {
                 if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
@@ -161,10 +180,13 @@ impl Daemon {
         result
     }
 
-    fn build(config: Config, stop: EventFd) -> Result<Self, Error> {
+    fn build(config: Config, stop: EventFd, catalog: &Catalog) -> Result<Self, Error> {
         check_socket_path(&config.socket)?;
-        if let Some(c) = &config.control {
-            check_socket_path(c)?;
+        for path in [&config.control, &config.firmware_socket]
+            .into_iter()
+            .flatten()
+        {
+            check_socket_path(path)?;
         }
         vfio_user::irq::check_support().map_err(Error::Interrupts)?;
         ensure_fd_limit(config.max_dma_maps)?;
@@ -189,7 +211,8 @@ impl Daemon {
         };
         // Validated by Config, so the lookup cannot fail; fall back to the default
         // firmware rather than panic if it ever did.
-        let mut firmware = accel_type2::firmware::by_name(&config.firmware)
+        let mut firmware = catalog
+            .build(&config.firmware)
             .unwrap_or_else(|| Box::new(accel_type2::DefaultFirmware));
         for (key, value) in &config.firmware_params {
             // Validated by Config as well; a refusal here is only logged.
@@ -197,6 +220,22 @@ impl Daemon {
                 warn!("firmware parameter {key}={value}: {e}");
             }
         }
+        // The firmware process's socket and thread (which confines itself), with the
+        // firmware above as its fallback.
+        let fwsocket = match &config.firmware_socket {
+            Some(path) => {
+                let hello = fwsocket::hello(&config, config.firmware_deadline_ms);
+                let sock = FwSocket::spawn(path, hello, config.seccomp)?;
+                firmware = Box::new(fwsocket::SocketFirmware::new(
+                    sock.link(),
+                    firmware,
+                    path,
+                    config.firmware_deadline_ms,
+                ));
+                Some(sock)
+            }
+            None => None,
+        };
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
         let device = AccelDevice::new(
             accel,
@@ -205,6 +244,11 @@ impl Daemon {
             firmware,
             clock.clone(),
         )?;
+        let mut device = device;
+        for (op, operation) in catalog.operations() {
+            device.add_engine_operation(*op, operation.clone());
+            info!("engine operation {op:#04x}: {}", operation.name());
+        }
         let mut state = Shared::new(device);
         state.guest = GuestRam::new(config.max_dma_maps);
         let shared = Arc::new(Mutex::new(state));
@@ -232,11 +276,14 @@ impl Daemon {
         let control_stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
         let control = match &config.control {
             Some(path) => {
-                let handler = Handler::new(
+                let mut handler = Handler::new(
                     shared.clone(),
                     config.to_json(),
                     Some(server.stats_handle()),
                 );
+                if let Some(sock) = &fwsocket {
+                    handler.set_firmware_socket(sock.link().stats().clone());
+                }
                 // On error, dropping `server` removes its socket.
                 let confine = config.seccomp.then_some(seccomp::Role::Control);
                 Some(ControlServer::spawn(path, handler, &control_stop, confine)?)
@@ -271,6 +318,7 @@ impl Daemon {
             server,
             control,
             control_stop,
+            fwsocket,
             stop,
         })
     }
@@ -327,6 +375,9 @@ impl Daemon {
         }
         if let Some(w) = self.worker.take() {
             w.stop();
+        }
+        if let Some(f) = self.fwsocket.take() {
+            f.stop();
         }
         if let Err(e) = self.devmem.flush() {
             error!("{e}");
@@ -438,8 +489,14 @@ fn termination_set() -> libc::sigset_t {
     }
 }
 
-/// Run the daemon for `config` until SIGINT/SIGTERM (or `--once`).
+/// Run the stock daemon for `config` until SIGINT/SIGTERM (or `--once`).
 pub fn run(config: Config) -> Result<(), Error> {
+    run_with(config, &Catalog::builtin())
+}
+
+/// Run the daemon for `config`, with the firmwares and engine operations of
+/// `catalog`, until SIGINT/SIGTERM (or `--once`).
+pub fn run_with(config: Config, catalog: &Catalog) -> Result<(), Error> {
     // A file-size limit (RLIMIT_FSIZE) must show as an error (EFBIG) when device memory
     // is reserved, not kill the process.
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
@@ -447,7 +504,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
     let _signals = SignalWatcher::start(&stop, config.seccomp)?;
     let confine = config.seccomp;
-    let daemon = Daemon::new(config, stop)?;
+    let daemon = Daemon::with_catalog(config, stop, catalog)?;
     // Everything is set up: sockets bound, memory mapped, threads started. On error,
     // dropping `daemon` removes the sockets and stops the control thread.
     if confine {

@@ -645,7 +645,7 @@ impl GuestRam {
 
     /// Add a DMA_MAP range. A zero or overflowing size is EINVAL, overlap with an
     /// existing range EEXIST, a full table ENOSPC; an fd that cannot back the range
-    /// is refused as [`dma_backing`] says.
+    /// is refused as `dma_backing` says.
     pub fn map(&mut self, mut m: DmaMapping) -> Result<(), Errno> {
         let end = m.iova.checked_add(m.size).ok_or(libc::EINVAL)?;
         if m.size == 0 {

@@ -1,6 +1,6 @@
 //! Optional seccomp confinement (`--seccomp on`), built with rust-vmm's `seccompiler`.
 //!
-//! Each of the daemon's four threads installs its own filter once its setup is done
+//! Each of the daemon's threads installs its own filter once its setup is done
 //! (sockets bound, memory mapped, event loop built), listing exactly the system calls
 //! that thread makes from then on:
 //!
@@ -9,7 +9,9 @@
 //! - [`Role::Control`]: the control socket's event loop;
 //! - [`Role::Signals`]: waits for SIGINT/SIGTERM and writes the stop eventfd;
 //! - [`Role::Worker`]: runs the long work off the device lock (DMA transfers,
-//!   Sanitize's wipe, the LSA's sync; see [`crate::worker`]).
+//!   Sanitize's wipe, the LSA's sync; see [`crate::worker`]);
+//! - [`Role::Firmware`]: with `--firmware-socket`, talks to the vendor's firmware
+//!   process (see [`crate::fwsocket`]).
 //!
 //! The lists, with the reason for each call, are in `backend/SECCOMP.md`, and a unit
 //! test checks that file against the tables here. They were found by running the
@@ -42,10 +44,17 @@ pub enum Role {
     Control,
     Signals,
     Worker,
+    Firmware,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Main, Role::Control, Role::Signals, Role::Worker];
+    pub const ALL: [Role; 5] = [
+        Role::Main,
+        Role::Control,
+        Role::Signals,
+        Role::Worker,
+        Role::Firmware,
+    ];
 
     /// The name used in SECCOMP.md and in the SIGSYS message.
     pub fn name(self) -> &'static str {
@@ -54,6 +63,7 @@ impl Role {
             Role::Control => "control",
             Role::Signals => "signals",
             Role::Worker => "worker",
+            Role::Firmware => "firmware",
         }
     }
 
@@ -63,6 +73,7 @@ impl Role {
             Role::Control => 2,
             Role::Signals => 3,
             Role::Worker => 4,
+            Role::Firmware => 5,
         }
     }
 }
@@ -187,6 +198,17 @@ mod table {
         any("pwrite64", SYS_pwrite64),
         any("statx", SYS_statx),
     ];
+
+    /// The firmware thread: accepts the vendor process's connection, exchanges
+    /// JSON lines with it, waits in poll(2), reads its wake-up eventfd.
+    pub const FIRMWARE: &[Syscall] = &[
+        any("accept4", SYS_accept4),
+        with("ioctl", SYS_ioctl, Args::Fionbio),
+        any("poll", SYS_poll),
+        any("read", SYS_read),
+        any("recvfrom", SYS_recvfrom),
+        any("sendto", SYS_sendto),
+    ];
 }
 
 /// The system calls `role` may make, sorted by name, each once.
@@ -198,6 +220,7 @@ pub fn allowed(role: Role) -> Vec<Syscall> {
             Role::Control => table::CONTROL,
             Role::Signals => table::SIGNALS,
             Role::Worker => table::WORKER,
+            Role::Firmware => table::FIRMWARE,
         };
         table::COMMON.iter().chain(own).copied().collect()
     };
@@ -358,6 +381,7 @@ fn report(buf: &mut [u8], syscall: u64, role: u8) -> usize {
         2 => b"control",
         3 => b"signals",
         4 => b"worker",
+        5 => b"firmware",
         _ => b"unnamed",
     };
     push(buf, &mut len, name);
@@ -400,7 +424,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// The per-thread lists documented in SECCOMP.md's table: rows of
-    /// `| name | main | control | signals | worker | why |` with `x` marks.
+    /// `| name | main | control | signals | worker | firmware | why |` with `x` marks.
     fn documented() -> BTreeMap<&'static str, BTreeSet<String>> {
         let doc = include_str!("../SECCOMP.md");
         let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -409,8 +433,8 @@ mod tests {
         }
         for line in doc.lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            // "", name, main, control, signals, worker, why, ""
-            if cells.len() < 7 || !cells[1].starts_with('`') {
+            // "", name, main, control, signals, worker, firmware, why, ""
+            if cells.len() < 8 || !cells[1].starts_with('`') {
                 continue;
             }
             let name = cells[1].trim_matches('`').to_string();

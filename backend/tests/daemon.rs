@@ -14,7 +14,7 @@ mod common;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use cxl_regs::{dvsec, hdm, layout, mailbox as mbx, pci};
@@ -264,47 +264,6 @@ fn mailbox_identify_reports_the_configured_capacity() {
     assert_eq!(rc, mbx::RC_UNSUPPORTED);
     let (rc, _) = mailbox(&mut c, mbx::OP_IDENTIFY_MEMORY_DEVICE, &[]);
     assert_eq!(rc, mbx::RC_SUCCESS);
-}
-
-fn decoder_reg(n: u32, reg: u32) -> u64 {
-    layout::HDM_OFFSET + u64::from(hdm::decoder_offset(n) + reg)
-}
-
-/// Write base, size and then control of decoder `n`, as a driver does.
-fn write_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) {
-    write32(c, BAR0, decoder_reg(n, hdm::DEC_BASE_LO), base as u32);
-    write32(
-        c,
-        BAR0,
-        decoder_reg(n, hdm::DEC_BASE_HI),
-        (base >> 32) as u32,
-    );
-    write32(c, BAR0, decoder_reg(n, hdm::DEC_SIZE_LO), size as u32);
-    write32(
-        c,
-        BAR0,
-        decoder_reg(n, hdm::DEC_SIZE_HI),
-        (size >> 32) as u32,
-    );
-    write32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL), ctrl);
-}
-
-/// [`write_decoder`], then wait (as the kernel does) for Committed or Error when
-/// `ctrl` commits; returns the control register.
-fn program_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) -> u32 {
-    write_decoder(c, n, base, size, ctrl);
-    // The kernel polls up to 20 ms for Committed or Error.
-    let start = Instant::now();
-    loop {
-        let v = read32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL));
-        if v & (hdm::CTRL_COMMITTED | hdm::CTRL_ERROR_NOT_COMMITTED) != 0
-            || ctrl & hdm::CTRL_COMMIT == 0
-            || start.elapsed() > Duration::from_millis(500)
-        {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 #[test]

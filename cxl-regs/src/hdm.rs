@@ -58,9 +58,9 @@ pub const fn block_len(n: u32) -> u32 {
 
 // ---- HDM Decoder Capability register (§8.2.4.20.1) ----
 
-/// Decoder Count [3:0]: 0 → 1 decoder, n (1..=8) → 2n decoders, n (9..=12) → 4(n−4).
+/// Decoder Count \[3:0\]: 0 → 1 decoder, n (1..=8) → 2n decoders, n (9..=12) → 4(n−4).
 pub const CAP_DECODER_COUNT_MASK: u32 = 0xf;
-/// Target Count [7:4]: target ports per decoder. Only switches and host bridges
+/// Target Count \[7:4\]: target ports per decoder. Only switches and host bridges
 /// have targets; an endpoint reports 0.
 pub const CAP_TARGET_COUNT_SHIFT: u32 = 4;
 pub const CAP_TARGET_COUNT_MASK: u32 = 0xf << CAP_TARGET_COUNT_SHIFT;
@@ -78,7 +78,7 @@ pub const CAP_3_6_12_WAY: u32 = 1 << 11;
 pub const CAP_16_WAY: u32 = 1 << 12;
 /// UIO Capable, bit 13 (r3.1).
 pub const CAP_UIO: u32 = 1 << 13;
-/// UIO Capable Decoder Count [19:16] (r3.1).
+/// UIO Capable Decoder Count \[19:16\] (r3.1).
 pub const CAP_UIO_DECODER_COUNT_MASK: u32 = 0xf << 16;
 /// MemData-NXM Capable, bit 20 (r3.1).
 pub const CAP_MEMDATA_NXM: u32 = 1 << 20;
@@ -122,10 +122,10 @@ pub const GRANULE: u64 = 1 << 28;
 
 // ---- Decoder n Control (§8.2.4.20.7) ----
 
-/// Interleave Granularity [3:0]: 2^(IG+8) bytes. 0..=6 (256 B..16 KiB) are defined.
+/// Interleave Granularity \[3:0\]: 2^(IG+8) bytes. 0..=6 (256 B..16 KiB) are defined.
 pub const CTRL_IG_MASK: u32 = 0xf;
 pub const CTRL_IG_SHIFT: u32 = 0;
-/// Interleave Ways [7:4]: 0..=4 → 1, 2, 4, 8, 16 ways; 8..=10 → 3, 6, 12 ways.
+/// Interleave Ways \[7:4\]: 0..=4 → 1, 2, 4, 8, 16 ways; 8..=10 → 3, 6, 12 ways.
 pub const CTRL_IW_MASK: u32 = 0xf << 4;
 pub const CTRL_IW_SHIFT: u32 = 4;
 /// Lock On Commit, bit 8: once committed, every RWL field becomes read-only until

@@ -69,7 +69,8 @@ pub const MSIX_VEC_SPARE: u16 = 3;
 
 /// DMA engine registers, offsets in BAR4 (the accelerator's own, not spec-defined).
 ///
-/// Programming model: write SRC, DST, LEN and CONTROL, then 1 to DOORBELL. The
+/// Programming model: write SRC, DST, LEN and CONTROL (direction, interrupt enable,
+/// operation), then 1 to DOORBELL. The
 /// doorbell latches the four registers and STATUS reads BUSY while the transfer
 /// runs; the doorbell write itself returns at once. The transfer ends with DONE or
 /// ERROR (and an error code) in STATUS, and with the DMA MSI-X vector (or INTx when
@@ -87,9 +88,10 @@ pub mod engine {
     /// RO: `b"CXLA"` little-endian.
     pub const ID: u64 = 0x00;
     pub const ID_VALUE: u32 = u32::from_le_bytes(*b"CXLA");
-    /// RO: engine interface version.
+    /// RO: engine interface version. 2: CONTROL.OP and RESULT (operations beyond the
+    /// copy).
     pub const VERSION: u64 = 0x04;
-    pub const VERSION_VALUE: u32 = 1;
+    pub const VERSION_VALUE: u32 = 2;
     /// RW 64-bit (ignored while BUSY): source address (a guest physical address, or
     /// a DPA).
     pub const SRC: u64 = 0x08;
@@ -104,6 +106,15 @@ pub mod engine {
     /// CONTROL bit 1: raise the DMA MSI-X vector on completion (or assert INTx while
     /// that completion is in STATUS, when MSI-X is off).
     pub const CONTROL_IRQ_ENABLE: u32 = 1 << 1;
+    /// CONTROL bits 15:8, OP: the operation a doorbell starts. [`OP_COPY`] (0) is the
+    /// DMA copy; any other value is one of the accelerator's own operations, which
+    /// its firmware defines (the backend's `EngineOperation`s): it computes on device
+    /// memory from SRC for LEN bytes, may use DST, and leaves a value in RESULT. An
+    /// operation the device does not have fails with [`ERR_UNSUPPORTED_OP`].
+    pub const CONTROL_OP_SHIFT: u32 = 8;
+    pub const CONTROL_OP_MASK: u32 = 0xff << CONTROL_OP_SHIFT;
+    /// OP 0: copy between guest RAM and device memory (CONTROL_DIR_TO_GUEST).
+    pub const OP_COPY: u8 = 0;
     /// WO: writing 1 to bit 0 starts a transfer (ignored while BUSY). Reads 0.
     pub const DOORBELL: u64 = 0x24;
     /// Status: bit 0 busy (RO: a transfer runs), bit 1 done (RW1C), bit 2 error
@@ -129,8 +140,16 @@ pub mod engine {
     /// The transfer was abandoned part-way by the backend (it could not run it, or
     /// it is shutting down); the bytes before that point have been copied.
     pub const ERR_ABORTED: u32 = 6;
+    /// The operation in CONTROL.OP is not one this device has.
+    pub const ERR_UNSUPPORTED_OP: u32 = 7;
+    /// Error codes 0x80..=0xff are the accelerator's own operations' (their
+    /// firmware documents them).
+    pub const ERR_DEVICE_FIRST: u32 = 0x80;
     /// RO: number of completed transfers (wraps).
     pub const COMPLETIONS: u64 = 0x2c;
+    /// RO 64-bit: the value the last successful operation produced (0 for a copy;
+    /// a checksum, say, for an operation that computes one). A doorbell clears it.
+    pub const RESULT: u64 = 0x30;
     /// Largest single transfer.
     pub const MAX_LEN: u64 = 1 << 30;
 }

@@ -9,11 +9,11 @@ pub const STATUS: u32 = 0x10;
 pub const BG_CMD_STATUS: u32 = 0x18;
 pub const PAYLOAD: u32 = 0x20;
 
-/// Mailbox Capabilities (§8.2.8.4.3): payload size log2 [4:0].
+/// Mailbox Capabilities (§8.2.8.4.3): payload size log2 \[4:0\].
 pub const CAP_PAYLOAD_SIZE_MASK: u32 = 0x1f;
 /// Background Command Complete Interrupt Capable, bit 6.
 pub const CAP_BG_IRQ: u32 = 1 << 6;
-/// Interrupt Message Number [10:7].
+/// Interrupt Message Number \[10:7\].
 pub const CAP_MSGNUM_SHIFT: u32 = 7;
 pub const CAP_MSGNUM_MASK: u32 = 0xf << 7;
 
@@ -25,19 +25,19 @@ pub const CTRL_MB_IRQ: u32 = 1 << 1;
 /// Background Command Complete Interrupt Enable bit 2.
 pub const CTRL_BG_IRQ: u32 = 1 << 2;
 
-/// Command Register (§8.2.8.4.5): opcode [15:0], payload length [36:16].
+/// Command Register (§8.2.8.4.5): opcode \[15:0\], payload length \[36:16\].
 pub const CMD_OPCODE_MASK: u64 = 0xffff;
 pub const CMD_LEN_SHIFT: u32 = 16;
 pub const CMD_LEN_MASK: u64 = 0x1f_ffff << 16;
 
-/// Status (§8.2.8.4.6): background operation bit 0, return code [47:32],
-/// vendor-specific extended status [63:48].
+/// Status (§8.2.8.4.6): background operation bit 0, return code \[47:32\],
+/// vendor-specific extended status \[63:48\].
 pub const STATUS_BG_OPERATION: u64 = 1 << 0;
 pub const STATUS_RC_SHIFT: u32 = 32;
 pub const STATUS_RC_MASK: u64 = 0xffff << 32;
 
-/// Background Command Status (§8.2.8.4.7): opcode [15:0], percent complete [22:16],
-/// return code [47:32], vendor-specific extended status [63:48].
+/// Background Command Status (§8.2.8.4.7): opcode \[15:0\], percent complete \[22:16\],
+/// return code \[47:32\], vendor-specific extended status \[63:48\].
 pub const BG_OPCODE_MASK: u64 = 0xffff;
 pub const BG_PERCENT_SHIFT: u32 = 16;
 pub const BG_PERCENT_MASK: u64 = 0x7f << 16;
@@ -109,9 +109,9 @@ pub const RC_INVALID_LOG: u16 = 0x0017;
 /// Mailbox Capabilities (§8.2.8.4.3): Mailbox Doorbell (MB) Interrupt Capable, bit 5.
 /// This device does not set it, so [`CTRL_MB_IRQ`] is reserved and reads 0.
 pub const CAP_MB_IRQ: u32 = 1 << 5;
-/// Command register: payload length field width (§8.2.8.4.5): 21 bits, [36:16].
+/// Command register: payload length field width (§8.2.8.4.5): 21 bits, \[36:16\].
 pub const CMD_LEN_MAX: u32 = 0x1f_ffff;
-/// Background Command Status register (§8.2.8.4.7): return code mask, [47:32].
+/// Background Command Status register (§8.2.8.4.7): return code mask, \[47:32\].
 pub const BG_RC_MASK: u64 = 0xffff << 32;
 /// Smallest and largest payload size, log2 (§8.2.8.4.3: 256 B .. 1 MiB).
 pub const PAYLOAD_LOG2_MIN: u32 = 8;
@@ -185,7 +185,7 @@ pub mod event_record {
     pub const LENGTH: usize = 0x10;
     /// Event Record Flags (3 bytes).
     pub const FLAGS: usize = 0x11;
-    /// Flags [1:0]: Event Record Severity (0 informational .. 3 fatal).
+    /// Flags \[1:0\]: Event Record Severity (0 informational .. 3 fatal).
     pub const FLAG_SEVERITY_MASK: u32 = 0x3;
     /// Flags bit 2: Permanent Condition; 3: Maintenance Needed; 4: Performance
     /// Degraded; 5: Hardware Replacement Needed.
@@ -233,12 +233,12 @@ pub mod event_interrupt_policy {
     pub const FAILURE: usize = 2;
     pub const FATAL: usize = 3;
     pub const DYNAMIC_CAPACITY: usize = 4;
-    /// Settings [1:0]: Interrupt Mode.
+    /// Settings \[1:0\]: Interrupt Mode.
     pub const MODE_MASK: u8 = 0x3;
     pub const MODE_NONE: u8 = 0;
     pub const MODE_MSI: u8 = 1;
     pub const MODE_FW: u8 = 2;
-    /// Settings [7:4]: Interrupt Message Number (reported by the device).
+    /// Settings \[7:4\]: Interrupt Message Number (reported by the device).
     pub const MSGNUM_SHIFT: u32 = 4;
     pub const MSGNUM_MASK: u8 = 0xf0;
 }
@@ -248,7 +248,7 @@ pub mod fw_info {
     pub const OUT_LEN: usize = 0x50;
     /// FW Slots Supported (1 byte).
     pub const SLOTS_SUPPORTED: usize = 0x00;
-    /// FW Slot Info (1 byte): active slot [2:0], staged slot [5:3].
+    /// FW Slot Info (1 byte): active slot \[2:0\], staged slot \[5:3\].
     pub const SLOT_INFO: usize = 0x01;
     pub const SLOT_ACTIVE_MASK: u8 = 0x07;
     pub const SLOT_STAGED_SHIFT: u32 = 3;
@@ -340,7 +340,7 @@ pub mod identify {
 }
 
 /// Get Partition Info output (§8.2.9.9.2.1), le64 fields in
-/// [`super::CAPACITY_UNIT`] units.
+/// [`crate::mailbox::CAPACITY_UNIT`] units.
 pub mod partition_info {
     pub const OUT_LEN: usize = 0x20;
     pub const ACTIVE_VOLATILE: usize = 0x00;
@@ -382,9 +382,9 @@ pub mod health_info {
 pub mod poison {
     /// Poison granularity: one cache line.
     pub const LINE: u64 = 64;
-    /// Address fields carry a DPA in [63:6].
+    /// Address fields carry a DPA in \[63:6\].
     pub const ADDR_MASK: u64 = !0x3f;
-    /// Get Poison List input: Physical Address (le64, [63:6]) and Physical Address
+    /// Get Poison List input: Physical Address (le64, \[63:6\]) and Physical Address
     /// Length (le64, in [`LINE`] units).
     pub const GET_IN_LEN: usize = 0x10;
     pub const GET_ADDRESS: usize = 0x00;
@@ -400,12 +400,12 @@ pub mod poison {
     pub const OUT_COUNT: usize = 0x0a;
     /// First Media Error Record.
     pub const OUT_RECORDS: usize = 0x20;
-    /// Media Error Record: Address (le64: DPA [63:6], source [2:0]), Length (le32,
+    /// Media Error Record: Address (le64: DPA \[63:6\], source \[2:0\]), Length (le32,
     /// in [`LINE`] units), 4 reserved bytes.
     pub const RECORD_LEN: usize = 0x10;
     pub const RECORD_ADDRESS: usize = 0x00;
     pub const RECORD_LENGTH: usize = 0x08;
-    /// Error Source values in Media Error Address [2:0].
+    /// Error Source values in Media Error Address \[2:0\].
     pub const SOURCE_MASK: u64 = 0x7;
     pub const SOURCE_UNKNOWN: u8 = 0;
     pub const SOURCE_EXTERNAL: u8 = 1;
@@ -423,7 +423,7 @@ pub mod poison {
     pub const CAP_SCANS: u8 = 1 << 1;
 }
 
-/// Status register bits [4:0] of the device status capability (§8.2.8.3.1): Event
+/// Status register bits \[4:0\] of the device status capability (§8.2.8.3.1): Event
 /// Status, one bit per log that holds records.
 pub mod event_status {
     pub const INFORMATIONAL: u32 = 1 << 0;

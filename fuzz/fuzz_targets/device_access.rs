@@ -437,7 +437,12 @@ impl Firmware for FuzzFirmware {
             CxlResetDecision::Complete(ns)
         }
     }
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+    fn vendor_command(
+        &mut self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), mailbox::ReturnCode> {
         let n = self.rng.below(5000) as usize;
         output.extend((0..n).map(|i| (i as u8) ^ (opcode as u8) ^ input.len() as u8));
         hook_rc(&mut self.rng)
@@ -698,8 +703,9 @@ impl Harness {
         assert_eq!(self.rd(4, e::VERSION, 4) as u32, e::VERSION_VALUE);
         let control = self.rd(4, e::CONTROL, 4) as u32;
         assert_eq!(
-            control & !(e::CONTROL_DIR_TO_GUEST | e::CONTROL_IRQ_ENABLE),
-            0
+            control & !(e::CONTROL_DIR_TO_GUEST | e::CONTROL_IRQ_ENABLE | e::CONTROL_OP_MASK),
+            0,
+            "engine CONTROL reserved bits"
         );
         let status = self.rd(4, e::STATUS, 4) as u32;
         assert_eq!(
@@ -784,6 +790,14 @@ impl Harness {
         let error = status & e::STATUS_ERROR != 0;
         let code = (status & e::STATUS_ERR_MASK) >> e::STATUS_ERR_SHIFT;
         assert!(done != error, "status {status:#x} after a doorbell");
+        // CONTROL.OP other than the copy: this device has no engine operations, so
+        // the doorbell fails at once and touches nothing.
+        if control & e::CONTROL_OP_MASK != 0 {
+            stats::count("engine op: unsupported");
+            assert!(log.is_empty(), "an unsupported operation touched guest RAM");
+            assert!(error && code == e::ERR_UNSUPPORTED_OP, "status {status:#x}");
+            return;
+        }
         stats::count(match (done, code) {
             (true, _) => "dma done",
             (_, e::ERR_BUS_MASTER) => "dma error: bus master",

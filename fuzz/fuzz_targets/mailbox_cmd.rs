@@ -34,7 +34,7 @@ use cxl_regs::mailbox as mb;
 use libfuzzer_sys::fuzz_target;
 use mailbox::{
     implemented_commands, EventLog, EventRecord, Mailbox, MailboxConfig, MailboxEvent, MemLsa,
-    VendorHooks,
+    ReturnCode, VendorHooks,
 };
 
 const CAPACITY: u64 = 512 << 20;
@@ -122,12 +122,17 @@ enum Op {
 /// Vendor hooks that answer from the input and record what they were asked.
 struct Hooks {
     rng: Rng,
-    vendor_calls: Vec<(u16, Vec<u8>, u16, Vec<u8>)>,
+    vendor_calls: Vec<(u16, Vec<u8>, Result<(), ReturnCode>, Vec<u8>)>,
     media_writes: Vec<(u64, usize)>,
 }
 
 impl VendorHooks for Hooks {
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+    fn vendor_command(
+        &mut self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), ReturnCode> {
         let rc = hook_rc(&mut self.rng);
         // Sometimes more than the payload holds (the mailbox must refuse it).
         let n = self.rng.below(5000) as usize;
@@ -136,12 +141,12 @@ impl VendorHooks for Hooks {
             .push((opcode, input.to_vec(), rc, output.clone()));
         rc
     }
-    fn media_write(&mut self, dpa: u64, data: &[u8]) -> u16 {
+    fn media_write(&mut self, dpa: u64, data: &[u8]) -> Result<(), ReturnCode> {
         self.media_writes.push((dpa, data.len()));
         if self.rng.below(8) == 0 {
-            mb::RC_INTERNAL_ERROR
+            Err(ReturnCode::InternalError)
         } else {
-            mb::RC_SUCCESS
+            Ok(())
         }
     }
 }
@@ -291,13 +296,16 @@ impl Harness {
                 "hook input is not the payload"
             );
             match *hook_rc {
-                mb::RC_SUCCESS if out.len() <= self.psize => {
+                Ok(()) if out.len() <= self.psize => {
                     assert_eq!(rc, mb::RC_SUCCESS);
                     assert_eq!(out_len, out.len());
                     assert_eq!(self.mb.payload()[..out.len()], out[..]);
                 }
-                mb::RC_SUCCESS => assert_eq!(rc, mb::RC_INTERNAL_ERROR, "oversized output"),
-                _ => assert_ne!(rc, mb::RC_SUCCESS, "hook failure reported as success"),
+                Ok(()) => assert_eq!(rc, mb::RC_INTERNAL_ERROR, "oversized output"),
+                Err(code) => {
+                    assert_eq!(rc, code.code(), "the hook's code in Status");
+                    assert_eq!(out_len, 0, "a failed command has no output");
+                }
             }
         } else {
             assert!(new_calls.is_empty(), "vendor hook for opcode {opcode:#x}");

@@ -39,8 +39,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use accel_type2::{AccelConfig, AccelDevice, Clock, MemLsa, IRQ_ERR, IRQ_INTX, IRQ_MSIX};
-use backend::device::{lock, Shared, VfioDevice};
+use accel_type2::{AccelConfig, AccelDevice, Clock, MemLsa};
+use backend::device::{lock, Shared, VfioDevice, IRQ_ERR, IRQ_INTX, IRQ_MSIX};
 use backend::memory::{DeviceMemoryFile, SharedDeviceMemory};
 use backend::vfio_user::protocol::{
     Command, Header, FLAG_ERROR, FLAG_NO_REPLY, HEADER_SIZE, MAX_DRAIN_SIZE, MAX_MESSAGE_SIZE,

@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::interleave::Interleave;
 use crate::DecoderState;
 
-/// Highest HPA (exclusive) a decoder may cover: CXL decodes HPA[51:0]
+/// Highest HPA (exclusive) a decoder may cover: CXL decodes HPA\[51:0\]
 /// (§8.2.4.20.13 expresses the decode over HPA bits 51:0).
 pub const HPA_LIMIT: u64 = 1 << 52;
 
@@ -36,10 +36,10 @@ pub enum CommitError {
     /// 27:0 of the Low registers are reserved).
     #[error("base, size or DPA skip is not 256 MiB aligned")]
     Misaligned,
-    /// §8.2.4.20.12: Base + Size must not wrap; CXL decodes HPA[51:0].
+    /// §8.2.4.20.12: Base + Size must not wrap; CXL decodes HPA\[51:0\].
     #[error("HPA range {base:#x}+{size:#x} wraps or exceeds 52 bits")]
     HpaOutOfRange { base: u64, size: u64 },
-    /// §8.2.4.20.12: Decoder[m+1].Base >= Decoder[m].Base + Decoder[m].Size.
+    /// §8.2.4.20.12: Decoder\[m+1\].Base >= Decoder\[m\].Base + Decoder\[m\].Size.
     #[error("HPA base {base:#x} is below the previous decoder's limit {prev_limit:#x}")]
     HpaOverlap { base: u64, prev_limit: u64 },
     /// §8.2.4.20.12: decoder m's range lies below decoder m+1's. Only reachable

@@ -5,6 +5,8 @@
 use cxl_regs::mailbox::{self as mb, effects as fx};
 use thiserror::Error;
 
+use crate::firmware::Firmware as Slots;
+use crate::hooks::Identify;
 use crate::{le, Mailbox, VendorHooks};
 
 /// How long a command's input payload must be.
@@ -312,16 +314,12 @@ impl Mailbox {
         hooks: &mut dyn VendorHooks,
     ) -> CmdResult {
         if opcode >= mb::OP_VENDOR_FIRST {
+            // A vendor command cannot start a background operation (no Background
+            // Command Status would ever complete), and its failures are the codes
+            // of Table 8-34: the hook's type allows nothing else.
             return match hooks.vendor_command(opcode, input, out) {
-                mb::RC_SUCCESS => Ok(Done::Success),
-                // Status may only carry a return code of Table 8-34, and a vendor
-                // command cannot start a background operation (no Background
-                // Command Status would ever complete): report the hook's fault.
-                rc if rc == mb::RC_BACKGROUND_STARTED || rc > mb::RC_INVALID_LOG => {
-                    log::warn!("mailbox: vendor opcode {opcode:#06x} returned rc {rc:#x}");
-                    Err(CmdError::Internal)
-                }
-                rc => Err(CmdError::Code(rc)),
+                Ok(()) => Ok(Done::Success),
+                Err(rc) => Err(CmdError::Code(rc.code())),
             };
         }
         let info = lookup(opcode).ok_or(CmdError::Unsupported)?;
@@ -345,18 +343,20 @@ impl Mailbox {
                 Ok(Done::Success)
             }
             mb::OP_GET_FW_INFO => {
-                self.fw.info(out);
+                let mut info = self.fw.info();
+                hooks.fw_info(&mut info);
+                Slots::info_bytes(&info, out);
                 Ok(Done::Success)
             }
             mb::OP_TRANSFER_FW => {
                 self.fw
-                    .transfer(input)
+                    .transfer(input, &mut |part| hooks.transfer_fw(part))
                     .map_err(|e| CmdError::Code(e.rc()))?;
                 Ok(Done::Success)
             }
             mb::OP_ACTIVATE_FW => {
                 self.fw
-                    .activate(input)
+                    .activate(input, &mut |slot, online| hooks.activate_fw(slot, online))
                     .map_err(|e| CmdError::Code(e.rc()))?;
                 Ok(Done::Success)
             }
@@ -375,7 +375,9 @@ impl Mailbox {
             }
             mb::OP_GET_LOG => self.get_log(input, out),
             mb::OP_IDENTIFY_MEMORY_DEVICE => {
-                self.identify(out);
+                let mut fields = self.identify_fields();
+                hooks.identify(&mut fields);
+                identify_bytes(&fields, out);
                 Ok(Done::Success)
             }
             mb::OP_GET_PARTITION_INFO => {
@@ -385,7 +387,9 @@ impl Mailbox {
             mb::OP_GET_LSA => self.get_lsa(input, out),
             mb::OP_SET_LSA => self.set_lsa(input),
             mb::OP_GET_HEALTH_INFO => {
-                self.health_info(out);
+                let mut health = self.health;
+                hooks.health_info(&mut health);
+                health_info_bytes(&health, out);
                 Ok(Done::Success)
             }
             mb::OP_GET_POISON_LIST => {
@@ -467,40 +471,26 @@ impl Mailbox {
         Ok(Done::Success)
     }
 
-    /// Identify Memory Device (§8.2.9.9.1.1): a volatile-only device.
-    fn identify(&self, out: &mut Vec<u8>) {
-        use mb::identify as id;
-        out.resize(mb::IDENTIFY_OUTPUT_LEN, 0);
-        le::put(out, id::FW_REVISION, &self.fw.active_revision());
+    /// What Identify Memory Device (§8.2.9.9.1.1) reports of this mailbox: a
+    /// volatile-only device.
+    pub fn identify_fields(&self) -> Identify {
         let units = self.cfg.capacity / mb::CAPACITY_UNIT;
-        le::put_u64(out, id::TOTAL_CAPACITY, units);
-        le::put_u64(out, id::VOLATILE_ONLY_CAPACITY, units);
-        le::put_u64(out, id::PERSISTENT_ONLY_CAPACITY, 0);
-        // Partition alignment 0: the device cannot be partitioned.
-        le::put_u64(out, id::PARTITION_ALIGNMENT, 0);
         let ev = self.events.capacity();
-        for off in [
-            id::INFO_EVENT_LOG_SIZE,
-            id::WARN_EVENT_LOG_SIZE,
-            id::FAILURE_EVENT_LOG_SIZE,
-            id::FATAL_EVENT_LOG_SIZE,
-        ] {
-            le::put_u16(out, off, ev);
+        Identify {
+            fw_revision: self.fw.active_revision(),
+            total_capacity: units,
+            volatile_only_capacity: units,
+            persistent_only_capacity: 0,
+            // Partition alignment 0: the device cannot be partitioned.
+            partition_alignment: 0,
+            event_log_sizes: [ev; 4],
+            lsa_size: u32::try_from(self.lsa.size()).unwrap_or(u32::MAX),
+            poison_list_max: self.poison.max(),
+            inject_poison_limit: self.cfg.inject_poison_limit,
+            // Volatile media: no persistent poison, no scan media.
+            poison_caps: 0,
+            qos_telemetry_caps: 0,
         }
-        le::put_u32(
-            out,
-            id::LSA_SIZE,
-            u32::try_from(self.lsa.size()).unwrap_or(u32::MAX),
-        );
-        le::put(
-            out,
-            id::POISON_LIST_MAX,
-            &self.poison.max().to_le_bytes()[..3],
-        );
-        le::put_u16(out, id::INJECT_POISON_LIMIT, self.cfg.inject_poison_limit);
-        // Volatile media: no persistent poison, no scan media.
-        le::put_u8(out, id::POISON_CAPS, 0);
-        le::put_u8(out, id::QOS_TELEMETRY_CAPS, 0);
     }
 
     /// Get Partition Info (§8.2.9.9.2.1): all capacity is active volatile; no
@@ -551,29 +541,6 @@ impl Mailbox {
         Ok(Done::Success)
     }
 
-    /// Get Health Info (§8.2.9.9.3.1).
-    fn health_info(&self, out: &mut Vec<u8>) {
-        use mb::health_info as h;
-        let v = &self.health;
-        out.resize(h::OUT_LEN, 0);
-        le::put_u8(out, h::HEALTH_STATUS, v.health_status);
-        le::put_u8(out, h::MEDIA_STATUS, v.media_status);
-        le::put_u8(out, h::ADDITIONAL_STATUS, v.additional_status);
-        le::put_u8(out, h::LIFE_USED, v.life_used);
-        le::put(out, h::DEVICE_TEMPERATURE, &v.temperature.to_le_bytes());
-        le::put_u32(out, h::DIRTY_SHUTDOWN_COUNT, v.dirty_shutdowns);
-        le::put_u32(
-            out,
-            h::CORRECTED_VOLATILE_ERRORS,
-            v.corrected_volatile_errors,
-        );
-        le::put_u32(
-            out,
-            h::CORRECTED_PERSISTENT_ERRORS,
-            v.corrected_persistent_errors,
-        );
-    }
-
     /// Checks the DPA of Inject/Clear Poison: bits [5:0] are reserved and must be 0
     /// (Invalid Input), the line must lie within capacity (Invalid Physical Address).
     fn poison_address(&self, input: &[u8]) -> Result<u64, CmdError> {
@@ -612,14 +579,70 @@ impl Mailbox {
         let data = input
             .get(p::CLEAR_DATA..p::CLEAR_IN_LEN)
             .ok_or(CmdError::PayloadLength)?;
-        match hooks.media_write(addr, data) {
-            mb::RC_SUCCESS => {}
-            rc => return Err(CmdError::Code(rc)),
-        }
+        hooks
+            .media_write(addr, data)
+            .map_err(|rc| CmdError::Code(rc.code()))?;
         let ts = self.timestamp(now_ns);
         self.poison
             .clear_line(addr, ts)
             .map_err(|e| CmdError::Code(e.rc()))?;
         Ok(Done::Success)
     }
+}
+
+/// Identify Memory Device output (§8.2.9.9.1.1, Table 8-127).
+fn identify_bytes(f: &Identify, out: &mut Vec<u8>) {
+    use mb::identify as id;
+    out.resize(mb::IDENTIFY_OUTPUT_LEN, 0);
+    le::put(out, id::FW_REVISION, &f.fw_revision);
+    le::put_u64(out, id::TOTAL_CAPACITY, f.total_capacity);
+    le::put_u64(out, id::VOLATILE_ONLY_CAPACITY, f.volatile_only_capacity);
+    le::put_u64(
+        out,
+        id::PERSISTENT_ONLY_CAPACITY,
+        f.persistent_only_capacity,
+    );
+    le::put_u64(out, id::PARTITION_ALIGNMENT, f.partition_alignment);
+    for (off, size) in [
+        id::INFO_EVENT_LOG_SIZE,
+        id::WARN_EVENT_LOG_SIZE,
+        id::FAILURE_EVENT_LOG_SIZE,
+        id::FATAL_EVENT_LOG_SIZE,
+    ]
+    .into_iter()
+    .zip(f.event_log_sizes)
+    {
+        le::put_u16(out, off, size);
+    }
+    le::put_u32(out, id::LSA_SIZE, f.lsa_size);
+    le::put(
+        out,
+        id::POISON_LIST_MAX,
+        &f.poison_list_max.to_le_bytes()[..3],
+    );
+    le::put_u16(out, id::INJECT_POISON_LIMIT, f.inject_poison_limit);
+    le::put_u8(out, id::POISON_CAPS, f.poison_caps);
+    le::put_u8(out, id::QOS_TELEMETRY_CAPS, f.qos_telemetry_caps);
+}
+
+/// Get Health Info output (§8.2.9.9.3.1, Table 8-133).
+fn health_info_bytes(v: &crate::HealthInfo, out: &mut Vec<u8>) {
+    use mb::health_info as h;
+    out.resize(h::OUT_LEN, 0);
+    le::put_u8(out, h::HEALTH_STATUS, v.health_status);
+    le::put_u8(out, h::MEDIA_STATUS, v.media_status);
+    le::put_u8(out, h::ADDITIONAL_STATUS, v.additional_status);
+    le::put_u8(out, h::LIFE_USED, v.life_used);
+    le::put(out, h::DEVICE_TEMPERATURE, &v.temperature.to_le_bytes());
+    le::put_u32(out, h::DIRTY_SHUTDOWN_COUNT, v.dirty_shutdowns);
+    le::put_u32(
+        out,
+        h::CORRECTED_VOLATILE_ERRORS,
+        v.corrected_volatile_errors,
+    );
+    le::put_u32(
+        out,
+        h::CORRECTED_PERSISTENT_ERRORS,
+        v.corrected_persistent_errors,
+    );
 }

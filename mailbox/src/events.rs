@@ -84,7 +84,7 @@ impl EventLog {
 pub struct EventRecord {
     /// Record identifier UUID (wire byte order), e.g. General Media Event.
     pub uuid: [u8; 16],
-    /// Event Record Flags. Bits [1:0] (severity) are set by the device from the log
+    /// Event Record Flags. Bits \[1:0\] (severity) are set by the device from the log
     /// the record goes to; bits above [`rec::FLAGS_DEFINED`] are reserved and dropped.
     pub flags: u32,
     /// Record-specific data at offset 0x30, at most 0x50 bytes (longer is truncated).

@@ -6,11 +6,13 @@
 //! image is kept, only its revision and length.
 
 use cxl_regs::mailbox::{
-    activate_fw as act, fw_info as info, transfer_fw as xfer, RC_FW_TRANSFER_IN_PROGRESS,
-    RC_FW_TRANSFER_OUT_OF_ORDER, RC_FW_VERIFICATION_FAILED, RC_INVALID_INPUT, RC_INVALID_SLOT,
+    activate_fw as act, fw_info as info, transfer_fw as xfer, RC_ACTIVATION_FAILED_COLD_RESET,
+    RC_ACTIVATION_FAILED_ROLLED_BACK, RC_FW_TRANSFER_IN_PROGRESS, RC_FW_TRANSFER_OUT_OF_ORDER,
+    RC_FW_VERIFICATION_FAILED, RC_INVALID_INPUT, RC_INVALID_SLOT,
 };
 use thiserror::Error;
 
+use crate::hooks::{FwAction, FwInfo, FwPart};
 use crate::le;
 
 /// Largest firmware package accepted.
@@ -31,6 +33,10 @@ pub enum FwError {
     Verification,
     #[error("package part is malformed")]
     BadPart,
+    #[error("activation failed, the previous firmware runs again")]
+    ActivationRolledBack,
+    #[error("activation failed, a cold reset is required")]
+    ActivationNeedsColdReset,
 }
 
 impl FwError {
@@ -42,9 +48,15 @@ impl FwError {
             FwError::InProgress => RC_FW_TRANSFER_IN_PROGRESS,
             FwError::OutOfOrder => RC_FW_TRANSFER_OUT_OF_ORDER,
             FwError::Verification => RC_FW_VERIFICATION_FAILED,
+            FwError::ActivationRolledBack => RC_ACTIVATION_FAILED_ROLLED_BACK,
+            FwError::ActivationNeedsColdReset => RC_ACTIVATION_FAILED_COLD_RESET,
         }
     }
 }
+
+/// The check a part must pass besides the mailbox's own (the device's firmware,
+/// [`crate::VendorHooks::transfer_fw`] and [`crate::VendorHooks::activate_fw`]).
+pub(crate) type PartCheck<'a> = dyn FnMut(&FwPart<'_>) -> Result<(), FwError> + 'a;
 
 #[derive(Debug, Clone)]
 struct Transfer {
@@ -112,26 +124,38 @@ impl Firmware {
             .ok_or(FwError::InvalidSlot(s))
     }
 
-    /// Get FW Info output (§8.2.9.3.1).
-    pub(crate) fn info(&self, out: &mut Vec<u8>) {
+    /// What Get FW Info reports (§8.2.9.3.1).
+    pub(crate) fn info(&self) -> FwInfo {
+        let mut revisions = [[0u8; 16]; 4];
+        for (r, s) in revisions.iter_mut().zip(&self.slots) {
+            if let Some(rev) = s {
+                *r = *rev;
+            }
+        }
+        FwInfo {
+            slots_supported: u8::try_from(self.slots.len()).unwrap_or(info::MAX_SLOTS),
+            active_slot: self.active,
+            staged_slot: self.staged,
+            activation_caps: info::CAP_ONLINE_ACTIVATION,
+            revisions,
+        }
+    }
+
+    /// Get FW Info output (§8.2.9.3.1, Table 8-63) for `fw`.
+    pub(crate) fn info_bytes(fw: &FwInfo, out: &mut Vec<u8>) {
         out.clear();
         out.resize(info::OUT_LEN, 0);
-        le::put_u8(
-            out,
-            info::SLOTS_SUPPORTED,
-            u8::try_from(self.slots.len()).unwrap_or(4),
-        );
+        le::put_u8(out, info::SLOTS_SUPPORTED, fw.slots_supported);
         le::put_u8(
             out,
             info::SLOT_INFO,
-            (self.active & info::SLOT_ACTIVE_MASK)
-                | ((self.staged & 0x7) << info::SLOT_STAGED_SHIFT),
+            (fw.active_slot & info::SLOT_ACTIVE_MASK)
+                | ((fw.staged_slot & 0x7) << info::SLOT_STAGED_SHIFT),
         );
-        le::put_u8(out, info::ACTIVATION_CAPS, info::CAP_ONLINE_ACTIVATION);
-        for (i, s) in self.slots.iter().enumerate() {
-            if let Some(rev) = s {
-                le::put(out, info::SLOT1_REVISION + i * info::REVISION_LEN, rev);
-            }
+        le::put_u8(out, info::ACTIVATION_CAPS, fw.activation_caps);
+        let shown = usize::from(fw.slots_supported.min(info::MAX_SLOTS));
+        for (i, rev) in fw.revisions.iter().enumerate().take(shown) {
+            le::put(out, info::SLOT1_REVISION + i * info::REVISION_LEN, rev);
         }
     }
 
@@ -153,8 +177,14 @@ impl Firmware {
         Ok(())
     }
 
-    /// Transfer FW (§8.2.9.3.2) from its raw input (length >= 0x80 checked by caller).
-    pub(crate) fn transfer(&mut self, input: &[u8]) -> Result<(), FwError> {
+    /// Transfer FW (§8.2.9.3.2) from its raw input (length >= 0x80 checked by
+    /// caller). A part that passes this mailbox's checks goes to `check` before it
+    /// takes effect; its refusal fails the command and changes nothing.
+    pub(crate) fn transfer(
+        &mut self,
+        input: &[u8],
+        check: &mut PartCheck<'_>,
+    ) -> Result<(), FwError> {
         let action = le::u8_at(input, xfer::ACTION).unwrap_or(u8::MAX);
         let slot = le::u8_at(input, xfer::SLOT).unwrap_or(0);
         let offset = usize::try_from(le::u32_at(input, xfer::OFFSET).unwrap_or(0))
@@ -167,6 +197,12 @@ impl Firmware {
                 .unwrap_or(&[])
                 .to_vec()
         };
+        let part = |action| FwPart {
+            action,
+            slot,
+            offset,
+            data,
+        };
         match action {
             xfer::ACTION_FULL => {
                 if self.transfer.is_some() {
@@ -176,9 +212,10 @@ impl Firmware {
                     return Err(FwError::OutOfOrder);
                 }
                 let s = self.writable_slot(slot)?;
-                if data.len() > MAX_PACKAGE {
+                if data.len() > MAX_PACKAGE || data.len() < info::REVISION_LEN {
                     return Err(FwError::Verification);
                 }
+                check(&part(FwAction::Full))?;
                 self.store(s, data, data.len())
             }
             xfer::ACTION_INITIATE => {
@@ -191,6 +228,7 @@ impl Firmware {
                 if data.is_empty() || data.len() % xfer::OFFSET_UNIT != 0 {
                     return Err(FwError::BadPart);
                 }
+                check(&part(FwAction::Initiate))?;
                 self.transfer = Some(Transfer {
                     received: data.len(),
                     head: head_of(data),
@@ -205,7 +243,7 @@ impl Firmware {
                 } else {
                     None
                 };
-                let t = self.transfer.as_mut().ok_or(FwError::OutOfOrder)?;
+                let t = self.transfer.as_ref().ok_or(FwError::OutOfOrder)?;
                 if offset != t.received {
                     return Err(FwError::OutOfOrder);
                 }
@@ -220,18 +258,37 @@ impl Firmware {
                     self.transfer = None;
                     return Err(FwError::Verification);
                 };
-                t.received = total;
-                if t.head.len() < info::REVISION_LEN {
-                    let need = info::REVISION_LEN - t.head.len();
-                    t.head.extend_from_slice(&data[..data.len().min(need)]);
+                let mut head = t.head.clone();
+                if head.len() < info::REVISION_LEN {
+                    let need = info::REVISION_LEN - head.len();
+                    head.extend_from_slice(&data[..data.len().min(need)]);
+                }
+                if end && (total < info::REVISION_LEN || head.len() < info::REVISION_LEN) {
+                    self.transfer = None;
+                    return Err(FwError::Verification);
+                }
+                // A part the firmware refuses ends the transfer: the package is bad.
+                if let Err(e) = check(&part(if end {
+                    FwAction::End
+                } else {
+                    FwAction::Continue
+                })) {
+                    self.transfer = None;
+                    return Err(e);
                 }
                 let Some(s) = slot_idx else {
+                    self.transfer = Some(Transfer {
+                        received: total,
+                        head,
+                    });
                     return Ok(());
                 };
-                let t = self.transfer.take().ok_or(FwError::OutOfOrder)?;
-                self.store(s, &t.head, t.received)
+                self.transfer = None;
+                self.store(s, &head, total)
             }
             xfer::ACTION_ABORT => {
+                // Announced; the firmware cannot refuse an abort.
+                let _ = check(&part(FwAction::Abort));
                 self.transfer = None;
                 Ok(())
             }
@@ -239,8 +296,14 @@ impl Firmware {
         }
     }
 
-    /// Activate FW (§8.2.9.3.3). Online activation takes effect at once.
-    pub(crate) fn activate(&mut self, input: &[u8]) -> Result<(), FwError> {
+    /// Activate FW (§8.2.9.3.3). Online activation takes effect at once. A request
+    /// that passes this mailbox's checks goes to `check` (slot, online) first; its
+    /// refusal fails the command and changes nothing.
+    pub(crate) fn activate(
+        &mut self,
+        input: &[u8],
+        check: &mut dyn FnMut(u8, bool) -> Result<(), FwError>,
+    ) -> Result<(), FwError> {
         let action = le::u8_at(input, act::ACTION).unwrap_or(u8::MAX);
         let slot = le::u8_at(input, act::SLOT).unwrap_or(0);
         if action != act::ACTION_ONLINE && action != act::ACTION_COLD_RESET {
@@ -249,7 +312,9 @@ impl Firmware {
         if slot == self.active || !matches!(self.slot(slot), Some(Some(_))) {
             return Err(FwError::InvalidSlot(slot));
         }
-        if action == act::ACTION_ONLINE {
+        let online = action == act::ACTION_ONLINE;
+        check(slot, online)?;
+        if online {
             self.active = slot;
             self.staged = 0;
         } else {
@@ -277,6 +342,14 @@ impl Firmware {
 mod tests {
     use super::*;
 
+    fn xfer(f: &mut Firmware, input: &[u8]) -> Result<(), FwError> {
+        f.transfer(input, &mut |_| Ok(()))
+    }
+
+    fn act(f: &mut Firmware, input: &[u8]) -> Result<(), FwError> {
+        f.activate(input, &mut |_, _| Ok(()))
+    }
+
     fn part(action: u8, slot: u8, offset_units: u32, data: &[u8]) -> Vec<u8> {
         let mut v = vec![0u8; xfer::DATA];
         v[xfer::ACTION] = action;
@@ -291,27 +364,27 @@ mod tests {
         let mut f = Firmware::new(2, "v1");
         let mut img = b"new-revision-0002".to_vec();
         img.resize(300, 0xaa);
-        assert_eq!(f.transfer(&part(1, 0, 0, &img[..128])), Ok(()));
+        assert_eq!(xfer(&mut f, &part(1, 0, 0, &img[..128])), Ok(()));
         assert_eq!(
-            f.transfer(&part(1, 0, 0, &img[..128])),
+            xfer(&mut f, &part(1, 0, 0, &img[..128])),
             Err(FwError::InProgress)
         );
         assert_eq!(
-            f.transfer(&part(2, 0, 2, &img[128..256])),
+            xfer(&mut f, &part(2, 0, 2, &img[128..256])),
             Err(FwError::OutOfOrder)
         );
-        assert_eq!(f.transfer(&part(2, 0, 1, &img[128..256])), Ok(()));
+        assert_eq!(xfer(&mut f, &part(2, 0, 1, &img[128..256])), Ok(()));
         assert_eq!(
-            f.transfer(&part(3, 1, 2, &img[256..])),
+            xfer(&mut f, &part(3, 1, 2, &img[256..])),
             Err(FwError::InvalidSlot(1))
         );
-        assert_eq!(f.transfer(&part(3, 2, 2, &img[256..])), Ok(()));
+        assert_eq!(xfer(&mut f, &part(3, 2, 2, &img[256..])), Ok(()));
         let mut out = Vec::new();
-        f.info(&mut out);
+        Firmware::info_bytes(&f.info(), &mut out);
         assert_eq!(&out[0x20..0x30], b"new-revision-000");
-        assert_eq!(f.activate(&[0, 1]), Err(FwError::InvalidSlot(1)));
-        assert_eq!(f.activate(&[1, 2]), Ok(()));
-        f.info(&mut out);
+        assert_eq!(act(&mut f, &[0, 1]), Err(FwError::InvalidSlot(1)));
+        assert_eq!(act(&mut f, &[1, 2]), Ok(()));
+        Firmware::info_bytes(&f.info(), &mut out);
         assert_eq!(out[info::SLOT_INFO], 1 | (2 << 3));
         f.cold_reset();
         assert_eq!(&f.active_revision(), b"new-revision-000");
@@ -321,32 +394,32 @@ mod tests {
     fn full_transfer_checks() {
         let mut f = Firmware::new(3, "v1");
         assert_eq!(
-            f.transfer(&part(0, 2, 0, b"short")),
+            xfer(&mut f, &part(0, 2, 0, b"short")),
             Err(FwError::Verification)
         );
         assert_eq!(
-            f.transfer(&part(0, 4, 0, &[1; 32])),
+            xfer(&mut f, &part(0, 4, 0, &[1; 32])),
             Err(FwError::InvalidSlot(4))
         );
         assert_eq!(
-            f.transfer(&part(0, 0, 0, &[1; 32])),
+            xfer(&mut f, &part(0, 0, 0, &[1; 32])),
             Err(FwError::InvalidSlot(0))
         );
         assert_eq!(
-            f.transfer(&part(0, 3, 1, &[1; 32])),
+            xfer(&mut f, &part(0, 3, 1, &[1; 32])),
             Err(FwError::OutOfOrder)
         );
         assert_eq!(
-            f.transfer(&part(9, 3, 0, &[1; 32])),
+            xfer(&mut f, &part(9, 3, 0, &[1; 32])),
             Err(FwError::BadAction(9))
         );
         assert_eq!(
-            f.transfer(&part(2, 3, 0, &[1; 128])),
+            xfer(&mut f, &part(2, 3, 0, &[1; 128])),
             Err(FwError::OutOfOrder)
         );
-        assert_eq!(f.transfer(&part(0, 3, 0, &[1; 32])), Ok(()));
-        assert_eq!(f.activate(&[0, 2]), Err(FwError::InvalidSlot(2)));
-        assert_eq!(f.activate(&[0, 3]), Ok(()));
+        assert_eq!(xfer(&mut f, &part(0, 3, 0, &[1; 32])), Ok(()));
+        assert_eq!(act(&mut f, &[0, 2]), Err(FwError::InvalidSlot(2)));
+        assert_eq!(act(&mut f, &[0, 3]), Ok(()));
         assert_eq!(f.active_revision(), [1; 16]);
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! Execution model:
 //! - A write that sets the Control doorbell runs the command synchronously, inside
-//!   that write: when it returns, the doorbell already reads 0, Status[47:32] holds
-//!   the return code and Command[36:16] the output length (§8.2.8.4.4..6).
+//!   that write: when it returns, the doorbell already reads 0, Status\[47:32\] holds
+//!   the return code and Command\[36:16\] the output length (§8.2.8.4.4..6).
 //! - Sanitize (0x4400, §8.2.9.9.5.1) is a background command: it returns Background
 //!   Command Started, and Status bit 0 and the Background Command Status register
 //!   (§8.2.8.4.7) show it running. The doorbell write hands
@@ -40,53 +40,37 @@
 //! `Mailbox::{sanitize_progress, sanitize_wiped, sanitize_wiping}`: Sanitize's wipe
 //! is the device model's, reported back; `MailboxEvent::SanitizeStarted` replaced
 //! `SanitizeComplete` (the wipe now comes first, and the completion is an ordinary
-//! `BackgroundComplete`).
+//! `BackgroundComplete`). Firmware hooks: `ReturnCode` (a failing return code as a
+//! type), `VendorHooks::{identify, health_info, fw_info, transfer_fw, activate_fw}`
+//! with `Identify`, `FwInfo`, `FwPart`, `FwAction`; `VendorHooks::vendor_command` and
+//! `media_write` return `Result<(), ReturnCode>`; `Mailbox::identify_fields`.
 
 #![forbid(unsafe_code)]
 
 mod commands;
 mod events;
 mod firmware;
+mod hooks;
 mod le;
 mod lsa;
 mod payload;
 mod poison;
+mod rc;
 
 use cxl_regs::mailbox as mb;
 
 pub use commands::{implemented_commands, CommandInfo};
 pub use events::{EventError, EventLog, EventRecord};
 pub use firmware::{FwError, MAX_PACKAGE};
+pub use hooks::{FwAction, FwInfo, FwPart, Identify, NoVendorHooks, VendorHooks};
 pub use lsa::{LsaError, LsaStorage, MemLsa};
 pub use payload::PayloadBuf;
 pub use poison::{PoisonError, PoisonRecord};
+pub use rc::ReturnCode;
 
 use events::EventLogs;
 use firmware::Firmware;
 use poison::PoisonList;
-
-/// Hooks the mailbox calls out to (the device's firmware and memory).
-pub trait VendorHooks {
-    /// A vendor-specific opcode (0xC000..=0xFFFF). Returns the spec return code
-    /// and fills `output` (at most the payload size, else Internal Error).
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16;
-
-    /// Clear Poison (CXL r3.1 §8.2.9.9.4.3): write the command's 64 bytes of data to
-    /// device memory at `dpa` (64-byte aligned, within capacity). Returns a return
-    /// code; anything but Success fails the command and keeps the poison. The
-    /// default does nothing and succeeds: a device model with memory must override it.
-    fn media_write(&mut self, _dpa: u64, _data: &[u8]) -> u16 {
-        mb::RC_SUCCESS
-    }
-}
-
-/// Hooks that support nothing: every vendor opcode is Unsupported.
-pub struct NoVendorHooks;
-impl VendorHooks for NoVendorHooks {
-    fn vendor_command(&mut self, _opcode: u16, _input: &[u8], _output: &mut Vec<u8>) -> u16 {
-        mb::RC_UNSUPPORTED
-    }
-}
 
 /// Static configuration. Build it with `..Default::default()` so new fields do not
 /// break callers.

@@ -28,29 +28,35 @@ struct Hooks {
 }
 
 impl VendorHooks for Hooks {
-    fn vendor_command(&mut self, opcode: u16, input: &[u8], output: &mut Vec<u8>) -> u16 {
+    fn vendor_command(
+        &mut self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), ReturnCode> {
         match opcode {
             0xc001 => {
                 output.extend(input.iter().rev());
-                mb::RC_SUCCESS
+                Ok(())
             }
             0xc002 => {
                 output.resize(1 << 20, 0);
-                mb::RC_SUCCESS
+                Ok(())
             }
-            // A hook that returns what no vendor command may: Background Command
-            // Started, or a value outside Table 8-34 (the input's first byte).
-            0xc003 => mb::RC_BACKGROUND_STARTED,
-            0xc004 => 0xe700 | u16::from(input.first().copied().unwrap_or(0)),
-            _ => mb::RC_UNSUPPORTED,
+            // Fails, after writing output that must not reach the payload.
+            0xc003 => {
+                output.extend_from_slice(b"leak");
+                Err(ReturnCode::InvalidInput)
+            }
+            _ => Err(ReturnCode::Unsupported),
         }
     }
-    fn media_write(&mut self, dpa: u64, data: &[u8]) -> u16 {
+    fn media_write(&mut self, dpa: u64, data: &[u8]) -> Result<(), ReturnCode> {
         if self.fail_writes {
-            return mb::RC_MEDIA_DISABLED;
+            return Err(ReturnCode::MediaDisabled);
         }
         self.writes.push((dpa, data.to_vec()));
-        mb::RC_SUCCESS
+        Ok(())
     }
 }
 
@@ -818,6 +824,187 @@ fn xfer(action: u8, slot: u8, off: u32, data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Firmware that reports its own fields and refuses some updates.
+#[derive(Default)]
+struct FwHooks {
+    parts: Vec<(FwAction, u8, usize, usize)>,
+    /// Refuse any part whose data starts with this byte.
+    refuse_first_byte: Option<u8>,
+    activations: Vec<(u8, bool)>,
+    refuse_activation: Option<FwError>,
+}
+
+impl VendorHooks for FwHooks {
+    fn vendor_command(&mut self, _: u16, _: &[u8], _: &mut Vec<u8>) -> Result<(), ReturnCode> {
+        Err(ReturnCode::Unsupported)
+    }
+    fn identify(&mut self, f: &mut Identify) {
+        f.fw_revision = *b"acme-fw 7.1\0\0\0\0\0";
+        f.event_log_sizes = [1, 2, 3, 4];
+        f.poison_caps = 0x2;
+    }
+    fn health_info(&mut self, h: &mut HealthInfo) {
+        h.temperature = -5;
+        h.life_used = 42;
+    }
+    fn fw_info(&mut self, i: &mut FwInfo) {
+        i.activation_caps = 0;
+    }
+    fn transfer_fw(&mut self, part: &FwPart<'_>) -> Result<(), FwError> {
+        self.parts
+            .push((part.action, part.slot, part.offset, part.data.len()));
+        match (self.refuse_first_byte, part.data.first()) {
+            (Some(r), Some(b)) if r == *b => Err(FwError::Verification),
+            _ => Ok(()),
+        }
+    }
+    fn activate_fw(&mut self, slot: u8, online: bool) -> Result<(), FwError> {
+        self.activations.push((slot, online));
+        self.refuse_activation.map_or(Ok(()), Err)
+    }
+}
+
+#[test]
+fn firmware_reports_its_own_identify_health_and_fw_info_fields() {
+    let mut m = mbx();
+    let mut h = FwHooks::default();
+    // Offsets from CXL r3.1 Table 8-127 (Identify) and 8-133 (Health Info).
+    let (r, id) = run_at(&mut m, &mut h, 0x4000, &[], 0);
+    assert_eq!(r, 0);
+    assert_eq!(&id[..11], b"acme-fw 7.1");
+    assert_eq!(
+        [
+            u16le(&id, 0x30),
+            u16le(&id, 0x32),
+            u16le(&id, 0x34),
+            u16le(&id, 0x36)
+        ],
+        [1, 2, 3, 4]
+    );
+    assert_eq!(id[0x41], 0x2);
+    assert_eq!(
+        u64le(&id, 0x10),
+        m.config().capacity >> 28,
+        "capacity left as the mailbox reports it"
+    );
+    let (r, health) = run_at(&mut m, &mut h, 0x4200, &[], 0);
+    assert_eq!(r, 0);
+    assert_eq!(
+        (health[3], i16::from_le_bytes([health[4], health[5]])),
+        (42, -5)
+    );
+    // What the hook changed is only reported: the mailbox's own state is as it was.
+    assert_eq!(m.health().temperature, 35);
+    let (r, info) = run_at(&mut m, &mut h, 0x0200, &[], 0);
+    assert_eq!(
+        (r, info[2]),
+        (0, 0),
+        "activation caps as firmware reports them"
+    );
+    // Without the hooks, the defaults.
+    let (_, id) = run(&mut m, 0x4000, &[]);
+    assert_eq!(&id[..15], b"cxl-accel 0.1.0");
+}
+
+#[test]
+fn firmware_refuses_an_image_and_nothing_changes() {
+    let mut m = mbx();
+    let mut h = FwHooks {
+        refuse_first_byte: Some(0xbd),
+        ..Default::default()
+    };
+    let mut bad = vec![0xbd; 64];
+    bad[1..16].copy_from_slice(b"bad-image-00000");
+    let r = run_at(&mut m, &mut h, mb::OP_TRANSFER_FW, &xfer(0, 2, 0, &bad), 0).0;
+    assert_eq!(r, 0x0a, "FW Verification Failed (Table 8-34)");
+    assert_eq!(h.parts, vec![(FwAction::Full, 2, 0, 64)]);
+    let (_, info) = run_at(&mut m, &mut h, mb::OP_GET_FW_INFO, &[], 0);
+    assert_eq!(&info[0x20..0x30], &[0; 16], "slot 2 still empty");
+    // A refused Initiate starts nothing: the Continue after it is out of order.
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(1, 0, 0, &[0xbd; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, 0x0a);
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(2, 0, 1, &[1; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, mb::RC_FW_TRANSFER_OUT_OF_ORDER);
+    // Parts the mailbox refuses itself never reach the firmware.
+    assert_eq!(h.parts.len(), 2);
+    // A refused End ends the transfer: the next part must start a new one.
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(1, 0, 0, &[1; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, 0);
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(3, 2, 1, &[0xbd; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, 0x0a);
+    let r = run_at(
+        &mut m,
+        &mut h,
+        mb::OP_TRANSFER_FW,
+        &xfer(2, 0, 2, &[1; 128]),
+        0,
+    )
+    .0;
+    assert_eq!(r, mb::RC_FW_TRANSFER_OUT_OF_ORDER, "nothing in progress");
+    h.parts.truncate(2);
+    // An accepted package in parts: each part is seen at its byte offset.
+    let mut img = b"good-image-00001".to_vec();
+    img.resize(256, 7);
+    for (action, slot, units, range) in [(1, 0, 0, 0..128), (3, 2, 1, 128..256)] {
+        let r = run_at(
+            &mut m,
+            &mut h,
+            mb::OP_TRANSFER_FW,
+            &xfer(action, slot, units, &img[range]),
+            0,
+        );
+        assert_eq!(r.0, 0);
+    }
+    assert_eq!(
+        h.parts[2..],
+        [
+            (FwAction::Initiate, 0, 0, 128),
+            (FwAction::End, 2, 128, 128)
+        ]
+    );
+    let (_, info) = run_at(&mut m, &mut h, mb::OP_GET_FW_INFO, &[], 0);
+    assert_eq!(&info[0x20..0x30], b"good-image-00001");
+    // Activation: refused with the spec's code, then accepted.
+    h.refuse_activation = Some(FwError::ActivationNeedsColdReset);
+    let r = run_at(&mut m, &mut h, mb::OP_ACTIVATE_FW, &[0, 2], 0).0;
+    assert_eq!(r, 0x0d, "Activation Failed, Cold Reset Required");
+    let (_, info) = run_at(&mut m, &mut h, mb::OP_GET_FW_INFO, &[], 0);
+    assert_eq!(info[1] & 7, 1, "slot 1 still active");
+    h.refuse_activation = None;
+    assert_eq!(run_at(&mut m, &mut h, mb::OP_ACTIVATE_FW, &[0, 2], 0).0, 0);
+    assert_eq!(h.activations, vec![(2, true), (2, true)]);
+    let (_, info) = run_at(&mut m, &mut h, mb::OP_GET_FW_INFO, &[], 0);
+    assert_eq!(info[1] & 7, 2);
+}
+
 #[test]
 fn firmware_update_flow() {
     let mut m = mbx();
@@ -1082,22 +1269,15 @@ fn vendor_commands_go_to_hooks() {
 }
 
 #[test]
-fn vendor_return_codes_outside_the_table_become_internal_error() {
-    // Found by the mailbox_cmd fuzz target: the hook's code went straight into
-    // Status, so the register showed 0xe74a, or Background Command Started with no
-    // background operation running (Status bit 0 clear, nothing ever completes).
+fn a_failed_vendor_command_returns_its_code_and_no_output() {
     let mut m = mbx();
     let mut h = Hooks::default();
-    for (opcode, input) in [(0xc003, &[][..]), (0xc004, &[0x4a][..])] {
-        assert_eq!(
-            run_at(&mut m, &mut h, opcode, input, 0),
-            (mb::RC_INTERNAL_ERROR, vec![])
-        );
-        assert_eq!(m.read(mb::STATUS, 0) & 1, 0);
-        assert!(!m.background_busy());
-    }
-    // Spec codes other than Success still pass through.
-    assert_eq!(run_at(&mut m, &mut h, 0xc005, &[], 0).0, mb::RC_UNSUPPORTED);
+    assert_eq!(
+        run_at(&mut m, &mut h, 0xc003, &[1, 2], 0),
+        (mb::RC_INVALID_INPUT, vec![])
+    );
+    assert_eq!(m.read(mb::STATUS, 0) & 1, 0, "no background operation");
+    assert!(!m.background_busy());
 }
 
 // ---- sanitize / background ----

@@ -247,3 +247,34 @@ debian_mirror_in() {
     fi
     echo "${url%/}"
 }
+
+# --- The example vendor firmware ------------------------------------------------------
+# build_vendor_example: build examples/vendor-firmware as a vendor would: from a copy
+# outside the repository (a temporary folder, removed after), its path dependencies
+# pointed back at this checkout, with its own lock file; run its tests and clippy.
+# The build is cached in target/vendor-example. Prints the path of the acme-backend
+# binary (release).
+build_vendor_example() {
+    local dir bin rc=0
+    dir=$(mktemp -d /tmp/cxl-accel-vendor.XXXXXX)
+    cp -r "$REPO/examples/vendor-firmware/." "$dir/"
+    rm -rf "$dir/target"
+    # path = "../../<crate>" -> path = "<this checkout>/<crate>"
+    sed -i -E "s|path = \"\\.\\./\\.\\./([^\"]+)\"|path = \"$REPO/\\1\"|" "$dir/Cargo.toml"
+    if grep -q 'path = "\.\.' "$dir/Cargo.toml"; then
+        log "vendor example: a relative path dependency is left in $dir/Cargo.toml"
+        rm -rf "$dir"
+        return 1
+    fi
+    (
+        cd "$dir"
+        export CARGO_TARGET_DIR=$REPO/target/vendor-example
+        cargo build --quiet --locked --release
+        cargo test --quiet --locked >/dev/null
+        cargo clippy --quiet --locked --all-targets -- -D warnings
+    ) >&2 || rc=$?
+    bin=$REPO/target/vendor-example/release/acme-backend
+    rm -rf "$dir"
+    [[ $rc -eq 0 && -x $bin ]] || { log "vendor example: build from a copy outside the repository failed"; return 1; }
+    echo "$bin"
+}

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cxl_regs::{layout, mailbox as mbx, pci};
+use cxl_regs::{hdm, layout, mailbox as mbx, pci};
 use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -478,6 +478,50 @@ pub fn register_blocks(cfg: &[u8]) -> Vec<(u8, u8, u64)> {
         e += 8;
     }
     out
+}
+
+// --- HDM decoders -----------------------------------------------------------
+
+/// BAR0 offset of register `reg` of HDM decoder `n`.
+pub fn decoder_reg(n: u32, reg: u32) -> u64 {
+    layout::HDM_OFFSET + u64::from(hdm::decoder_offset(n) + reg)
+}
+
+/// Write base, size and then control of decoder `n`, as a driver does.
+pub fn write_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) {
+    write32(c, BAR0, decoder_reg(n, hdm::DEC_BASE_LO), base as u32);
+    write32(
+        c,
+        BAR0,
+        decoder_reg(n, hdm::DEC_BASE_HI),
+        (base >> 32) as u32,
+    );
+    write32(c, BAR0, decoder_reg(n, hdm::DEC_SIZE_LO), size as u32);
+    write32(
+        c,
+        BAR0,
+        decoder_reg(n, hdm::DEC_SIZE_HI),
+        (size >> 32) as u32,
+    );
+    write32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL), ctrl);
+}
+
+/// [`write_decoder`], then wait (as the kernel does) for Committed or Error when
+/// `ctrl` commits; returns the control register.
+pub fn program_decoder(c: &mut vfio_user::Client, n: u32, base: u64, size: u64, ctrl: u32) -> u32 {
+    write_decoder(c, n, base, size, ctrl);
+    // The kernel polls up to 20 ms for Committed or Error.
+    let start = Instant::now();
+    loop {
+        let v = read32(c, BAR0, decoder_reg(n, hdm::DEC_CONTROL));
+        if v & (hdm::CTRL_COMMITTED | hdm::CTRL_ERROR_NOT_COMMITTED) != 0
+            || ctrl & hdm::CTRL_COMMIT == 0
+            || start.elapsed() > Duration::from_millis(500)
+        {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 // --- mailbox ----------------------------------------------------------------

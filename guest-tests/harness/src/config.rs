@@ -80,6 +80,28 @@ impl fmt::Display for Topology {
     }
 }
 
+/// Which checks of the example vendor firmware run (`--vendor-checks`, group v).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VendorChecks {
+    /// None: the device runs some other firmware.
+    #[default]
+    Off,
+    /// The firmware hooks (examples/firmware.py over --firmware-socket).
+    Hooks,
+    /// The hooks and the engine operation (the examples/vendor-firmware binary).
+    Full,
+}
+
+impl VendorChecks {
+    pub fn enabled(self) -> bool {
+        self != VendorChecks::Off
+    }
+    /// Whether the engine operation is checked.
+    pub fn engine(self) -> bool {
+        self == VendorChecks::Full
+    }
+}
+
 /// Flit mode the backend was started with (`--flit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flit {
@@ -128,6 +150,8 @@ pub struct Config {
     pub topology: Topology,
     /// Volatile memory of the cxl-type3 (with-type3).
     pub type3_size: u64,
+    /// The example vendor firmware's checks (group v).
+    pub vendor_checks: VendorChecks,
 }
 
 impl Default for Config {
@@ -150,6 +174,7 @@ impl Default for Config {
             hotplug: false,
             topology: Topology::Direct,
             type3_size: 512 << 20,
+            vendor_checks: VendorChecks::Off,
         }
     }
 }
@@ -181,6 +206,9 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
                            with-type3: where the accelerators sit; accelerator i >= 1
                            has serial + i and its checks' ids end in @i
   --type3-size BYTES       with-type3: the cxl-type3's volatile memory (default 512M)
+  --vendor-checks off|hooks|full
+                           check the example vendor firmware's behaviour (group v):
+                           its hooks, or the hooks and its engine operation (default off)
   --cmdline FILE           read the cxltest.* keys from FILE instead of /proc/cmdline
   --no-cmdline             ignore the kernel command line
   -h, --help";
@@ -207,7 +235,7 @@ fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "mode",
     "flit",
     "mailbox",
@@ -225,6 +253,7 @@ pub const KEYS: [&str; 17] = [
     "hotplug",
     "topology",
     "type3-size",
+    "vendor-checks",
 ];
 
 impl Config {
@@ -311,6 +340,18 @@ impl Config {
                     ));
                 }
                 self.type3_size = size;
+            }
+            "vendor-checks" => {
+                self.vendor_checks = match value {
+                    "off" => VendorChecks::Off,
+                    "hooks" => VendorChecks::Hooks,
+                    "full" => VendorChecks::Full,
+                    _ => {
+                        return Err(format!(
+                            "vendor-checks: expected off|hooks|full, got {value:?}"
+                        ))
+                    }
+                }
             }
             "seconds" => self.seconds = parse_u64(value)?,
             "seed" => self.seed = Some(parse_u64(value)?),

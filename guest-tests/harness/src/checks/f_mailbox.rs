@@ -43,7 +43,7 @@ fn wait() {
 }
 
 /// Offset of the primary mailbox in BAR0, and the memory-device status register.
-fn locate(ctx: &mut Ctx) -> Result<(u8, u64, Option<u64>), String> {
+pub fn locate(ctx: &mut Ctx) -> Result<(u8, u64, Option<u64>), String> {
     let (bir, blk) = ctx.block(rl::BLOCK_MEMORY_DEVICE)?;
     let bar0 = ctx.bar(bir)?;
     let caps = mbox::device_caps(bar0, blk)?;
@@ -53,7 +53,7 @@ fn locate(ctx: &mut Ctx) -> Result<(u8, u64, Option<u64>), String> {
     Ok((bir, m, caps.memdev))
 }
 
-fn with_mailbox<T>(
+pub fn with_mailbox<T>(
     ctx: &mut Ctx,
     f: impl FnOnce(&Mailbox<'_, crate::mmio::MmioMap>) -> Result<T, String>,
 ) -> Result<T, String> {

@@ -8,7 +8,7 @@ use crate::report::Reporter;
 use crate::sys;
 use cxl_regs::layout::{engine as e, ENGINE_OFFSET};
 
-const IRQ_NAME: &str = "cxl_accel_dma";
+pub const IRQ_NAME: &str = "cxl_accel_dma";
 const LEN: usize = 4096;
 
 /// A page-aligned, populated, locked anonymous page.
@@ -71,7 +71,7 @@ fn reg(off: u64) -> u64 {
 /// the transfer completes, and QEMU delivers an eventfd's signals as one interrupt,
 /// so a transfer started before the last one's interrupt arrived could share it and
 /// h.4's count would come up short.
-fn transfer(
+pub fn transfer(
     bar4: &MmioMap,
     bdf: &str,
     src: u64,

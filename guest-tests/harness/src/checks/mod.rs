@@ -2,7 +2,8 @@
 //! (issue 11) and m, in order, sharing what each step found; for a topology with
 //! several accelerators, each group runs for each accelerator in turn
 //! (`per_device`), accelerator i >= 1's check ids ending in `@i`; group m checks the
-//! cxl-type3 beside the accelerator (with-type3).
+//! cxl-type3 beside the accelerator (with-type3); with the example vendor firmware,
+//! its own group v around them (issue 14), on the first accelerator.
 
 use crate::cedt::{Cfmws, Chbs};
 use crate::config::Config;
@@ -24,6 +25,7 @@ pub mod j_hpa;
 pub mod k_lifecycle;
 pub mod l_cdat;
 pub mod m_type3;
+pub mod v_vendor;
 
 /// Device-memory layout used by the data-path checks (DPA offsets). Kept apart so
 /// no check disturbs another's data:
@@ -31,10 +33,12 @@ pub mod m_type3;
 /// - DMA target at 2 MiB ([`h_dma`]);
 /// - poison inject at 3 MiB ([`f_mailbox`]);
 /// - HPA pattern at 4 MiB and region size - 4 KiB ([`j_hpa`]);
-/// - lifecycle pattern at 5 MiB ([`k_lifecycle`]).
+/// - lifecycle pattern at 5 MiB ([`k_lifecycle`]);
+/// - the vendor engine operation's input at 6 MiB ([`v_vendor`]).
 pub const DMA_DPA: u64 = 2 << 20;
 pub const POISON_DPA: u64 = 3 << 20;
 pub const LIFECYCLE_DPA: u64 = 5 << 20;
+pub const VENDOR_DPA: u64 = 6 << 20;
 
 /// The ports of a CXL switch between the root port and an accelerator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,10 +209,19 @@ pub fn run_all(ctxs: &mut [Ctx], rep: &mut Reporter) {
         per_device(ctxs, rep, j_hpa::run);
     }
     type3(ctxs, rep, m_type3::data);
+    vendor(ctxs, rep, v_vendor::run_late);
     // Last: it takes the device through resets, unbinds and unplugs, and leaves it
     // attached again with the data of g and j in place.
     if let Some(first) = ctxs.first_mut().filter(|c| c.cfg.lifecycle) {
         k_lifecycle::run(first, rep);
+    }
+}
+
+/// Run a phase of group v on the first accelerator's context, if the run has the
+/// example vendor firmware.
+fn vendor(ctxs: &mut [Ctx], rep: &mut Reporter, phase: fn(&mut Ctx, &mut Reporter)) {
+    if let Some(first) = ctxs.first_mut().filter(|c| c.cfg.vendor_checks.enabled()) {
+        phase(first, rep);
     }
 }
 
@@ -227,15 +240,19 @@ pub fn run_setup(ctxs: &mut [Ctx], rep: &mut Reporter) {
 }
 
 /// a to c (and the cxl-type3's m.1 to m.4), with the firmware plan between a and
-/// b; with `cdat`, the harness's own CDAT reads (l.1, l.2) before the CXL modules.
-fn bring_up(ctxs: &mut [Ctx], rep: &mut Reporter, cdat: bool) {
+/// b; with `full` (test mode), group v's early checks after a and the harness's
+/// own CDAT reads (l.1, l.2) before the CXL modules.
+fn bring_up(ctxs: &mut [Ctx], rep: &mut Reporter, full: bool) {
     per_device(ctxs, rep, a_pci::run);
+    if full {
+        vendor(ctxs, rep, v_vendor::run_early);
+    }
     a_pci::placement(ctxs, rep);
     type3(ctxs, rep, m_type3::placement);
     b_firmware::plan(ctxs);
     per_device(ctxs, rep, b_firmware::run);
     type3(ctxs, rep, m_type3::firmware);
-    if cdat {
+    if full {
         per_device(ctxs, rep, l_cdat::run_early);
     }
     per_device(ctxs, rep, c_kernel::run);

@@ -81,7 +81,7 @@ pub(super) fn poll(
 
 /// Identity (device, inode) of a file we created, to remove it later only if
 /// the path still names it.
-pub(crate) type FileId = (u64, u64);
+pub type FileId = (u64, u64);
 
 /// Creates a listening UNIX stream socket at `path` with mode 0600, and returns
 /// it with the identity of the socket file. The file is 0600 from the moment
@@ -90,7 +90,7 @@ pub(crate) type FileId = (u64, u64);
 /// is set with fchmod(2) first. It is chmod'ed to 0600 again (in case the umask
 /// took owner bits) before listen(2), and nobody can connect before listen. The
 /// socket is non-blocking and CLOEXEC.
-pub(crate) fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
+pub fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let raw = unsafe {
         libc::socket(
@@ -158,7 +158,7 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<(UnixListener, FileId)> {
 
 /// Removes the file at `path` if it is still the one whose identity is `id`
 /// (we created it); a file somebody else put there since is left alone.
-pub(crate) fn remove_if_ours(path: &Path, id: FileId) {
+pub fn remove_if_ours(path: &Path, id: FileId) {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if (meta.dev(), meta.ino()) == id => {
             if let Err(e) = std::fs::remove_file(path) {
@@ -175,7 +175,7 @@ pub(crate) fn remove_if_ours(path: &Path, id: FileId) {
 
 /// The file status flags of `fd` (fcntl F_GETFL: access mode, O_NONBLOCK,
 /// O_APPEND, O_PATH...).
-pub(crate) fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+pub fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: fcntl(2) F_GETFL reads flags of an fd; no memory is involved.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if fl < 0 {
@@ -186,7 +186,7 @@ pub(crate) fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
 
 /// Sets O_NONBLOCK on `fd`'s open file description (shared with every other
 /// fd of that description, in this process and in the peer's).
-pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     let fl = fd_flags(fd)?;
     if fl & libc::O_NONBLOCK != 0 {
         return Ok(());
@@ -199,7 +199,7 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// The type (`f_type`, a magic number) of the file system `fd` lives on.
-pub(crate) fn fs_type(fd: RawFd) -> io::Result<i64> {
+pub fn fs_type(fd: RawFd) -> io::Result<i64> {
     // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs(2) writes one statfs into `st`, which outlives the call.
@@ -217,14 +217,14 @@ const EVENTFD_LINK: &[u8] = b"anon_inode:[eventfd]";
 /// Whether `fd` is an eventfd. Read from the fd's link in /proc, the only place
 /// that tells an eventfd from the other anonymous-inode files (timerfd, signalfd,
 /// epoll...), which share one inode and look alike to fstat(2).
-pub(crate) fn is_eventfd(fd: RawFd) -> io::Result<bool> {
+pub fn is_eventfd(fd: RawFd) -> io::Result<bool> {
     let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
     Ok(link.as_os_str().as_bytes() == EVENTFD_LINK)
 }
 
 /// Writes one eventfd increment without waiting: an error of kind WouldBlock
 /// means the counter is full (the interrupt is pending already).
-pub(crate) fn write_eventfd(fd: RawFd, value: u64) -> io::Result<()> {
+pub fn write_eventfd(fd: RawFd, value: u64) -> io::Result<()> {
     let bytes = value.to_ne_bytes();
     loop {
         // SAFETY: write(2) of 8 bytes from a live local buffer.

@@ -24,15 +24,15 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use backend::vfio_user::protocol::{
+use vfio_bindings::bindings::vfio::*;
+use vfio_user_server::protocol::{
     Header, FLAG_ERROR, FLAG_NO_REPLY, HEADER_SIZE, MAX_DATA_XFER_SIZE, MAX_DRAIN_SIZE,
     MAX_MESSAGE_SIZE, TYPE_REPLY,
 };
-use backend::vfio_user::{
+use vfio_user_server::{
     DmaMapping, Errno, IrqEventFd, IrqInfo, RegionInfo, ServeOutcome, Server, ServerError, Signal,
     StatsSnapshot, VfioUserDevice,
 };
-use vfio_bindings::bindings::vfio::*;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
