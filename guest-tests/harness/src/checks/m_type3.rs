@@ -175,19 +175,10 @@ pub fn kernel(ctx: &mut Ctx, rep: &mut Reporter) {
                     crate::kmsg::tail(&[&bdf, "cxl"], 5)
                 )
             })?;
-            let real = sys::canonical(&dev).ok_or("realpath")?;
             let mem = sys::wait_for(10_000, || {
-                sys::list_dir(CXL_DEVICES)
-                    .into_iter()
-                    .filter(|d| d.starts_with("mem"))
-                    .find(|d| {
-                        sys::canonical(format!("{CXL_DEVICES}/{d}"))
-                            .and_then(|p| p.parent().map(|q| q.to_path_buf()))
-                            .as_deref()
-                            == Some(real.as_path())
-                            && sys::link_name(format!("{CXL_DEVICES}/{d}/driver")).as_deref()
-                                == Some("cxl_mem")
-                    })
+                super::c_kernel::memdev_of(&dev).filter(|d| {
+                    sys::link_name(format!("{CXL_DEVICES}/{d}/driver")).as_deref() == Some("cxl_mem")
+                })
             })
             .ok_or_else(|| format!("no memN of {bdf} bound to cxl_mem: {}", crate::kmsg::tail(&["cxl"], 5)))?;
             ctx.type3.memdev = Some(mem.clone());
