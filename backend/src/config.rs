@@ -15,6 +15,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::sdk::Catalog;
+use crate::topology::{self, Machine, Topology, TopologyError};
 
 /// Device memory granularity: the kernel's DPA capacity is counted in 256 MiB units.
 pub const MEMORY_GRANULE: u64 = 256 << 20;
@@ -179,6 +180,75 @@ pub enum Command {
     /// are a JSON object merged into the request, e.g. '{"dpa":4096,"len":64}'.
     /// Exits 0 when the backend answers {"ok":true}, 1 otherwise.
     Ctl(CtlArgs),
+    /// Print the QEMU arguments of a CXL topology, with one accelerator per --socket
+    /// (each served by a backend of its own): the machine, guest RAM, host bridges,
+    /// ports, devices and fixed memory windows. Add the CPU, kernel and console.
+    ///
+    /// Topologies: direct (one accelerator on a root port), switch (a CXL switch
+    /// between the root port and the accelerator), two-devices (two root ports of one
+    /// host bridge), two-host-bridges (one accelerator on each), with-type3 (QEMU's
+    /// cxl-type3 beside the accelerator on the same host bridge), type3-only.
+    QemuArgs(QemuArgsArgs),
+}
+
+/// Arguments of `qemu-args`.
+#[derive(Debug, Args)]
+pub struct QemuArgsArgs {
+    /// The topology.
+    #[arg(long, value_name = "NAME", default_value = "direct")]
+    pub topology: String,
+    /// The vfio-user socket of each accelerator, in placement order (repeat).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Vec<PathBuf>,
+    /// Size of each host bridge's fixed memory window.
+    #[arg(long, value_name = "SIZE", value_parser = parse_u64, default_value = "4G")]
+    pub window: u64,
+    /// Volatile memory of the cxl-type3 (with-type3, type3-only).
+    #[arg(long, value_name = "SIZE", value_parser = parse_u64, default_value = "512M")]
+    pub type3_size: u64,
+    /// QEMU accelerator for -machine (tcg, kvm).
+    #[arg(long, value_name = "NAME")]
+    pub accel: Option<String>,
+    /// An extra property of every accelerator's -device, KEY=JSON (repeatable), e.g.
+    /// x-cxl-mem=true for the patched QEMU of scripts/qemu.
+    #[arg(long = "device-prop", value_name = "KEY=JSON")]
+    pub device_props: Vec<String>,
+    /// Window Restrictions of every fixed memory window (a QEMU that takes them,
+    /// such as the patched one of scripts/qemu), e.g. 0x5.
+    #[arg(long, value_name = "MASK", value_parser = parse_u64)]
+    pub fmw_restrictions: Option<u64>,
+    /// Print the arguments NUL-terminated, one per argument (for scripts), instead
+    /// of shell lines.
+    #[arg(long)]
+    pub null: bool,
+}
+
+impl QemuArgsArgs {
+    /// The machine these arguments describe.
+    pub fn machine(&self) -> Result<Machine, TopologyError> {
+        let mut m = Machine::new(Topology::parse(&self.topology)?, self.socket.clone());
+        m.window = self.window;
+        m.type3_size = self.type3_size;
+        m.accel = self.accel.clone();
+        m.fmw_restrictions = self
+            .fmw_restrictions
+            .map(|r| u16::try_from(r).map_err(|_| TopologyError::Restrictions(r)))
+            .transpose()?;
+        for p in &self.device_props {
+            m.add_device_prop(p)?;
+        }
+        Ok(m)
+    }
+
+    /// What `qemu-args` prints.
+    pub fn output(&self) -> Result<String, TopologyError> {
+        let m = self.machine()?;
+        if self.null {
+            Ok(m.args()?.iter().map(|a| format!("{a}\0")).collect())
+        } else {
+            m.shell_lines()
+        }
+    }
 }
 
 /// Arguments of `ctl`.
@@ -645,46 +715,14 @@ impl Config {
         })
     }
 
-    /// The QEMU arguments that attach this device (README "Run it beside QEMU"), one per line, in a form
-    /// that can be pasted into a shell command.
-    pub fn qemu_args(&self) -> String {
-        let socket = absolute(&self.socket);
-        // A CXL fixed memory window must hold the device memory; QEMU wants a
-        // multiple of 256 MiB. 4 GiB is what the known-good topology uses.
-        let window = self.memory_size.max(4 << 30);
-        // Written by hand to keep QEMU's conventional key order ("driver" first);
-        // the path is JSON-escaped.
-        let path = serde_json::Value::String(socket.to_string_lossy().into_owned());
-        let device = format!(
-            r#"{{"driver":"vfio-user-pci","id":"cxlaccel0","bus":"rp0","socket":{{"type":"unix","path":{path}}}}}"#
-        );
-        // NUMA node 1 is the host bridge's generic port, with HMAT figures from the
-        // CPU: Linux adds them to the device's CDAT figures to compute the QoS class
-        // of device memory, and computes none without them.
-        let lines = [
-            "-machine q35,cxl=on,hmat=on".to_string(),
-            "-m 1G,maxmem=4G,slots=4".to_string(),
-            "-object memory-backend-memfd,id=ram0,size=1G,share=on".to_string(),
-            "-numa node,nodeid=0,cpus=0,memdev=ram0,initiator=0".to_string(),
-            "-numa node,nodeid=1".to_string(),
-            "-numa hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-latency,latency=80"
-                .to_string(),
-            "-numa hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-bandwidth,bandwidth=20G"
-                .to_string(),
-            "-numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=50"
-                .to_string(),
-            "-numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-bandwidth,bandwidth=64G"
-                .to_string(),
-            "-device pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1,hdm_for_passthrough=on".to_string(),
-            "-object acpi-generic-port,id=gp0,pci-bus=cxl.1,node=1".to_string(),
-            "-device cxl-rp,port=0,bus=cxl.1,id=rp0,chassis=0,slot=2".to_string(),
-            format!("-device {}", shell_quote(&device)),
-            format!(
-                "-M cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size={}",
-                human_size(window)
-            ),
-        ];
-        lines.join(" \\\n") + "\n"
+    /// The QEMU arguments of the `direct` topology (README "Run it beside QEMU") with
+    /// this device's socket, one option per line, quoted for a shell. The generator is
+    /// [`crate::topology`]; the window holds the device memory (QEMU wants a multiple of
+    /// 256 MiB), at least the 4 GiB of the known-good machine.
+    pub fn qemu_args(&self) -> Result<String, TopologyError> {
+        let mut m = Machine::new(Topology::Direct, vec![absolute(&self.socket)]);
+        m.window = self.memory_size.max(topology::DEFAULT_WINDOW);
+        m.shell_lines()
     }
 }
 
@@ -861,11 +899,6 @@ fn absolute(p: &Path) -> PathBuf {
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
     }
-}
-
-/// Quote for a POSIX shell with single quotes.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
@@ -1099,7 +1132,7 @@ mod tests {
         let mut a = args("/run/x.sock");
         a.memory_size = Some(8 << 30);
         let c = Config::merge(a, FileConfig::default()).unwrap();
-        let q = c.qemu_args();
+        let q = c.qemu_args().unwrap();
         assert!(q.contains(r#""path":"/run/x.sock""#), "{q}");
         let json = q.lines().find_map(|l| l.strip_prefix("-device '")).unwrap();
         let json = json.trim_end_matches(" \\").trim_end_matches('\'');
@@ -1109,9 +1142,11 @@ mod tests {
         // Quotes in a path survive JSON and shell quoting.
         let c = Config::merge(args("/tmp/it's \"odd\".sock"), FileConfig::default()).unwrap();
         assert!(
-            c.qemu_args().contains(r#"/tmp/it'\''s \"odd\".sock"#),
-            "{}",
             c.qemu_args()
+                .unwrap()
+                .contains(r#"/tmp/it'\''s \"odd\".sock"#),
+            "{}",
+            c.qemu_args().unwrap()
         );
         assert!(q.contains("hdm_for_passthrough=on"));
         assert!(q.contains("cxl-fmw.0.size=8G"));
@@ -1192,6 +1227,49 @@ mod tests {
             Config::merge(a, FileConfig::default()),
             Err(ConfigError::CdatRead { .. })
         ));
+    }
+
+    #[test]
+    fn qemu_args_subcommand() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["cxl-accel-backend", "qemu-args"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Some(Command::QemuArgs(q)) => q,
+                other => panic!("{other:?}"),
+            }
+        };
+        let q = parse(&[
+            "--topology",
+            "two-devices",
+            "--socket",
+            "/a",
+            "--socket",
+            "/b",
+            "--null",
+            "--fmw-restrictions",
+            "0x5",
+        ]);
+        let out = q.output().unwrap();
+        let args: Vec<&str> = out.split_terminator('\0').collect();
+        assert_eq!(args.first(), Some(&"-machine"));
+        assert_eq!(
+            args.last(),
+            Some(&"cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size=4G,cxl-fmw.0.restrictions=0x5")
+        );
+        assert_eq!(
+            args.iter().filter(|a| a.contains("vfio-user-pci")).count(),
+            2
+        );
+        // one socket for a two-accelerator topology, a bad name, a wide mask: refused
+        let e = parse(&["--topology", "two-devices", "--socket", "/a"]).output();
+        assert!(matches!(e, Err(TopologyError::SocketCount { .. })), "{e:?}");
+        assert!(parse(&["--topology", "mesh"]).output().is_err());
+        let e = parse(&["--socket", "/a", "--fmw-restrictions", "0x10000"]).output();
+        assert_eq!(e, Err(TopologyError::Restrictions(0x10000)));
+        // shell lines by default
+        let q = parse(&["--socket", "/a", "--window", "8G"]);
+        assert!(q.output().unwrap().ends_with("cxl-fmw.0.size=8G\n"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod jsonargs;
 pub mod memory;
 pub mod sdk;
 pub mod seccomp;
+pub mod topology;
 pub mod worker;
 
 /// The vfio-user server, a crate of its own (`backend/vfio-user`) that knows

@@ -379,6 +379,18 @@ impl Builder {
         let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
             .try_init();
         let name = self.name;
+        if let Some(Command::QemuArgs(q)) = &cli.command {
+            return match q.output() {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{name} qemu-args: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
         if let Some(Command::Ctl(ctl)) = cli.command {
             return match crate::control::request(&ctl.control, &ctl.cmd, ctl.args.as_deref()) {
                 Ok(reply) => {
@@ -413,8 +425,16 @@ impl Builder {
             }
         };
         if config.print_qemu_args {
-            print!("{}", config.qemu_args());
-            return ExitCode::SUCCESS;
+            return match config.qemu_args() {
+                Ok(args) => {
+                    print!("{args}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
         }
         match crate::run_with(config, catalog) {
             Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@
  *   3. devm_cxl_dev_state_create(DEVMEM); the mailbox flag follows the
  *      Register Locator DVSEC (block id 3 present or not);
  *   4. cxl_pci_setup_regs(COMPONENT): HDM and RAS must be valid;
- *   5. media_ready, cxl_set_capacity();
+ *   5. media_ready, cxl_set_capacity() (on 7.2: cxl_dpa_setup(), below);
  *   6. MSI-X, a named handler for the DMA engine's completion vector, bus
  *      mastering;
  *   7. devm_cxl_probe_mem(), which fails unless a committed region exists.
@@ -40,8 +40,63 @@
 #include <linux/range.h>
 #include <linux/bitfield.h>
 
+#include <linux/version.h>
 #include <cxl/cxl.h>
+
+#if LINUX_VERSION_CODE < KERNEL_VERSION(7, 3, 0)
+/*
+ * Linux 7.2 exports the Type-2 API but installs less of it with its headers: no
+ * <cxl/pci.h> (cxl_pci_setup_regs() and its enum live in drivers/cxl/cxlpci.h),
+ * and no cxl_set_capacity(), which 7.3 added (drivers/cxl/core/memdev.c) as a
+ * wrapper of cxl_dpa_setup(): one RAM partition over the whole capacity. 7.2
+ * exports cxl_dpa_setup() but declares it, and struct cxl_dpa_info, only in
+ * drivers/cxl/cxlmem.h. The declarations below are 7.2's, from those files;
+ * scripts/run-vm checks that a kernel exports these symbols before booting it.
+ */
+enum cxl_regloc_type {
+	CXL_REGLOC_RBI_EMPTY = 0,
+	CXL_REGLOC_RBI_COMPONENT,
+	CXL_REGLOC_RBI_VIRT,
+	CXL_REGLOC_RBI_MEMDEV,
+	CXL_REGLOC_RBI_PMU,
+	CXL_REGLOC_RBI_TYPES
+};
+
+int cxl_pci_setup_regs(struct pci_dev *pdev, enum cxl_regloc_type type,
+		       struct cxl_register_map *map);
+
+struct cxl_dpa_info {
+	u64 size;
+	struct cxl_dpa_part_info {
+		struct range range;
+		enum cxl_partition_mode mode;
+	} part[CXL_NR_PARTITIONS_MAX];
+	int nr_partitions;
+};
+
+int cxl_dpa_setup(struct cxl_dev_state *cxlds, const struct cxl_dpa_info *info);
+
+static int cxl_accel_set_capacity(struct cxl_dev_state *cxlds, u64 capacity)
+{
+	struct cxl_dpa_info info = {
+		.size = capacity,
+		.part[0] = {
+			.range = { .start = 0, .end = capacity - 1 },
+			.mode = CXL_PARTMODE_RAM,
+		},
+		.nr_partitions = 1,
+	};
+
+	return cxl_dpa_setup(cxlds, &info);
+}
+#else
 #include <cxl/pci.h>
+
+static int cxl_accel_set_capacity(struct cxl_dev_state *cxlds, u64 capacity)
+{
+	return cxl_set_capacity(cxlds, capacity);
+}
+#endif
 
 #define DRV_NAME "cxl_accel_t2"
 
@@ -293,7 +348,7 @@ static int cxl_accel_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	 */
 	accel->cxlds.media_ready = true;
 
-	rc = cxl_set_capacity(&accel->cxlds, capacity);
+	rc = cxl_accel_set_capacity(&accel->cxlds, capacity);
 	if (rc)
 		return dev_err_probe(dev, rc, "set DPA capacity %#llx\n", capacity);
 

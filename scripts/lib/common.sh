@@ -29,20 +29,33 @@ latest_initrd() {
     echo "$newest"
 }
 
-# Mount /proc and /dev into the VM root, counted, so nested users balance.
-root_mount() {
-    mountpoint -q "$VM_ROOT/proc" || mount -t proc proc "$VM_ROOT/proc"
-    mountpoint -q "$VM_ROOT/dev" || mount --bind /dev "$VM_ROOT/dev"
-    mkdir -p "$VM_ROOT/dev/shm"
-}
-root_umount() {
-    umount "$VM_ROOT/dev" 2>/dev/null || true
-    umount "$VM_ROOT/proc" 2>/dev/null || true
-}
+# The folder of every cache of cxl-accel's scripts (outside the repository): the VM
+# environment, other kernels' roots (setup-kernel), built kernels (build-kernel).
+CXL_CACHE=${CXL_CACHE:-$(dirname "$CXL_VM_ENV")}
 
-in_root() {
-    chroot "$VM_ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME=/root "$@"
+# root_mount_at ROOT: mount /proc and /dev into ROOT (a Debian root for chroot), each
+# unless it is mounted already. Callers run in a private mount namespace (run-vm,
+# setup-kernel), so the mounts vanish with them.
+root_mount_at() {
+    mountpoint -q "$1/proc" || mount -t proc proc "$1/proc"
+    mountpoint -q "$1/dev" || mount --bind /dev "$1/dev"
+    mkdir -p "$1/dev/shm"
 }
+root_umount_at() {
+    umount "$1/dev" 2>/dev/null || true
+    umount "$1/proc" 2>/dev/null || true
+}
+# The same for the VM root.
+root_mount() { root_mount_at "$VM_ROOT"; }
+root_umount() { root_umount_at "$VM_ROOT"; }
+
+# in_root_at ROOT CMD...: run CMD chrooted in ROOT with a clean environment.
+in_root_at() {
+    local root=$1
+    shift
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C HOME=/root "$@"
+}
+in_root() { in_root_at "$VM_ROOT" "$@"; }
 
 # --- Cleanup on every exit path -------------------------------------------------
 # at_exit COMMAND [ARGS...]: run COMMAND with ARGS (as they are now) when the script

@@ -31,6 +31,60 @@ pub enum BenchJob {
     Ready,
 }
 
+/// Where the accelerators sit (run-vm's --topology; the QEMU arguments come from
+/// backend/src/topology.rs). The harness checks each accelerator's place, commits
+/// the decoders of every port on its path, and checks each one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// One accelerator on a root port of a CXL host bridge.
+    #[default]
+    Direct,
+    /// One accelerator below a CXL switch (upstream and downstream port) on a root port.
+    Switch,
+    /// Two accelerators on two root ports of one host bridge.
+    TwoDevices,
+    /// Two host bridges, one accelerator on a root port of each.
+    TwoHostBridges,
+    /// One accelerator and QEMU's cxl-type3 on two root ports of one host bridge.
+    WithType3,
+}
+
+impl Topology {
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Direct => "direct",
+            Topology::Switch => "switch",
+            Topology::TwoDevices => "two-devices",
+            Topology::TwoHostBridges => "two-host-bridges",
+            Topology::WithType3 => "with-type3",
+        }
+    }
+
+    /// Number of accelerators.
+    pub fn devices(self) -> usize {
+        match self {
+            Topology::TwoDevices | Topology::TwoHostBridges => 2,
+            Topology::Direct | Topology::Switch | Topology::WithType3 => 1,
+        }
+    }
+
+    /// Whether each accelerator sits below a switch.
+    pub fn switch(self) -> bool {
+        self == Topology::Switch
+    }
+
+    /// Whether a cxl-type3 sits beside the accelerator.
+    pub fn type3(self) -> bool {
+        self == Topology::WithType3
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which checks of the example vendor firmware run (`--vendor-checks`, group v).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VendorChecks {
@@ -97,6 +151,10 @@ pub struct Config {
     /// The host hot-unplugs and re-plugs the device when the harness asks
     /// (scripts/run-vm --hotplug): run check k's QMP hot-plug steps.
     pub hotplug: bool,
+    /// The machine's topology.
+    pub topology: Topology,
+    /// Volatile memory of the cxl-type3 (with-type3).
+    pub type3_size: u64,
     /// The example vendor firmware's checks (group v).
     pub vendor_checks: VendorChecks,
 }
@@ -119,6 +177,8 @@ impl Default for Config {
             hold_after: None,
             lifecycle: true,
             hotplug: false,
+            topology: Topology::Direct,
+            type3_size: 512 << 20,
             vendor_checks: VendorChecks::Off,
         }
     }
@@ -149,6 +209,10 @@ Reads cxltest.<key>=<value> from /proc/cmdline, then applies the options:
                            memory only; or bring-up time only
   --hold-after ID          after check ID (e.g. g.2) print `# hold-after ID: waiting
                            for the host` and wait for good (a fault test's kill point)
+  --topology NAME          direct (default), switch, two-devices, two-host-bridges,
+                           with-type3: where the accelerators sit; accelerator i >= 1
+                           has serial + i and its checks' ids end in @i
+  --type3-size BYTES       with-type3: the cxl-type3's volatile memory (default 512M)
   --vendor-checks off|hooks|full
                            check the example vendor firmware's behaviour (group v):
                            its hooks, or the hooks and its engine operation (default off)
@@ -178,7 +242,7 @@ fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
 }
 
 /// Keys understood by [`Config::set`].
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 18] = [
     "mode",
     "flit",
     "mailbox",
@@ -194,6 +258,8 @@ pub const KEYS: [&str; 16] = [
     "hold-after",
     "lifecycle",
     "hotplug",
+    "topology",
+    "type3-size",
     "vendor-checks",
 ];
 
@@ -239,19 +305,48 @@ impl Config {
             "lifecycle" => self.lifecycle = parse_on_off(key, value)?,
             "hotplug" => self.hotplug = parse_on_off(key, value)?,
             "hold-after" => {
-                // a check id: a letter, a dot, a number (a.1, g.2, j.4)
-                let valid = value.split_once('.').is_some_and(|(l, n)| {
-                    l.len() == 1
-                        && l.bytes().all(|b| b.is_ascii_lowercase())
-                        && !n.is_empty()
-                        && n.bytes().all(|b| b.is_ascii_digit())
-                });
+                // a check id: a letter, a dot, a number (a.1, g.2, j.4), and for
+                // accelerator i >= 1 of a topology, @i (c.5@1)
+                let digits = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+                let (check, dev) = match value.split_once('@') {
+                    Some((c, d)) => (c, Some(d)),
+                    None => (value, None),
+                };
+                let valid = dev.is_none_or(digits)
+                    && check.split_once('.').is_some_and(|(l, n)| {
+                        l.len() == 1 && l.bytes().all(|b| b.is_ascii_lowercase()) && digits(n)
+                    });
                 if !valid {
                     return Err(format!(
                         "hold-after: expected a check id like g.2, got {value:?}"
                     ));
                 }
                 self.hold_after = Some(value.to_string());
+            }
+            "topology" => {
+                self.topology = [
+                    Topology::Direct,
+                    Topology::Switch,
+                    Topology::TwoDevices,
+                    Topology::TwoHostBridges,
+                    Topology::WithType3,
+                ]
+                .into_iter()
+                .find(|t| t.name() == value)
+                .ok_or_else(|| {
+                    format!(
+                        "topology: expected direct|switch|two-devices|two-host-bridges|with-type3, got {value:?}"
+                    )
+                })?
+            }
+            "type3-size" => {
+                let size = parse_u64(value)?;
+                if size == 0 || size % (256 << 20) != 0 {
+                    return Err(format!(
+                        "type3-size: {size:#x} is not a non-zero multiple of 256 MiB"
+                    ));
+                }
+                self.type3_size = size;
             }
             "vendor-checks" => {
                 self.vendor_checks = match value {
@@ -406,6 +501,13 @@ mod tests {
         assert_eq!(c.size, 1 << 30);
         assert_eq!(c.serial, Some(0xabc));
         assert_eq!((c.vendor, c.device), (0x1b36, 0x0001));
+        assert_eq!(c.topology, Topology::Direct);
+        c.apply_cmdline("cxltest.topology=two-host-bridges cxltest.type3-size=1G")
+            .unwrap();
+        assert_eq!(c.topology, Topology::TwoHostBridges);
+        assert_eq!((c.topology.devices(), c.type3_size), (2, 1 << 30));
+        assert!(c.apply_cmdline("cxltest.topology=ring").is_err());
+        assert!(c.apply_cmdline("cxltest.type3-size=100M").is_err());
     }
 
     #[test]
@@ -497,7 +599,21 @@ mod tests {
             k.set(key, v).unwrap();
         }
         assert_eq!(k.hold_after.as_deref(), Some("g.2"));
-        for bad in ["", "g", "g.", ".2", "gg.2", "G.2", "g.2;reboot", "g.x"] {
+        k.set("hold-after", "c.5@1").unwrap();
+        assert_eq!(k.hold_after.as_deref(), Some("c.5@1"));
+        k.set("hold-after", "g.2").unwrap();
+        for bad in [
+            "",
+            "g",
+            "g.",
+            ".2",
+            "gg.2",
+            "G.2",
+            "g.2;reboot",
+            "g.x",
+            "g.2@",
+            "g.2@x",
+        ] {
             assert!(k.set("hold-after", bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(

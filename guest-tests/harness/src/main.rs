@@ -105,9 +105,10 @@ fn main() -> ExitCode {
         ..Default::default()
     };
     rep.note(&format!(
-        "cxl-guest-test {}: mode {:?}, flit {}, mailbox {}, size {:#x}, serial {}, id {:04x}:{:04x}",
+        "cxl-guest-test {}: mode {:?}, topology {}, flit {}, mailbox {}, size {:#x}, serial {}, id {:04x}:{:04x}",
         env!("CARGO_PKG_VERSION"),
         cfg.mode,
+        cfg.topology,
         cfg.flit,
         if cfg.mailbox { "on" } else { "off" },
         cfg.size,
@@ -119,22 +120,22 @@ fn main() -> ExitCode {
         rep.note(&format!("ignoring unknown kernel command line key {w}"));
     }
     let mode = cfg.mode;
-    let mut ctx = checks::Ctx::new(cfg);
+    let mut ctxs = checks::Ctx::for_topology(cfg.clone());
     match mode {
-        Mode::Test => checks::run_all(&mut ctx, &mut rep),
-        Mode::Shell => checks::run_setup(&mut ctx, &mut rep),
+        Mode::Test => checks::run_all(&mut ctxs, &mut rep),
+        Mode::Shell => checks::run_setup(&mut ctxs, &mut rep),
         Mode::Chaos => {
-            chaos::run(&ctx.cfg, &mut rep);
-            checks::run_all(&mut ctx, &mut rep);
+            chaos::run(&cfg, &mut rep);
+            checks::run_all(&mut ctxs, &mut rep);
         }
         Mode::Bench => {
-            bench::run(&ctx.cfg, &mut rep);
+            bench::run(&cfg, &mut rep);
         }
     }
     rep.check_hold_reached();
     println!("{}", rep.summary());
     if mode == Mode::Shell {
-        drop(ctx);
+        drop(ctxs);
         shell();
     }
     if rep.failed == 0 {

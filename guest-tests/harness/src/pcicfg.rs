@@ -151,6 +151,10 @@ pub struct Dvsec {
 
 /// PCIe Device/Port Type: Root Port of PCI Express Root Complex (PCIe r6 §7.5.3.2).
 pub const PCIE_TYPE_ROOT_PORT: u8 = 0x4;
+/// PCIe Device/Port Type: Upstream Port of PCI Express Switch.
+pub const PCIE_TYPE_UPSTREAM: u8 = 0x5;
+/// PCIe Device/Port Type: Downstream Port of PCI Express Switch.
+pub const PCIE_TYPE_DOWNSTREAM: u8 = 0x6;
 /// PCIe Device/Port Type: PCI Express Endpoint.
 pub const PCIE_TYPE_ENDPOINT: u8 = 0x0;
 

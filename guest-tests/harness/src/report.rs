@@ -38,6 +38,10 @@ pub struct Reporter {
     pub held: bool,
     /// What holding does: [`hold_forever`] (tests substitute their own).
     pub hold: fn(),
+    /// Appended to every check id: empty for the first accelerator, `@i` for
+    /// accelerator i of a topology with several (checks/mod.rs, `per_device`), so a
+    /// one-accelerator run keeps the ids it always had.
+    pub suffix: String,
 }
 
 impl Default for Reporter {
@@ -51,6 +55,7 @@ impl Default for Reporter {
             hold_after: None,
             held: false,
             hold: hold_forever,
+            suffix: String::new(),
         }
     }
 }
@@ -137,6 +142,7 @@ impl Reporter {
 
     /// Run one check that may also be skipped or end in a known kernel issue.
     pub fn step(&mut self, id: &str, title: &str, f: impl FnOnce() -> StepOutcome) -> Verdict {
+        let id = &format!("{id}{}", self.suffix);
         let r = catch_unwind(AssertUnwindSafe(f))
             .unwrap_or_else(|p| Err(NotPassed::Fail(panic_reason(p))));
         let (v, line) = match r {
@@ -301,5 +307,31 @@ mod tests {
             "FAIL hold-after the hold point was reached: no check g.9 ran"
         );
         assert_eq!(HELD.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_suffix_names_the_accelerator_and_its_hold_point() {
+        let mut r = Reporter {
+            hold_after: Some("c.5@1".into()),
+            hold: count_second_hold,
+            ..Default::default()
+        };
+        r.check("c.5", "first accelerator", || Ok(String::new()));
+        r.suffix = "@1".into();
+        r.check("c.5", "second accelerator", || Ok(String::new()));
+        assert_eq!(
+            r.lines,
+            [
+                "ok c.5 first accelerator",
+                "ok c.5@1 second accelerator",
+                "# hold-after c.5@1: waiting for the host"
+            ]
+        );
+        assert_eq!(SECOND.load(Ordering::SeqCst), 1);
+    }
+
+    static SECOND: AtomicU32 = AtomicU32::new(0);
+    fn count_second_hold() {
+        SECOND.fetch_add(1, Ordering::SeqCst);
     }
 }

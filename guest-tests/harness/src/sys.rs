@@ -102,15 +102,28 @@ pub fn config_write(bdf: &str, off: u64, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The running kernel's version (major, minor), from its release string.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    parse_kernel_version(&fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+}
+
+/// (major, minor) of a release such as `7.2.13+deb14-amd64` or `7.3.0-rc7`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 /// Sum of the per-CPU counts of the /proc/interrupts line whose action names
-/// contain `name`.
-pub fn irq_count(interrupts: &str, name: &str) -> Option<u64> {
+/// contain `name` and, with `bdf`, whose interrupt domain is that PCI function's
+/// (`PCI-MSIX-<bdf>`, `PCI-MSI-<bdf>`: with several accelerators, each one's
+/// vectors carry the same action names).
+pub fn irq_count(interrupts: &str, name: &str, bdf: Option<&str>) -> Option<u64> {
     interrupts.lines().find_map(|l| {
         let (irq, rest) = l.split_once(':')?;
+        let mut words = rest.split_whitespace();
         if irq.trim().is_empty()
-            || !rest
-                .split_whitespace()
-                .any(|w| w.trim_end_matches(',') == name)
+            || !words.clone().any(|w| w.trim_end_matches(',') == name)
+            || bdf.is_some_and(|b| !words.any(|w| w.ends_with(&format!("-{b}"))))
         {
             return None;
         }
@@ -122,9 +135,11 @@ pub fn irq_count(interrupts: &str, name: &str) -> Option<u64> {
     })
 }
 
-pub fn read_irq_count(name: &str) -> Result<u64, String> {
+/// The count of interrupt `name` of the PCI function `bdf` (see [`irq_count`]).
+pub fn read_irq_count(name: &str, bdf: &str) -> Result<u64, String> {
     let s = fs::read_to_string("/proc/interrupts").map_err(|e| format!("/proc/interrupts: {e}"))?;
-    irq_count(&s, name).ok_or_else(|| format!("no {name:?} line in /proc/interrupts"))
+    irq_count(&s, name, Some(bdf))
+        .ok_or_else(|| format!("no {name:?} line of {bdf} in /proc/interrupts"))
 }
 
 /// Decode one /proc/self/pagemap entry: the page frame number if present.
@@ -242,12 +257,36 @@ ERR:          0
 ";
 
     #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("7.2.13+deb14-amd64\n"), Some((7, 2)));
+        assert_eq!(parse_kernel_version("7.3.4"), Some((7, 3)));
+        assert_eq!(parse_kernel_version("6.12.117+deb13-amd64"), Some((6, 12)));
+        assert_eq!(parse_kernel_version("7.3-rc7"), Some((7, 3)));
+        assert_eq!(parse_kernel_version("x"), None);
+        assert!(Some((7, 2)) < Some((7, 3)) && (6, 12) < (7, 3));
+    }
+
+    #[test]
     fn interrupts() {
-        assert_eq!(irq_count(INTERRUPTS, "cxl_accel_dma"), Some(5));
-        assert_eq!(irq_count(INTERRUPTS, "cxl_accel_mbox"), Some(0));
-        assert_eq!(irq_count(INTERRUPTS, "cxl_accel"), None);
-        assert_eq!(irq_count(INTERRUPTS, "timer"), Some(40));
-        assert_eq!(irq_count("", "x"), None);
+        assert_eq!(irq_count(INTERRUPTS, "cxl_accel_dma", None), Some(5));
+        assert_eq!(irq_count(INTERRUPTS, "cxl_accel_mbox", None), Some(0));
+        assert_eq!(irq_count(INTERRUPTS, "cxl_accel", None), None);
+        assert_eq!(irq_count(INTERRUPTS, "timer", None), Some(40));
+        assert_eq!(irq_count("", "x", None), None);
+        // per function: the second accelerator's vector of the same name
+        let two = format!(
+            "{INTERRUPTS} 30:          7          1  PCI-MSIX-0000:19:00.0    2-edge      cxl_accel_dma\n"
+        );
+        assert_eq!(
+            irq_count(&two, "cxl_accel_dma", Some("0000:0d:00.0")),
+            Some(5)
+        );
+        assert_eq!(
+            irq_count(&two, "cxl_accel_dma", Some("0000:19:00.0")),
+            Some(8)
+        );
+        assert_eq!(irq_count(&two, "cxl_accel_dma", Some("0000:0d:00")), None);
+        assert_eq!(irq_count(&two, "timer", Some("0000:0d:00.0")), None);
     }
 
     #[test]

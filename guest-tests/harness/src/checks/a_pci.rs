@@ -1,8 +1,9 @@
-//! a. PCI: the device, its place under a CXL root port, its DVSECs, flit mode.
+//! a. PCI: the device, its place under a CXL root port (and switch), its DVSECs,
+//! flit mode; with several accelerators, their places relative to each other.
 
-use super::{need, Ctx};
-use crate::config::Flit;
-use crate::pcicfg::{ConfigSpace, PCIE_TYPE_ROOT_PORT};
+use super::{need, Ctx, SwitchPorts};
+use crate::config::{Flit, Topology};
+use crate::pcicfg::{ConfigSpace, PCIE_TYPE_DOWNSTREAM, PCIE_TYPE_ROOT_PORT, PCIE_TYPE_UPSTREAM};
 use crate::report::Reporter;
 use crate::sys::{self, PCI_DEVICES};
 use cxl_regs::dvsec::{self, flex_bus, register_locator as rl};
@@ -11,25 +12,101 @@ use cxl_regs::{layout, pci};
 /// ACPI _HID of a CXL host bridge (CXL r3.1 §9.18.2).
 const ACPI_CXL_HOST_BRIDGE: &str = "ACPI0016";
 
+/// The PCI functions with this vendor and device id, in bus order.
+pub fn discover(vendor: u16, device: u16) -> Vec<String> {
+    let mut found: Vec<String> = sys::list_dir(PCI_DEVICES)
+        .into_iter()
+        .filter(|bdf| {
+            let p = format!("{PCI_DEVICES}/{bdf}");
+            sys::read_num(format!("{p}/vendor")).ok() == Some(vendor as u64)
+                && sys::read_num(format!("{p}/device")).ok() == Some(device as u64)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// One port of a PCIe path: its sysfs name and config space.
+struct Port {
+    bdf: String,
+    cs: ConfigSpace,
+}
+
+impl Port {
+    fn open(dir: &std::path::Path) -> Result<Self, String> {
+        let bdf = dir
+            .file_name()
+            .ok_or("no name")?
+            .to_string_lossy()
+            .into_owned();
+        let b = std::fs::read(dir.join("config")).map_err(|e| format!("{bdf} config: {e}"))?;
+        Ok(Self {
+            bdf,
+            cs: ConfigSpace::new(b),
+        })
+    }
+
+    /// The port is of PCIe type `want` and carries the CXL Extensions DVSEC for
+    /// Ports (CXL r3.1 §8.1.5), which root, upstream and downstream ports have.
+    fn expect(&self, want: u8, what: &str) -> Result<(), String> {
+        if self.cs.pcie_type() != Some(want) {
+            return Err(format!(
+                "{} is PCIe type {:?}, not a {what}",
+                self.bdf,
+                self.cs.pcie_type()
+            ));
+        }
+        if self
+            .cs
+            .find_dvsec(dvsec::CXL_VENDOR_ID, dvsec::ID_EXTENSIONS_FOR_PORTS)
+            .is_none()
+        {
+            return Err(format!(
+                "{what} {} has no CXL Extensions DVSEC for Ports (id 3)",
+                self.bdf
+            ));
+        }
+        Ok(())
+    }
+
+    /// Port Number from Link Capabilities (PCIe r6 §7.5.3.6): the id the CXL core
+    /// gives this port as a decoder target.
+    fn port_number(&self) -> Result<u8, String> {
+        let exp = self
+            .cs
+            .find_cap(pci::CAP_ID_EXP)
+            .ok_or_else(|| format!("{} without PCIe cap", self.bdf))?;
+        let lnkcap = self
+            .cs
+            .u32(exp + pci::EXP_LNKCAP)
+            .ok_or_else(|| format!("{} LNKCAP", self.bdf))?;
+        Ok((lnkcap >> pci::EXP_LNKCAP_PORT_SHIFT) as u8)
+    }
+}
+
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     let (v, d) = (ctx.cfg.vendor, ctx.cfg.device);
+    let n = ctx.cfg.topology.devices();
+    let which = if n > 1 {
+        format!(" (accelerator {} of {n}, bus order)", ctx.index)
+    } else {
+        String::new()
+    };
     rep.check(
         "a.1",
-        &format!("device {v:04x}:{d:04x} present, class 0x120000"),
+        &format!("device {v:04x}:{d:04x} present, class 0x120000{which}"),
         || {
-            let mut found = Vec::new();
-            for bdf in sys::list_dir(PCI_DEVICES) {
-                let p = format!("{PCI_DEVICES}/{bdf}");
-                if sys::read_num(format!("{p}/vendor")).ok() == Some(v as u64)
-                    && sys::read_num(format!("{p}/device")).ok() == Some(d as u64)
-                {
-                    found.push(bdf);
-                }
-            }
+            let found = discover(v, d);
             let bdf = match found.as_slice() {
-                [one] => one.clone(),
                 [] => return Err("no such PCI function".into()),
-                many => return Err(format!("{} functions match: {many:?}", many.len())),
+                f if f.len() != n => {
+                    return Err(format!(
+                        "{} functions match, topology {} has {n}: {f:?}",
+                        f.len(),
+                        ctx.cfg.topology
+                    ))
+                }
+                f => f[ctx.index].clone(),
             };
             let class = sys::read_num(format!("{PCI_DEVICES}/{bdf}/class"))?;
             ctx.bdf = Some(bdf.clone());
@@ -74,48 +151,46 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         Ok(format!("extended caps {}", caps.join(" ")))
     });
 
+    let switch = ctx.cfg.topology.switch();
     rep.check(
         "a.3",
-        "device sits under a CXL root port of a CXL host bridge",
+        if switch {
+            "device sits under a CXL switch's downstream port, its upstream port under a CXL root port of a CXL host bridge"
+        } else {
+            "device sits under a CXL root port of a CXL host bridge"
+        },
         || {
             let dev = ctx.dev_path()?;
             let real = sys::canonical(&dev).ok_or_else(|| format!("realpath {dev}"))?;
-            let parent = real.parent().ok_or("no parent")?;
-            let rp = parent
-                .file_name()
-                .ok_or("no parent name")?
-                .to_string_lossy()
-                .into_owned();
-            let hb_dir = parent.parent().ok_or("no host bridge")?;
+            let mut dir = real.parent().ok_or("no parent")?;
+            let mut path = Vec::new();
+            if switch {
+                let dsp = Port::open(dir)?;
+                dsp.expect(PCIE_TYPE_DOWNSTREAM, "switch downstream port")?;
+                dir = dir.parent().ok_or("no switch upstream port")?;
+                let usp = Port::open(dir)?;
+                usp.expect(PCIE_TYPE_UPSTREAM, "switch upstream port")?;
+                dir = dir.parent().ok_or("no root port")?;
+                let dsp_port = dsp.port_number()?;
+                path.push(format!("downstream port {} (port number {dsp_port})", dsp.bdf));
+                path.push(format!("upstream port {}", usp.bdf));
+                ctx.switch = Some(SwitchPorts {
+                    usp: usp.bdf,
+                    dsp: dsp.bdf,
+                    dsp_port,
+                });
+            }
+            let rp = Port::open(dir)?;
+            rp.expect(PCIE_TYPE_ROOT_PORT, "root port")?;
+            let port_number = rp.port_number()?;
+            let hb_dir = dir.parent().ok_or("no host bridge")?;
             let hb = hb_dir
                 .file_name()
                 .ok_or("no hb name")?
                 .to_string_lossy()
                 .into_owned();
-            let rpcfg = std::fs::read(parent.join("config"))
-                .map_err(|e| format!("parent {rp} config: {e}"))?;
-            let rpcs = ConfigSpace::new(rpcfg);
-            if rpcs.pcie_type() != Some(PCIE_TYPE_ROOT_PORT) {
-                return Err(format!(
-                    "parent {rp} is PCIe type {:?}, not a root port",
-                    rpcs.pcie_type()
-                ));
-            }
-            if rpcs
-                .find_dvsec(dvsec::CXL_VENDOR_ID, dvsec::ID_EXTENSIONS_FOR_PORTS)
-                .is_none()
-            {
-                return Err(format!(
-                    "root port {rp} has no CXL Extensions DVSEC for Ports (id 3)"
-                ));
-            }
-            let exp = rpcs
-                .find_cap(pci::CAP_ID_EXP)
-                .ok_or("root port without PCIe cap")?;
-            let lnkcap = rpcs.u32(exp + pci::EXP_LNKCAP).ok_or("root port LNKCAP")?;
-            let port_number = (lnkcap >> pci::EXP_LNKCAP_PORT_SHIFT) as u8;
             if !hb.starts_with("pci") {
-                return Err(format!("grandparent {hb} is not a PCI host bridge"));
+                return Err(format!("{hb} above root port {} is not a PCI host bridge", rp.bdf));
             }
             let hid = sys::read_attr(hb_dir.join("firmware_node/hid"))?;
             if hid != ACPI_CXL_HOST_BRIDGE {
@@ -126,12 +201,12 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let uid = sys::read_attr(hb_dir.join("firmware_node/uid"))
                 .ok()
                 .and_then(|u| crate::config::parse_u64(&u).ok());
-            ctx.root_port = Some(rp.clone());
+            path.push(format!("root port {} (port number {port_number})", rp.bdf));
+            ctx.root_port = Some(rp.bdf);
             ctx.port_number = Some(port_number);
             ctx.hb_uid = uid.map(|u| u as u32);
-            Ok(format!(
-                "root port {rp} (port number {port_number}), host bridge {hb} {hid} uid {uid:?}"
-            ))
+            ctx.host_bridge = Some(hb.clone());
+            Ok(format!("{}, host bridge {hb} {hid} uid {uid:?}", path.join(", ")))
         },
     );
 
@@ -282,6 +357,46 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         match serial {
             Some(s) if s != dsn => Err(format!("DSN {dsn:#x}, configured {s:#x}")),
             _ => Ok(format!("{dsn:#018x}")),
+        }
+    });
+}
+
+/// a.9, for topologies with more than one CXL device: the accelerators (and the
+/// cxl-type3 of with-type3, group m) sit where the topology puts them.
+pub fn placement(ctxs: &[Ctx], rep: &mut Reporter) {
+    let Some(first) = ctxs.first() else { return };
+    let topology = first.cfg.topology;
+    let title = match topology {
+        Topology::TwoDevices => {
+            "the two accelerators sit on different root ports of one host bridge"
+        }
+        Topology::TwoHostBridges => "the two accelerators sit on different host bridges",
+        Topology::Direct | Topology::Switch | Topology::WithType3 => return,
+    };
+    rep.check("a.9", title, || {
+        let mut places = Vec::new();
+        for c in ctxs {
+            let hb = need(
+                &c.host_bridge,
+                &format!("host bridge of accelerator {} (a.3)", c.index),
+            )?;
+            let rp = need(
+                &c.root_port,
+                &format!("root port of accelerator {} (a.3)", c.index),
+            )?;
+            places.push((hb, rp));
+        }
+        let same_hb = places.windows(2).all(|w| w[0].0 == w[1].0);
+        let same_rp = places.windows(2).any(|w| w[0].1 == w[1].1);
+        let ok = match topology {
+            Topology::TwoDevices => same_hb && !same_rp,
+            _ => places.windows(2).all(|w| w[0].0 != w[1].0),
+        };
+        let desc: Vec<String> = places.iter().map(|(h, r)| format!("{r} on {h}")).collect();
+        if ok {
+            Ok(desc.join("; "))
+        } else {
+            Err(desc.join("; "))
         }
     });
 }

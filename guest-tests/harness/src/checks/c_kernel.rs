@@ -52,6 +52,15 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     // of those pages; map again afterwards.
     ctx.bars = Default::default();
 
+    // c.1 loads the CXL core once, for every accelerator (checks::per_device hands
+    // its result on).
+    if ctx.index == 0 {
+        core_modules(ctx, rep);
+    }
+    device(ctx, rep);
+}
+
+fn core_modules(ctx: &mut Ctx, rep: &mut Reporter) {
     rep.check(
         "c.1",
         "modprobe libnvdimm, cxl_pmem, cxl_acpi, cxl_mem; CXL root appears",
@@ -74,7 +83,10 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             ))
         },
     );
+}
 
+/// c.2 to c.7, for each accelerator.
+fn device(ctx: &mut Ctx, rep: &mut Reporter) {
     rep.check("c.2", "cxl_accel_t2 loads and binds the device", || {
         if !ctx.cxl_modules {
             return Err("prerequisite missing: CXL core modules (c.1)".into());
@@ -191,40 +203,54 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
         Ok(format!("{d}: accelerator {base:#x}+{size:#x}, DPA 0+{size:#x}, region {region:?}"))
     });
 
+    let switch = ctx.cfg.topology.switch();
     rep.check(
         "c.6",
-        "host bridge decoder: target_type accelerator, same range",
+        if switch {
+            "switch and host bridge port decoders: target_type accelerator, same range"
+        } else {
+            "host bridge decoder: target_type accelerator, same range"
+        },
         || {
             let id = need(&ctx.ep_id, "endpoint port (c.4)")?;
             let (base, size) = need(&ctx.committed, "firmware commit (b.4)")?;
-            let mut seen = Vec::new();
-            for d in sys::list_dir(CXL_DEVICES)
-                .into_iter()
-                .filter(|d| d.starts_with("decoder"))
-            {
-                let port: u32 = d["decoder".len()..]
-                    .split('.')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-                if port == 0 || port == id {
-                    continue; // root decoders and the endpoint's own
-                }
-                if num(&d, "start").ok() == Some(base) {
-                    let tt = attr(&d, "target_type")?;
-                    let sz = num(&d, "size")?;
-                    if tt != "accelerator" || sz != size {
-                        return Err(format!(
-                            "{d}: target_type {tt}, size {sz:#x}, want accelerator {size:#x}"
-                        ));
-                    }
-                    return Ok(format!("{d}: accelerator {base:#x}+{sz:#x}"));
-                }
-                seen.push(d);
+            // The ports above the endpoint, nearest first: the sysfs path of
+            // endpointN runs root0/portA[/portB]/endpointN.
+            let ep = sys::canonical(format!("{CXL_DEVICES}/endpoint{id}"))
+                .ok_or_else(|| format!("realpath endpoint{id}"))?;
+            let ports: Vec<u32> = ep
+                .ancestors()
+                .skip(1)
+                .filter_map(|p| p.file_name()?.to_str()?.strip_prefix("port")?.parse().ok())
+                .collect();
+            let want = if switch { 2 } else { 1 };
+            if ports.len() != want {
+                return Err(format!(
+                    "endpoint{id} sits below ports {ports:?}, expected {want} (path {})",
+                    ep.display()
+                ));
             }
-            Err(format!(
-                "no switch/host-bridge decoder starts at {base:#x} among {seen:?}"
-            ))
+            let mut found = Vec::new();
+            for port in ports {
+                let d = port_decoders(port)
+                    .into_iter()
+                    .find(|d| num(d, "start").ok() == Some(base))
+                    .ok_or_else(|| {
+                        format!(
+                            "port{port}: no decoder starts at {base:#x}: {:?}",
+                            port_decoders(port)
+                        )
+                    })?;
+                let tt = attr(&d, "target_type")?;
+                let sz = num(&d, "size")?;
+                if tt != "accelerator" || sz != size {
+                    return Err(format!(
+                        "{d}: target_type {tt}, size {sz:#x}, want accelerator {size:#x}"
+                    ));
+                }
+                found.push(format!("{d}: accelerator {base:#x}+{sz:#x}"));
+            }
+            Ok(found.join("; "))
         },
     );
 

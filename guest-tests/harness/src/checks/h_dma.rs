@@ -71,12 +71,19 @@ fn reg(off: u64) -> u64 {
 /// the transfer completes, and QEMU delivers an eventfd's signals as one interrupt,
 /// so a transfer started before the last one's interrupt arrived could share it and
 /// h.4's count would come up short.
-pub fn transfer(bar4: &MmioMap, src: u64, dst: u64, len: u64, ctrl: u32) -> Result<u32, u32> {
-    let irqs_before = sys::read_irq_count(IRQ_NAME).ok();
+pub fn transfer(
+    bar4: &MmioMap,
+    bdf: &str,
+    src: u64,
+    dst: u64,
+    len: u64,
+    ctrl: u32,
+) -> Result<u32, u32> {
+    let irqs_before = sys::read_irq_count(IRQ_NAME, bdf).ok();
     let st = transfer_status(bar4, src, dst, len, ctrl)?;
     if let (Some(n), true) = (irqs_before, ctrl & e::CONTROL_IRQ_ENABLE != 0) {
         let _ = sys::wait_for(2000, || {
-            sys::read_irq_count(IRQ_NAME).ok().filter(|&m| m > n)
+            sys::read_irq_count(IRQ_NAME, bdf).ok().filter(|&m| m > n)
         });
     }
     Ok(st)
@@ -115,6 +122,8 @@ fn pattern() -> Vec<u8> {
 }
 
 pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
+    let bdf = ctx.bdf.clone().unwrap_or_default();
+    let bdf = bdf.as_str();
     let mut bar4: Option<MmioMap> = None;
     let mut page: Option<(LockedPage, u64)> = None;
     let mut base_counts: Option<(u64, u32)> = None;
@@ -131,7 +140,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 e::VERSION_VALUE
             ));
         }
-        let irqs = sys::read_irq_count(IRQ_NAME)?;
+        let irqs = sys::read_irq_count(IRQ_NAME, bdf)?;
         base_counts = Some((irqs, m.read32(reg(e::COMPLETIONS))));
         bar4 = Some(m);
         Ok(format!("engine v{ver}, {IRQ_NAME} count {irqs}"))
@@ -150,7 +159,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let data = pattern();
             pg.fill(&data);
             let pa = sys::virt_to_phys(pg.ptr as usize)?;
-            transfer(m, pa, DMA_DPA, LEN as u64, e::CONTROL_IRQ_ENABLE).map_err(|st| {
+            transfer(m, bdf, pa, DMA_DPA, LEN as u64, e::CONTROL_IRQ_ENABLE).map_err(|st| {
                 format!(
                     "status {st:#x} (error code {})",
                     (st & e::STATUS_ERR_MASK) >> e::STATUS_ERR_SHIFT
@@ -184,6 +193,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             pg.fill(&[0u8; LEN]);
             transfer(
                 m,
+                bdf,
                 DMA_DPA,
                 *pa,
                 LEN as u64,
@@ -214,7 +224,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             }
             let comp = m.read32(reg(e::COMPLETIONS)).wrapping_sub(comp0);
             let irqs = sys::wait_for(2000, || {
-                let n = sys::read_irq_count(IRQ_NAME).ok()?;
+                let n = sys::read_irq_count(IRQ_NAME, bdf).ok()?;
                 (n >= irq0 + 2).then_some(n)
             });
             let modcount = sys::read_num(format!("{}/dma_irq_count", ctx.dev_path()?)).unwrap_or(0);
@@ -224,7 +234,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 )),
                 _ => Err(format!(
                     "{IRQ_NAME} {irq0} -> {:?}, completions +{comp} (expected +2 each)",
-                    sys::read_irq_count(IRQ_NAME).ok()
+                    sys::read_irq_count(IRQ_NAME, bdf).ok()
                 )),
             }
         },
@@ -238,9 +248,9 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             let cap = need(&ctx.capacity, "capacity (a.5)")?;
             let bad_pa = 0x7fff_ffff_f000u64; // far above any guest RAM of this VM
             let code = |st: u32| (st & e::STATUS_ERR_MASK) >> e::STATUS_ERR_SHIFT;
-            let r1 = transfer(m, bad_pa, DMA_DPA, LEN as u64, 0);
+            let r1 = transfer(m, bdf, bad_pa, DMA_DPA, LEN as u64, 0);
             let r2 = match page.as_ref() {
-                Some((_, pa)) => transfer(m, *pa, cap - 64, LEN as u64, 0),
+                Some((_, pa)) => transfer(m, bdf, *pa, cap - 64, LEN as u64, 0),
                 None => return Err("prerequisite missing: guest page (h.2)".into()),
             };
             match (r1, r2) {

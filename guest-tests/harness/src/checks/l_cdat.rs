@@ -16,9 +16,9 @@ use crate::doe::{Doe, SysfsConfig};
 use crate::hmat::{self, Perf};
 use crate::json;
 use crate::pcicfg::ConfigSpace;
-use crate::report::Reporter;
+use crate::report::{NotPassed, Reporter};
 use crate::sys::{self, CXL_DEVICES, PCI_DEVICES};
-use cxl_regs::cdat::{self as c, dslbis, dsmas, hmat as hmat_type};
+use cxl_regs::cdat::{self as c, dslbis, dsmas, hmat as hmat_type, sslbis};
 use cxl_regs::le::{u16_at, u32_at, u64_at};
 use cxl_regs::{doe as d, pci};
 
@@ -118,9 +118,13 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
     );
 
     let mut genport = None;
-    rep.check(
+    rep.step(
         "l.4",
-        "the kernel's QoS figures: CDAT + generic port + link (flit size over the link)",
+        if ctx.switch.is_some() {
+            "the kernel's QoS figures: CDAT + switch (its CDAT's SSLBIS) + generic port + links (flit size over each)"
+        } else {
+            "the kernel's QoS figures: CDAT + generic port + link (flit size over the link)"
+        },
         || {
             let table = need(&ctx.cdat, "CDAT read over DOE (l.2)")?;
             let uid = need(&ctx.hb_uid, "host bridge uid (a.3)")?;
@@ -130,7 +134,7 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
                 // Without a generic port the kernel has no host bridge figures
                 // (cxl_endpoint_get_perf_coordinates fails) and sets no class.
                 if std::path::Path::new(&qos_path).exists() {
-                    return Err(format!("no generic port, yet {qos_path} exists"));
+                    return Err(format!("no generic port, yet {qos_path} exists").into());
                 }
                 return Ok(format!(
                     "no SRAT generic port for host bridge uid {uid}: no QoS class ({qos_path} absent)"
@@ -139,52 +143,103 @@ pub fn run(ctx: &mut Ctx, rep: &mut Reporter) {
             genport = Some(gp);
             let bdf = need(&ctx.bdf, "device (a.1)")?;
             let rp = need(&ctx.root_port, "root port (a.3)")?;
-            let link = Link::read(&bdf, &rp)?;
             let cdat = table_perf(&table)?;
-            let want = Perf {
-                read_latency: cdat.read_latency + gp.read_latency + link.latency_ns(),
-                write_latency: cdat.write_latency + gp.write_latency + link.latency_ns(),
+            // The links up to the host bridge, nearest first (each flit's time on
+            // the dport's link), and a switch's figures from its CDAT's SSLBIS for
+            // the downstream port (drivers/cxl/core/cdat.c, cdat_sslbis_handler;
+            // cxl_endpoint_get_perf_coordinates adds them per hop).
+            let (links, sw) = match &ctx.switch {
+                Some(s) => {
+                    let id = need(&ctx.ep_id, "endpoint port (c.4)")?;
+                    (
+                        vec![Link::read(&bdf, &s.dsp)?, Link::read(&s.usp, &rp)?],
+                        Some(switch_perf(id, s.dsp_port)?),
+                    )
+                }
+                None => (vec![Link::read(&bdf, &rp)?], None),
+            };
+            let link_lat: u64 = links.iter().map(Link::latency_ns).sum();
+            let link_bw = links.iter().map(Link::bandwidth).min().unwrap_or(0);
+            let s = sw.unwrap_or_default();
+            let formula = |link_lat: u64| Perf {
+                read_latency: cdat.read_latency + s.read_latency + gp.read_latency + link_lat,
+                write_latency: cdat.write_latency + s.write_latency + gp.write_latency + link_lat,
                 read_bandwidth: min_known(&[
                     cdat.read_bandwidth,
+                    s.read_bandwidth,
                     gp.read_bandwidth,
-                    link.bandwidth(),
+                    link_bw,
                 ]),
                 write_bandwidth: min_known(&[
                     cdat.write_bandwidth,
+                    s.write_bandwidth,
                     gp.write_bandwidth,
-                    link.bandwidth(),
+                    link_bw,
                 ]),
             };
-            let msg = crate::kmsg::tail(&[DSMAS_MSG], 1);
-            let (qos, got) = parse_dsmas_msg(&msg)
-                .ok_or_else(|| format!("no kernel message {DSMAS_MSG:?} (dynamic debug on?)"))?;
+            let want = formula(link_lat);
+            let link = &links[0];
+            // This device's message (several CXL devices print one each).
+            let msg = crate::kmsg::Kmsg::open()?
+                .read_new()
+                .into_iter()
+                .rfind(|m| m.contains(DSMAS_MSG) && m.contains(&format!(" {bdf}: ")))
+                .unwrap_or_default();
+            let (qos, got) = parse_dsmas_msg(&msg).ok_or_else(|| {
+                format!("no kernel message {DSMAS_MSG:?} of {bdf} (dynamic debug on?)")
+            })?;
+            let via = match sw {
+                Some(s) => format!(", switch {s:?}, links {link_lat} ns, {link_bw} MB/s"),
+                None => String::new(),
+            };
             if got != want {
+                // Linux 7.2 adds each link's flit time in picoseconds, from the lane
+                // speed alone, to figures in nanoseconds (drivers/cxl/core/pci.c,
+                // cxl_pci_get_latency with pcie_link_speed_mbps; port.c,
+                // add_latency); 7.3 takes the link's width and converts to ns.
+                let ps: u64 = links.iter().map(Link::latency_ps_per_lane).sum();
+                if sys::kernel_version().is_some_and(|v| v < (7, 3)) && got == formula(ps) {
+                    return Err(NotPassed::KnownKernelIssue(format!(
+                        "Linux < 7.3 adds the link's flit time in ps, from one lane's speed, \
+                         to ns figures: read {} ns = CDAT {} + generic port {} + link {ps} \
+                         (7.3: link {link_lat}, read {} ns); qos_class {qos}",
+                        got.read_latency, cdat.read_latency, gp.read_latency, want.read_latency
+                    )));
+                }
                 return Err(format!(
-                    "kernel {got:?}, formula {want:?} (CDAT {cdat:?}, generic port {gp:?}, {})",
+                    "kernel {got:?}, formula {want:?} (CDAT {cdat:?}, generic port {gp:?}, {}{via})",
                     link.describe()
-                ));
+                )
+                .into());
             }
             let ram_qos = sys::read_attr(&qos_path)?;
             let root_qos = root_decoder_qos(ctx)?;
             if ram_qos != qos.to_string() || root_qos != ram_qos {
                 return Err(format!(
                     "qos_class: kernel message {qos}, {qos_path} {ram_qos}, root decoder {root_qos}"
-                ));
+                )
+                .into());
             }
+            let switch = match sw {
+                Some(s) => format!(" + switch {}", s.read_latency),
+                None => String::new(),
+            };
+            let switch_bw = match sw {
+                Some(s) => format!(", switch {}/{}", s.read_bandwidth, s.write_bandwidth),
+                None => String::new(),
+            };
             Ok(format!(
-                "read {} ns = CDAT {} + generic port {} + link {}; write {} ns; \
-                 bandwidth {}/{} MB/s = min(CDAT {}/{}, generic port {}, link {}); {}; qos_class {qos}",
+                "read {} ns = CDAT {}{switch} + generic port {} + link {link_lat}; write {} ns; \
+                 bandwidth {}/{} MB/s = min(CDAT {}/{}{switch_bw}, generic port {}, link {link_bw}); {}; qos_class {qos}",
                 got.read_latency,
                 cdat.read_latency,
                 gp.read_latency,
-                link.latency_ns(),
                 got.write_latency,
                 got.read_bandwidth,
                 got.write_bandwidth,
                 cdat.read_bandwidth,
                 cdat.write_bandwidth,
                 gp.read_bandwidth,
-                link.bandwidth(),
                 link.describe()
             ))
         },
@@ -303,6 +358,74 @@ fn table_perf(t: &[u8]) -> Result<Perf, String> {
     Ok(p)
 }
 
+/// A switch's figures for its downstream port `dsp_port` (its Port Number), as the
+/// kernel takes them from the SSLBIS of the switch's CDAT (CDAT r1.03 §3.2; drivers/
+/// cxl/core/cdat.c, cdat_sslbis_handler): per data type, the first entry between the
+/// upstream port (0x100) or any port (0xffff) and that port; values as for DSLBIS.
+/// The CDAT is the switch port's as the kernel read it: sysfs CDAT of the CXL port
+/// above `endpoint<ep>`.
+fn switch_perf(ep: u32, dsp_port: u8) -> Result<Perf, String> {
+    const US_PORT: u16 = 0x100;
+    const ANY_PORT: u16 = 0xffff;
+    let ep_path = sys::canonical(format!("{CXL_DEVICES}/endpoint{ep}"))
+        .ok_or_else(|| format!("realpath endpoint{ep}"))?;
+    let port = ep_path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("port"))
+        .ok_or_else(|| format!("no switch port above endpoint{ep}"))?;
+    let p = format!("{CXL_DEVICES}/{port}/CDAT");
+    let t = std::fs::read(&p).map_err(|e| format!("{p}: {e}"))?;
+    let mut perf = Perf::default();
+    for s in structures(&t)?
+        .into_iter()
+        .filter(|s| s[c::ST_TYPE] == c::TYPE_SSLBIS)
+    {
+        let base = u64_at(s, sslbis::ENTRY_BASE_UNIT).ok_or("SSLBIS")?;
+        let entries = s.get(sslbis::HEAD_LEN..).unwrap_or_default();
+        let value = entries.chunks_exact(sslbis::ENTRY_LEN).find_map(|e| {
+            let (x, y, v) = (u16_at(e, 0)?, u16_at(e, 2)?, u16_at(e, 4)?);
+            let dsp = match (x, y) {
+                (US_PORT, y) => y,
+                (ANY_PORT, US_PORT) => x,
+                (ANY_PORT, y) => y,
+                (x, _) => x,
+            };
+            (dsp == ANY_PORT || dsp == u16::from(dsp_port)).then_some(u64::from(v))
+        });
+        let Some(entry) = value.filter(|&v| v != 0 && v != 0xffff) else {
+            continue;
+        };
+        let v = entry * base;
+        match s[sslbis::DATA_TYPE] {
+            hmat_type::ACCESS_LATENCY => {
+                perf.read_latency = v.div_ceil(1000);
+                perf.write_latency = v.div_ceil(1000);
+            }
+            hmat_type::READ_LATENCY => perf.read_latency = v.div_ceil(1000),
+            hmat_type::WRITE_LATENCY => perf.write_latency = v.div_ceil(1000),
+            hmat_type::ACCESS_BANDWIDTH => {
+                perf.read_bandwidth = v;
+                perf.write_bandwidth = v;
+            }
+            hmat_type::READ_BANDWIDTH => perf.read_bandwidth = v,
+            hmat_type::WRITE_BANDWIDTH => perf.write_bandwidth = v,
+            _ => {}
+        }
+    }
+    if perf.read_latency == 0
+        || perf.write_latency == 0
+        || perf.read_bandwidth == 0
+        || perf.write_bandwidth == 0
+    {
+        return Err(format!(
+            "{p}: SSLBIS gives downstream port {dsp_port} {perf:?}"
+        ));
+    }
+    Ok(perf)
+}
+
 /// The host bridge's generic port figures from SRAT and HMAT, if it has one.
 fn generic_port(uid: u32) -> Result<Option<Perf>, String> {
     let Ok(srat) = std::fs::read("/sys/firmware/acpi/tables/SRAT") else {
@@ -380,6 +503,16 @@ impl Link {
             return 0;
         }
         (self.flit_bytes() * 1_000_000 / mbytes).div_ceil(1000)
+    }
+
+    /// The flit's time on the link as Linux 7.2 adds it: picoseconds over one lane's
+    /// raw bandwidth (`pcie_link_speed_mbps` / 8), not converted to ns.
+    fn latency_ps_per_lane(&self) -> u64 {
+        let mbytes = raw_mbps(self.speed) / 8;
+        if mbytes == 0 {
+            return 0;
+        }
+        self.flit_bytes() * 1_000_000 / mbytes
     }
 
     /// `pcie_bandwidth_available` of the endpoint, in MB/s: the narrowest of its

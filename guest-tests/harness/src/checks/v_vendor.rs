@@ -421,6 +421,7 @@ pub fn run_late(ctx: &mut Ctx, rep: &mut Reporter) {
         "engine operation 0x01 (CRC32 of device memory): RESULT, completion interrupt, errors",
         || {
             let cap = need(&ctx.capacity, "capacity (a.5)")?;
+            let bdf = need(&ctx.bdf, "device (a.1)")?;
             let p = format!("{}/resource4", ctx.dev_path()?);
             let bar4 = MmioMap::open_resource(&p)?;
             let data: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8 ^ (i >> 7) as u8).collect();
@@ -428,15 +429,15 @@ pub fn run_late(ctx: &mut Ctx, rep: &mut Reporter) {
             let mut back = vec![0u8; data.len()];
             ctx.bar2()?.read_bytes(VENDOR_DPA, &mut back);
             let want = crc32(&back);
-            let irqs = sys::read_irq_count(IRQ_NAME)?;
+            let irqs = sys::read_irq_count(IRQ_NAME, &bdf)?;
             let ctrl = |op: u8| (u32::from(op) << e::CONTROL_OP_SHIFT) | e::CONTROL_IRQ_ENABLE;
-            transfer(&bar4, VENDOR_DPA, 0, data.len() as u64, ctrl(OP_CRC32))
+            transfer(&bar4, &bdf, VENDOR_DPA, 0, data.len() as u64, ctrl(OP_CRC32))
                 .map_err(|st| format!("status {st:#x}"))?;
             let result = bar4.read64(ENGINE_OFFSET + e::RESULT);
-            let irqs_after = sys::read_irq_count(IRQ_NAME)?;
+            let irqs_after = sys::read_irq_count(IRQ_NAME, &bdf)?;
             let code = |r: Result<u32, u32>| r.err().map(|st| (st & e::STATUS_ERR_MASK) >> e::STATUS_ERR_SHIFT);
-            let past_end = code(transfer(&bar4, cap - 64, 0, 128, ctrl(OP_CRC32)));
-            let unknown = code(transfer(&bar4, VENDOR_DPA, 0, 64, ctrl(0x7f)));
+            let past_end = code(transfer(&bar4, &bdf, cap - 64, 0, 128, ctrl(OP_CRC32)));
+            let unknown = code(transfer(&bar4, &bdf, VENDOR_DPA, 0, 64, ctrl(0x7f)));
             if result != u64::from(want) {
                 return Err(format!("RESULT {result:#x}, CRC32 of the bytes {want:#x}"));
             }
