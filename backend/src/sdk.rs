@@ -380,16 +380,7 @@ impl Builder {
             .try_init();
         let name = self.name;
         if let Some(Command::QemuArgs(q)) = &cli.command {
-            return match q.output() {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{name} qemu-args: {e}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            };
+            return print_qemu_args(&format!("{name} qemu-args"), q.output());
         }
         if let Some(Command::Ctl(ctl)) = cli.command {
             return match crate::control::request(&ctl.control, &ctl.cmd, ctl.args.as_deref()) {
@@ -425,16 +416,7 @@ impl Builder {
             }
         };
         if config.print_qemu_args {
-            return match config.qemu_args() {
-                Ok(args) => {
-                    print!("{args}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{name}: {e}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            };
+            return print_qemu_args(name, config.qemu_args());
         }
         match crate::run_with(config, catalog) {
             Ok(()) => ExitCode::SUCCESS,
@@ -442,6 +424,21 @@ impl Builder {
                 log::error!("{e}");
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// Print the generator's QEMU arguments (`qemu-args`, `--print-qemu-args`), or say
+/// why there are none (a usage error).
+fn print_qemu_args(who: &str, args: Result<String, crate::topology::TopologyError>) -> ExitCode {
+    match args {
+        Ok(args) => {
+            print!("{args}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
